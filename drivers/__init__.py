@@ -1,0 +1,1 @@
+"""Device drivers: one protocol each, turning bytes into typed events and commands into bytes."""

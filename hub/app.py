@@ -1,0 +1,203 @@
+"""The hub: wires config, outbox, gateway, API and drivers, and runs them under one TaskGroup."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from hub import __version__
+from hub.api import HubApi
+from hub.config import HubConfig, Secrets, is_loopback
+from hub.devices import DeviceRegistry
+from hub.gateway import MqttGateway
+from hub.intake import Intake
+from hub.metrics import HubMetrics
+from hub.records import utc_now
+from hub.store.outbox import Outbox, StoreUnavailable
+from hub.systemd import notify, watchdog_interval_s
+
+log = logging.getLogger(__name__)
+
+MAINTENANCE_INTERVAL_S = 600.0
+DEDUP_KEEP_S = 7 * 86400.0
+WRITER_STALL_S = 10.0
+
+Service = Callable[[], Coroutine[Any, Any, None]]
+
+
+class Hub:
+    """One node's hub. `run(stop)` serves until `stop` is set, then shuts down cleanly."""
+
+    def __init__(self, config: HubConfig, secrets: Secrets) -> None:
+        self.config = config
+        self.secrets = secrets
+        self.metrics = HubMetrics()
+        data_dir = Path(config.node.data_dir)
+        self.outbox = Outbox(data_dir / "outbox.db", max_bytes=config.outbox.max_mb * 2**20)
+        self.registry = DeviceRegistry(config.device)
+        self.intake = Intake(config, self.outbox, self.metrics)
+        self.gateway = MqttGateway(
+            config, secrets, self.intake, self.registry, self.metrics, self._state_summary
+        )
+        self.api = HubApi(self, secrets.pull_token)
+        self.services: list[tuple[str, Service]] = []
+        self.ready = asyncio.Event()
+        self.started_at = utc_now()
+        self.last_sync: str | None = None
+        self.api_port: int | None = None
+        self._runner: web.AppRunner | None = None
+
+    def add_service(self, name: str, service: Service) -> None:
+        """Run `service()` beside the core (drivers, sessions, uplink) until shutdown."""
+        self.services.append((name, service))
+
+    async def _state_summary(self) -> tuple[int, str | None]:
+        stats = await self.outbox.stats()
+        return stats.pending, self.last_sync
+
+    async def start_api(self) -> None:
+        """Listen on `api.listen`; port 0 picks a free port (tests, demo)."""
+        host, port = self.config.api_host_port
+        if not is_loopback(host):
+            log.warning("api: listening on %s, not loopback: make sure the pull token is set", host)
+        self._runner = web.AppRunner(self.api.make_app(), access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, host, port)
+        await site.start()
+        server = site._server
+        sockets = getattr(server, "sockets", None) or []
+        self.api_port = sockets[0].getsockname()[1] if sockets else port
+        log.info("api: listening on http://%s:%d", host, self.api_port)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Open the store, serve everything until `stop`, then shut down in order."""
+        await self.outbox.open()
+        self.outbox.add_listener(self.gateway.mirror)
+        try:
+            await self.start_api()
+            async with asyncio.TaskGroup() as group:
+                gateway = group.create_task(self.gateway.run(), name="mqtt-gateway")
+                others = [group.create_task(service(), name=name) for name, service in self.services]
+                others.append(group.create_task(self._maintain(), name="maintenance"))
+                others.append(group.create_task(self._watchdog(), name="watchdog"))
+                self.ready.set()
+                notify("READY=1")
+                log.info(
+                    "hub %s ready: node %s, %d devices",
+                    __version__,
+                    self.config.node.id,
+                    len(self.config.device),
+                )
+                await stop.wait()
+                notify("STOPPING=1")
+                log.info("hub: stopping")
+                for task in others:
+                    task.cancel()
+                await self.gateway.stop()
+                await gateway
+        finally:
+            if self._runner is not None:
+                await self._runner.cleanup()
+            await self.outbox.close()
+            log.info("hub: stopped")
+
+    async def _maintain(self) -> None:
+        """Prune delivered records past their retention, and old dedup entries."""
+        keep_s = self.config.outbox.retention_days * 86400
+        while True:
+            with contextlib.suppress(StoreUnavailable):
+                records, dedup = await self.outbox.prune(keep_s, max(DEDUP_KEEP_S, keep_s))
+                if records or dedup:
+                    log.info("outbox: pruned %d delivered records and %d dedup entries", records, dedup)
+            await asyncio.sleep(MAINTENANCE_INTERVAL_S)
+
+    async def _watchdog(self) -> None:
+        """Send WATCHDOG=1 at half the interval, only while the loop and the writer are alive."""
+        interval = watchdog_interval_s()
+        if interval is None:
+            return
+        while True:
+            try:
+                await asyncio.wait_for(self.outbox.ping(), timeout=interval)
+            except (TimeoutError, StoreUnavailable):
+                log.error("watchdog: the outbox writer did not answer within %.1f s", interval)
+            else:
+                notify("WATCHDOG=1")
+            await asyncio.sleep(interval)
+
+    async def problems(self) -> list[str]:
+        """What makes the hub degraded right now (empty when healthy)."""
+        problems = []
+        if not self.gateway.connected:
+            broker = self.config.broker
+            problems.append(f"not connected to the MQTT broker at {broker.host}:{broker.port}")
+        if time.monotonic() - self.outbox.last_commit_monotonic > WRITER_STALL_S:
+            try:
+                await asyncio.wait_for(self.outbox.ping(), timeout=WRITER_STALL_S)
+            except (TimeoutError, StoreUnavailable) as exc:
+                problems.append(f"outbox writer not answering: {exc or 'timeout'}")
+        if self.outbox.recovered_from is not None:
+            problems.append(
+                f"outbox was damaged and moved aside to {self.outbox.recovered_from}; "
+                f"{self.outbox.salvaged} pending records salvaged"
+            )
+        stats = await self.outbox.stats()
+        if stats.max_bytes and stats.used_bytes >= 0.9 * stats.max_bytes:
+            problems.append(
+                f"outbox {stats.used_bytes // 2**20} MB of {stats.max_bytes // 2**20} MB: telemetry is shed"
+            )
+        return problems
+
+    async def refresh_gauges(self) -> None:
+        """Update the outbox gauges before a scrape."""
+        stats = await self.outbox.stats()
+        self.metrics.outbox_pending.clear()
+        for kind, count in stats.pending_by_kind.items():
+            self.metrics.outbox_pending.labels(kind=kind).set(count)
+        self.metrics.outbox_oldest_age.set(stats.oldest_pending_age_s())
+        self.metrics.outbox_used_bytes.set(stats.used_bytes)
+        self.metrics.outbox_dead_letters.set(stats.dead_letters)
+        self.metrics.devices_online.set(self.registry.online_count)
+
+    async def status(self) -> dict[str, Any]:
+        """The document behind /v1/status, `hallhub status` and the status page."""
+        stats = await self.outbox.stats()
+        node = self.config.node
+        broker = self.config.broker
+        return {
+            "node": {
+                "id": node.id,
+                "hall_code": node.hall_code,
+                "version": __version__,
+                "started_at": self.started_at,
+            },
+            "broker": {
+                "host": broker.host,
+                "port": broker.port,
+                "connected": self.gateway.connected,
+            },
+            "devices": [device.to_json() for device in self.registry.all()],
+            "unknown_devices": dict(self.registry.unknown),
+            "outbox": {
+                "pending": stats.pending,
+                "pending_by_kind": stats.pending_by_kind,
+                "oldest_pending_at": stats.oldest_pending_at,
+                "oldest_pending_age_s": round(stats.oldest_pending_age_s(), 1),
+                "dead_letters": stats.dead_letters,
+                "used_bytes": stats.used_bytes,
+                "max_bytes": stats.max_bytes,
+                "last_seq": stats.last_seq,
+            },
+            "sync": {
+                "last_sync": self.last_sync,
+                "push": bool(self.config.central.url),
+                "pull": bool(self.secrets.pull_token),
+            },
+        }

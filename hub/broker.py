@@ -1,0 +1,127 @@
+"""A private Mosquitto for the demo and the tests: a config we write, a free loopback port."""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import socket
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+class BrokerError(Exception):
+    """Mosquitto is missing or would not start; the message says what to do."""
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def port_open(host: str, port: int) -> bool:
+    """True if something accepts TCP connections there."""
+    with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=0.2):
+        return True
+    return False
+
+
+def mosquitto_binary() -> str | None:
+    """Path to mosquitto, looking in sbin too (Debian installs it there)."""
+    return shutil.which("mosquitto") or next(
+        (p for p in ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto") if Path(p).exists()), None
+    )
+
+
+@dataclass
+class MosquittoBroker:
+    """A Mosquitto process on 127.0.0.1:`port` with persistence in `workdir`.
+
+    `extra` holds config lines (auth, ACL); the queue limit is lifted from Mosquitto's default of
+    1000 messages, which silently drops QoS-1 messages for a slow or restarting subscriber.
+    """
+
+    workdir: Path
+    port: int = 0
+    extra: list[str] = field(default_factory=list)
+    process: subprocess.Popen[bytes] | None = None
+
+    def config_text(self) -> str:
+        """The mosquitto.conf this broker runs with."""
+        anonymous = not any(line.startswith(("password_file", "allow_anonymous")) for line in self.extra)
+        lines = [
+            f"listener {self.port} 127.0.0.1",
+            "persistence true",
+            f"persistence_location {self.workdir}/",
+            "autosave_interval 1",
+            f"log_dest file {self.workdir}/mosquitto.log",
+            "log_type error",
+            "log_type warning",
+            "log_type notice",
+            "max_queued_messages 0",
+            "max_queued_bytes 268435456",
+            "max_inflight_messages 1000",
+            "message_size_limit 2097152",
+            *(["allow_anonymous true"] if anonymous else []),
+            *self.extra,
+        ]
+        return "\n".join(lines) + "\n"
+
+    def start(self, timeout_s: float = 10.0) -> None:
+        """Write the config, start mosquitto, and wait until it accepts connections."""
+        binary = mosquitto_binary()
+        if binary is None:
+            raise BrokerError("mosquitto is not installed: run `sudo apt-get install mosquitto`")
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        if not self.port:
+            self.port = free_port()
+        conf = self.workdir / "mosquitto.conf"
+        conf.write_text(self.config_text())
+        self.process = subprocess.Popen(
+            [binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                err = self.process.stderr.read().decode(errors="replace") if self.process.stderr else ""
+                log = (
+                    (self.workdir / "mosquitto.log").read_text(errors="replace")[-500:]
+                    if (self.workdir / "mosquitto.log").exists()
+                    else ""
+                )
+                raise BrokerError(f"mosquitto exited at start: {err.strip()} {log.strip()}".strip())
+            if port_open("127.0.0.1", self.port):
+                return
+            time.sleep(0.02)
+        self.stop()
+        raise BrokerError(f"mosquitto did not listen on 127.0.0.1:{self.port} within {timeout_s:.0f} s")
+
+    def stop(self) -> None:
+        """Terminate gracefully (persisting its state)."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        if self.process is not None and self.process.stderr is not None:
+            self.process.stderr.close()
+        self.process = None
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash or power cut would."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        if self.process is not None and self.process.stderr is not None:
+            self.process.stderr.close()
+        self.process = None
+
+    def restart(self) -> None:
+        """Stop and start on the same port with the same persistence."""
+        self.stop()
+        self.start()

@@ -1,0 +1,223 @@
+"""The `hallhub` command line (CONTRACTS §8). Every command has --help."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from hub import __version__
+from hub.config import DEFAULT_CONFIG_PATH, ConfigError, HubConfig, load_config, resolve_secrets
+
+app = typer.Typer(
+    name="hallhub",
+    help="Edge hub for service halls: window devices in, durable outbox, sync to the central platform.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+config_app = typer.Typer(help="Check node config files.", no_args_is_help=True)
+simulate_app = typer.Typer(help="Drive simulated devices against a running hub.", no_args_is_help=True)
+app.add_typer(config_app, name="config")
+app.add_typer(simulate_app, name="simulate")
+
+console = Console()
+err_console = Console(stderr=True)
+
+ConfigOption = Annotated[
+    Path, typer.Option("--config", "-c", help="Node config file (TOML).", show_default=True)
+]
+
+
+def _load_or_exit(path: Path) -> HubConfig:
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        for line in exc.lines():
+            err_console.print(f"[red]error[/] {line}", highlight=False)
+        raise typer.Exit(1) from None
+
+
+@app.command()
+def version() -> None:
+    """Print the hallhub version."""
+    console.print(__version__)
+
+
+@app.command()
+def run(
+    config: ConfigOption = DEFAULT_CONFIG_PATH,
+    log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING or ERROR.")] = "INFO",
+) -> None:
+    """Run the hub with a node config until SIGTERM/SIGINT (clean shutdown, exit 0)."""
+    from hub.logsetup import setup_logging
+    from hub.runner import run_hub
+
+    setup_logging(log_level)
+    cfg = _load_or_exit(config)
+    try:
+        secrets = resolve_secrets(cfg, str(config))
+    except ConfigError as exc:
+        for line in exc.lines():
+            err_console.print(f"[red]error[/] {line}", highlight=False)
+        raise typer.Exit(1) from None
+    run_hub(cfg, secrets)
+
+
+@app.command()
+def demo(
+    duration: Annotated[
+        float | None, typer.Option(help="Stop after this many seconds (default: run until Ctrl-C).")
+    ] = None,
+    data_dir: Annotated[
+        Path | None,
+        typer.Option(help="Where to keep the demo's broker and outbox (default: a new temp dir)."),
+    ] = None,
+    rate: Annotated[float, typer.Option(help="Messages per second per simulated device.")] = 0.5,
+) -> None:
+    """Run a whole node here: private broker, the hub, simulated devices, and a live view."""
+    from hub.broker import BrokerError
+    from hub.demo import run_demo
+    from hub.logsetup import setup_logging
+
+    base = data_dir
+    if base is not None:
+        base.mkdir(parents=True, exist_ok=True)
+    log_file = (base or Path("/tmp")) / "hallhub-demo.log"  # noqa: S108 (the demo's own log)
+    setup_logging("INFO", str(log_file))
+    try:
+        asyncio.run(run_demo(duration_s=duration, workdir=base, rate=rate, console=console))
+    except BrokerError as exc:
+        err_console.print(f"[red]error[/] {exc}")
+        raise typer.Exit(1) from None
+    console.print(f"log: {log_file}")
+
+
+@config_app.command("check")
+def config_check(path: Annotated[Path, typer.Argument(help="The config file to check.")]) -> None:
+    """Validate a config file: print every error (exit 1) or a summary of the node (exit 0)."""
+    cfg = _load_or_exit(path)
+    node = cfg.node
+    console.print(
+        f"[green]ok[/] {path}: node [bold]{node.id}[/] (hall {node.hall_code}), data in {node.data_dir}"
+    )
+    console.print(
+        f"broker {cfg.broker.host}:{cfg.broker.port} · api {cfg.api.listen} · "
+        f"push {'to ' + cfg.central.url if cfg.central.url else 'off'} · "
+        f"pull {'on' if (cfg.api.pull_token or cfg.api.pull_token_file) else 'off'}"
+    )
+    table = Table(title=f"{len(cfg.device)} devices")
+    for column in ("id", "kind", "transport", "window", "port / source"):
+        table.add_column(column)
+    for device in cfg.device:
+        where = device.port or device.source or device.reader or "-"
+        if device.kind == "keypad":
+            where += f" @{device.address or 1}"
+        table.add_row(device.id, device.kind, device.transport, device.window or "-", where)
+    console.print(table)
+
+
+def _get_json(url: str, timeout: float = 5.0) -> Any:
+    if not url.startswith(("http://", "https://")):
+        raise ValueError(f"not an http URL: {url}")
+    with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 (scheme checked above)
+        return json.loads(response.read())
+
+
+@app.command()
+def status(
+    config: ConfigOption = DEFAULT_CONFIG_PATH,
+    url: Annotated[
+        str | None, typer.Option(help="The hub's API base URL (default: from the config).")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the raw status document.")] = False,
+) -> None:
+    """Show the running hub's status: node, broker, devices, outbox."""
+    if url is None:
+        host, port = _load_or_exit(config).api_host_port
+        url = f"http://{host}:{port}"
+    try:
+        doc = _get_json(url.rstrip("/") + "/v1/status")
+    except (OSError, ValueError, urllib.error.URLError) as exc:
+        err_console.print(f"[red]error[/] cannot reach the hub at {url}: {exc} (is `hallhub run` active?)")
+        raise typer.Exit(1) from None
+    if as_json:
+        sys.stdout.write(json.dumps(doc, ensure_ascii=False, indent=2) + "\n")
+        return
+    node, broker, outbox = doc["node"], doc["broker"], doc["outbox"]
+    console.print(f"node [bold]{node['id']}[/] (hall {node['hall_code']}) · hallhub {node['version']}")
+    console.print(
+        f"broker {broker['host']}:{broker['port']} "
+        + ("[green]connected[/]" if broker["connected"] else "[red]not connected[/]")
+    )
+    console.print(
+        f"outbox: {outbox['pending']} pending {outbox['pending_by_kind']}"
+        f" · oldest {outbox['oldest_pending_age_s']} s"
+        f" · {outbox['dead_letters']} dead letters · {outbox['used_bytes'] // 2**20} of"
+        f" {outbox['max_bytes'] // 2**20} MB"
+    )
+    table = Table(title="devices")
+    for column in ("id", "kind", "window", "online", "last seen", "errors"):
+        table.add_column(column)
+    for device in doc["devices"]:
+        errors = ", ".join(f"{k} {v}" for k, v in device["errors"].items()) or "-"
+        online = "[green]online[/]" if device["online"] else "[red]offline[/]"
+        table.add_row(
+            device["id"], device["kind"], device["window"] or "-", online, device["last_seen"] or "-", errors
+        )
+    console.print(table)
+
+
+@simulate_app.command("mqtt")
+def simulate_mqtt(
+    device: Annotated[str, typer.Option(help="Device id (as configured on the hub).")],
+    node: Annotated[str, typer.Option(help="The hub's node id.")],
+    broker: Annotated[str, typer.Option(help="Broker host:port.")] = "127.0.0.1:1883",
+    kind: Annotated[str, typer.Option(help="terminal or pad.")] = "terminal",
+    count: Annotated[int, typer.Option(min=1, max=1_000_000, help="Ratings to send.")] = 10,
+    rate: Annotated[float, typer.Option(min=0.01, max=10_000, help="Ratings per second.")] = 2.0,
+    username: Annotated[str | None, typer.Option(help="Broker username (default: the device id).")] = None,
+    password: Annotated[str | None, typer.Option(help="Broker password.")] = None,
+) -> None:
+    """Send random ratings from a simulated MQTT device, each retried until acked."""
+    import random
+
+    from hub.config import split_host_port
+    from hub.demo import random_rating
+    from hub.simulate.mqtt_device import NotAcked, SimulatedMqttDevice
+
+    host, port = split_host_port(broker)
+
+    async def go() -> None:
+        rng = random.Random()
+        async with SimulatedMqttDevice(
+            host,
+            port,
+            node,
+            device,
+            kind=kind,
+            username=username or (device if password else None),
+            password=password,
+        ) as sim:
+            for n in range(count):
+                try:
+                    ack = await sim.rate(**random_rating(rng))
+                except NotAcked as exc:
+                    err_console.print(f"[red]{exc}[/]")
+                    continue
+                console.print(f"{n + 1}/{count} {ack.status} {ack.id or ''} {ack.error or ''}")
+                await asyncio.sleep(1 / rate)
+
+    asyncio.run(go())
+
+
+def main() -> None:
+    """Console entry point."""
+    app()

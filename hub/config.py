@@ -1,0 +1,408 @@
+"""The node's TOML config (CONTRACTS §7), validated so that every error names file, key and fix.
+
+Validation runs in two passes: pydantic checks each key's type and range, then `_cross_checks`
+checks what depends on several keys (a serial device needs a port, one rating device per window...).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import tomllib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic_core import ErrorDetails
+
+from hub.validation import describe, key_path
+
+DEFAULT_CONFIG_PATH = Path("/etc/hallhub/node.toml")
+
+_ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
+_WINDOW_PATTERN = r"^[A-Za-z0-9_-]{1,16}$"
+_HALL_CODE_PATTERN = r"^[0-9]{6}$"
+
+DeviceKind = Literal["keypad", "idcard", "qr", "pcsc", "terminal", "pad"]
+Transport = Literal["serial", "mqtt", "pcsc", "camera"]
+
+# Which transports each device kind can use; anything else is a config error.
+ALLOWED_TRANSPORTS: dict[str, tuple[str, ...]] = {
+    "keypad": ("serial",),
+    "idcard": ("serial",),
+    "qr": ("serial", "camera", "mqtt"),
+    "pcsc": ("pcsc",),
+    "terminal": ("mqtt",),
+    "pad": ("mqtt",),
+}
+RATING_KINDS = ("keypad", "pad")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class NodeSection(_Section):
+    """`[node]`: who this node is and where it keeps its data."""
+
+    id: Annotated[str, Field(pattern=_ID_PATTERN)]
+    hall_code: Annotated[str, Field(pattern=_HALL_CODE_PATTERN)]
+    data_dir: str = "/var/lib/hallhub"
+    secret_file: str = "/etc/hallhub/secret"  # noqa: S105 (a path, not a secret)
+
+
+class BrokerSection(_Section):
+    """`[broker]`: the node's MQTT broker."""
+
+    host: Annotated[str, Field(min_length=1)] = "127.0.0.1"
+    port: Annotated[int, Field(ge=1, le=65535)] = 1883
+    username: str = ""
+    password: str = ""
+    password_file: str = ""
+    client_id: Annotated[str, Field(pattern=_ID_PATTERN)] | None = None
+    keepalive_s: Annotated[int, Field(ge=5, le=3600)] = 30
+
+
+class ApiSection(_Section):
+    """`[api]`: the local HTTP API and the pull token."""
+
+    listen: str = "127.0.0.1:8780"
+    pull_token: str = ""
+    pull_token_file: str = ""
+
+
+class CentralSection(_Section):
+    """`[central]`: the platform the node pushes to; an empty url turns push off."""
+
+    url: str = ""
+    token: str = ""
+    token_file: str = ""
+    batch_max: Annotated[int, Field(ge=1, le=5000)] = 500
+    ca_file: str = ""
+    cert_file: str = ""
+    key_file: str = ""
+    timeout_s: Annotated[float, Field(gt=0, le=600)] = 30.0
+
+
+class EvaluationSection(_Section):
+    """`[evaluation]`: session timeout and what counts as a bad review."""
+
+    timeout_s: Annotated[int, Field(ge=5, le=3600)] = 60
+    bad_level: Annotated[int, Field(ge=1, le=4)] = 2
+    thanks_text: Annotated[str, Field(max_length=64)] = "感谢您的评价"
+    max_per_session: Annotated[int, Field(ge=1, le=100)] = 1
+    max_free_per_minute: Annotated[int, Field(ge=1, le=600)] = 6
+
+
+class OutboxSection(_Section):
+    """`[outbox]`: the disk quota and how long delivered records are kept."""
+
+    max_mb: Annotated[int, Field(ge=1, le=1_000_000)] = 512
+    retention_days: Annotated[float, Field(ge=0, le=3650)] = 7.0
+
+
+class PrivacySection(_Section):
+    """`[privacy]`: how citizen identity is referenced."""
+
+    hmac: Literal["sm3", "sha256"] = "sm3"
+    identity: Literal["none", "encrypted"] = "none"
+
+
+class NationalSection(_Section):
+    """`[national]`: mapping to the provincial 好差评 record (CONTRACTS §6a)."""
+
+    level_order: Literal["5_best", "1_best"] = "5_best"
+    dept_code: str = ""
+    area_code: str = ""
+    timezone: str = "Asia/Shanghai"
+    pf: dict[str, Annotated[int, Field(ge=1, le=9)]] = Field(
+        default_factory=lambda: {"keypad": 4, "pad": 4, "terminal": 5, "qr": 3}
+    )
+    reasons: dict[str, str] = Field(default_factory=dict)
+
+
+class DeviceSection(_Section):
+    """One `[[device]]`."""
+
+    id: Annotated[str, Field(pattern=_ID_PATTERN)]
+    kind: DeviceKind
+    transport: Transport
+    port: str | None = None
+    baud: Annotated[int, Field(ge=300, le=4_000_000)] | None = None
+    address: Annotated[int, Field(ge=1, le=254)] | None = None
+    window: Annotated[str, Field(pattern=_WINDOW_PATTERN)] | None = None
+    source: str | None = None
+    fps: Annotated[float, Field(gt=0, le=60)] | None = None
+    decoder: Literal["zxing", "pyzbar"] | None = None
+    terminator: Literal["cr", "lf", "crlf", "any"] | None = None
+    encoding: Literal["auto", "utf-8", "gbk"] | None = None
+    reader: str | None = None
+
+
+class HubConfig(_Section):
+    """The whole node config. Build it with `load_config`, which reports errors precisely."""
+
+    node: NodeSection
+    broker: BrokerSection = Field(default_factory=BrokerSection)
+    api: ApiSection = Field(default_factory=ApiSection)
+    central: CentralSection = Field(default_factory=CentralSection)
+    evaluation: EvaluationSection = Field(default_factory=EvaluationSection)
+    outbox: OutboxSection = Field(default_factory=OutboxSection)
+    privacy: PrivacySection = Field(default_factory=PrivacySection)
+    national: NationalSection = Field(default_factory=NationalSection)
+    device: list[DeviceSection] = Field(default_factory=list)
+
+    @property
+    def devices_by_id(self) -> dict[str, DeviceSection]:
+        """Configured devices keyed by id."""
+        return {device.id: device for device in self.device}
+
+    @property
+    def api_host_port(self) -> tuple[str, int]:
+        """`api.listen` split into host and port (validated at load)."""
+        return split_host_port(self.api.listen)
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigProblem:
+    """One thing wrong in a config file: where (`key`, e.g. `device[2].port`) and what to do."""
+
+    key: str
+    message: str
+
+
+class ConfigError(Exception):
+    """A config file that cannot be used; `problems` lists every error found, not only the first."""
+
+    def __init__(self, path: Path | str, problems: Sequence[ConfigProblem]) -> None:
+        self.path = str(path)
+        self.problems = list(problems)
+        super().__init__(self.render())
+
+    def lines(self) -> list[str]:
+        """One line per problem: `file: key: message`."""
+        return [
+            f"{self.path}: {p.key}: {p.message}" if p.key else f"{self.path}: {p.message}"
+            for p in self.problems
+        ]
+
+    def render(self) -> str:
+        """All problems, one per line."""
+        return "\n".join(self.lines())
+
+
+def split_host_port(text: str) -> tuple[str, int]:
+    """Split `host:port` (IPv6 as `[::1]:8780`); raise ValueError with a readable message."""
+    host, sep, port_text = text.rpartition(":")
+    if not sep or not host:
+        raise ValueError(f'expected "host:port" such as "127.0.0.1:8780", got "{text}"')
+    host = host.removeprefix("[").removesuffix("]")
+    # Port 0 asks the OS for a free port (tests, demo); a node uses a fixed one.
+    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise ValueError(f'expected a port from 1 to 65535 after ":", got "{text}"')
+    return host, int(port_text)
+
+
+def _describe(error: ErrorDetails, fields: Sequence[str]) -> str:
+    """A config error sentence; unknown keys list what is allowed in that table."""
+    if error["type"] == "extra_forbidden":
+        return f"unknown key (allowed here: {', '.join(fields)})"
+    if error["type"] == "string_type":
+        return f"expected text in quotes, got {error.get('input')!r}"
+    if error["type"] in {"dict_type", "model_type", "model_attributes_type"}:
+        return "expected a table ([name] or name = { ... })"
+    if error["type"] == "list_type":
+        return "expected an array of tables ([[name]])"
+    return describe(error)
+
+
+def _fields_at(loc: Sequence[int | str]) -> list[str]:
+    """The keys allowed in the table an error points into (for "unknown key" messages)."""
+    model: type[BaseModel] = HubConfig
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            continue
+        annotation = model.model_fields[part].annotation if part in model.model_fields else None
+        inner = getattr(annotation, "__args__", (annotation,))
+        candidates = [a for a in inner if isinstance(a, type) and issubclass(a, BaseModel)]
+        if not candidates:
+            return []
+        model = candidates[0]
+    return list(model.model_fields)
+
+
+def _cross_checks(config: HubConfig) -> list[ConfigProblem]:
+    problems: list[ConfigProblem] = []
+    try:
+        split_host_port(config.api.listen)
+    except ValueError as exc:
+        problems.append(ConfigProblem("api.listen", str(exc)))
+    if config.broker.password and config.broker.password_file:
+        problems.append(ConfigProblem("broker.password_file", "set password or password_file, not both"))
+    if config.api.pull_token and config.api.pull_token_file:
+        problems.append(ConfigProblem("api.pull_token_file", "set pull_token or pull_token_file, not both"))
+    if config.central.token and config.central.token_file:
+        problems.append(ConfigProblem("central.token_file", "set token or token_file, not both"))
+    if config.central.url and not config.central.url.startswith(("https://", "http://")):
+        problems.append(ConfigProblem("central.url", f'expected an https:// URL, got "{config.central.url}"'))
+    if config.national.area_code and not config.national.area_code.isdigit():
+        problems.append(ConfigProblem("national.area_code", "expected digits only"))
+    for channel in config.national.pf:
+        if channel not in ("keypad", "terminal", "pad", "qr"):
+            problems.append(
+                ConfigProblem(f"national.pf.{channel}", "unknown channel (keypad, terminal, pad, qr)")
+            )
+
+    seen_ids: dict[str, int] = {}
+    windows: dict[str, str] = {}
+    addresses: dict[tuple[str, int], str] = {}
+    for index, device in enumerate(config.device):
+        key = f"device[{index}]"
+        label = f'device "{device.id}"'
+        if device.id in seen_ids:
+            problems.append(
+                ConfigProblem(f"{key}.id", f'"{device.id}" is already used by device[{seen_ids[device.id]}]')
+            )
+        seen_ids.setdefault(device.id, index)
+        allowed = ALLOWED_TRANSPORTS[device.kind]
+        if device.transport not in allowed:
+            problems.append(
+                ConfigProblem(
+                    f"{key}.transport",
+                    f'a {device.kind} cannot use transport "{device.transport}" '
+                    f"(use {' or '.join(repr(a) for a in allowed)})",
+                )
+            )
+        if device.transport == "serial" and not device.port:
+            problems.append(
+                ConfigProblem(
+                    f"{key}.port",
+                    f"{label} uses a serial port: set port, e.g. "
+                    '"/dev/serial/by-id/usb-…" (see `ls -l /dev/serial/by-id/`)',
+                )
+            )
+        if device.transport != "serial":
+            for field_name in ("port", "baud"):
+                if getattr(device, field_name) is not None:
+                    problems.append(
+                        ConfigProblem(f"{key}.{field_name}", f"only serial devices take {field_name}")
+                    )
+        if device.kind != "keypad" and device.address is not None:
+            problems.append(ConfigProblem(f"{key}.address", "only keypads take an address"))
+        if device.transport == "camera" and not device.source:
+            problems.append(
+                ConfigProblem(
+                    f"{key}.source",
+                    f'{label} is a camera: set source to a device index ("0"), a file or an rtsp:// URL',
+                )
+            )
+        if device.kind in RATING_KINDS:
+            if device.window is None:
+                problems.append(
+                    ConfigProblem(
+                        f"{key}.window",
+                        f'{label} is a {device.kind}: set the window it serves, e.g. window = "07"',
+                    )
+                )
+            elif device.window in windows:
+                problems.append(
+                    ConfigProblem(
+                        f"{key}.window",
+                        f'window "{device.window}" already has rating device "{windows[device.window]}"',
+                    )
+                )
+            else:
+                windows[device.window] = device.id
+        if device.kind == "keypad" and device.port:
+            address = device.address if device.address is not None else 1
+            other = addresses.get((device.port, address))
+            if other is not None:
+                problems.append(
+                    ConfigProblem(
+                        f"{key}.address",
+                        f'address {address} on {device.port} is already used by keypad "{other}"',
+                    )
+                )
+            addresses[(device.port, address)] = device.id
+    return problems
+
+
+def parse_config(raw: dict[str, Any], path: Path | str = "<config>") -> HubConfig:
+    """Validate a parsed TOML document; raise ConfigError listing every problem."""
+    try:
+        config = HubConfig.model_validate(raw)
+    except ValidationError as exc:
+        problems = [
+            ConfigProblem(key_path(err["loc"]), _describe(err, _fields_at(err["loc"])))
+            for err in exc.errors(include_url=False)
+        ]
+        raise ConfigError(path, problems) from None
+    problems = _cross_checks(config)
+    if problems:
+        raise ConfigError(path, problems)
+    return config
+
+
+def load_config(path: Path | str) -> HubConfig:
+    """Read and validate a config file; raise ConfigError that names the file and each key."""
+    file = Path(path)
+    try:
+        text = file.read_bytes().decode("utf-8")
+    except FileNotFoundError:
+        raise ConfigError(
+            file, [ConfigProblem("", "file not found (write one from config/node.example.toml)")]
+        ) from None
+    except PermissionError:
+        raise ConfigError(
+            file, [ConfigProblem("", "permission denied (is it readable by the hallhub user?)")]
+        ) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(file, [ConfigProblem("", f"not UTF-8 text (byte {exc.start})")]) from None
+    except OSError as exc:
+        raise ConfigError(file, [ConfigProblem("", f"cannot read: {exc.strerror}")]) from None
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(file, [ConfigProblem("", f"not valid TOML: {exc}")]) from None
+    return parse_config(raw, file)
+
+
+@dataclass(frozen=True, slots=True)
+class Secrets:
+    """Passwords and tokens resolved from the config or from their `*_file` keys."""
+
+    broker_password: str
+    pull_token: str
+    central_token: str
+
+
+def _read_secret(path: str, key: str, config_path: str) -> str:
+    try:
+        return Path(path).read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise ConfigError(config_path, [ConfigProblem(key, f"cannot read {path}: {exc.strerror}")]) from None
+
+
+def resolve_secrets(config: HubConfig, config_path: str = "<config>") -> Secrets:
+    """Read `password_file`, `pull_token_file` and `token_file` where they are set."""
+    broker = config.broker.password
+    if config.broker.password_file:
+        broker = _read_secret(config.broker.password_file, "broker.password_file", config_path)
+    pull = config.api.pull_token
+    if config.api.pull_token_file:
+        pull = _read_secret(config.api.pull_token_file, "api.pull_token_file", config_path)
+    central = config.central.token
+    if config.central.token_file:
+        central = _read_secret(config.central.token_file, "central.token_file", config_path)
+    return Secrets(broker_password=broker, pull_token=pull, central_token=central)
+
+
+def is_loopback(host: str) -> bool:
+    """True for localhost and loopback addresses (used to warn when the API listens on the LAN)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

@@ -1,0 +1,231 @@
+"""`hallhub demo`: a whole node on this machine, no hardware and no config.
+
+A private broker on a free loopback port, the hub, and simulated devices producing realistic
+traffic, with a live view of what the hub stores and mirrors until Ctrl-C (or `--duration`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import random
+import signal
+import tempfile
+import time
+from collections import Counter, deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiomqtt
+from rich.console import Console, Group
+from rich.live import Live
+from rich.panel import Panel
+from rich.table import Table
+
+from hub.app import Hub
+from hub.broker import BrokerError, MosquittoBroker, free_port, mosquitto_binary
+from hub.config import HubConfig, Secrets, parse_config
+from hub.simulate.mqtt_device import NotAcked, SimulatedMqttDevice
+from hub.topics import Topics
+
+NODE_ID = "demo-hall-01"
+PULL_TOKEN = "demo-pull-token"  # noqa: S105 (a fixed token for a loopback-only demo)
+LEVEL_WEIGHTS = {5: 60, 4: 20, 3: 10, 2: 6, 1: 4}
+LEVEL_NAMES = {5: "非常满意", 4: "满意", 3: "基本满意", 2: "不满意", 1: "非常不满意"}
+ITEMS = [
+    ("370100-001-01", "居民身份证换领"),
+    ("370100-017-03", "社保卡补办"),
+    ("370100-052-02", "营业执照变更"),
+]
+
+MQTT_DEVICES = [
+    {"id": "term-01", "kind": "terminal", "transport": "mqtt"},
+    {"id": "pad-05", "kind": "pad", "transport": "mqtt", "window": "05"},
+    {"id": "pad-06", "kind": "pad", "transport": "mqtt", "window": "06"},
+]
+
+
+def demo_config(broker_port: int, api_port: int, data_dir: Path) -> HubConfig:
+    """The embedded default node config of the demo."""
+    raw: dict[str, Any] = {
+        "node": {
+            "id": NODE_ID,
+            "hall_code": "370102",
+            "data_dir": str(data_dir),
+            "secret_file": str(data_dir / "secret"),
+        },
+        "broker": {"host": "127.0.0.1", "port": broker_port},
+        "api": {"listen": f"127.0.0.1:{api_port}", "pull_token": PULL_TOKEN},
+        "device": MQTT_DEVICES,
+    }
+    return parse_config(raw, "<demo>")
+
+
+@dataclass
+class DemoView:
+    """What the live view shows, fed by the hub's own MQTT mirror (events/#, alerts)."""
+
+    stored: Counter[str] = field(default_factory=Counter)
+    levels: Counter[int] = field(default_factory=Counter)
+    sent: Counter[str] = field(default_factory=Counter)
+    events: deque[str] = field(default_factory=lambda: deque(maxlen=10))
+    alerts: deque[str] = field(default_factory=lambda: deque(maxlen=5))
+    started: float = field(default_factory=time.monotonic)
+
+    def on_record(self, record: dict[str, Any]) -> None:
+        """Count one record mirrored by the hub."""
+        kind = record["kind"]
+        data = record["data"]
+        self.stored[kind] += 1
+        stamp = record["created_at"][11:19]
+        if kind == "evaluation":
+            self.levels[data["level"]] += 1
+            where = f"window {data['window']}" if data.get("window") else data["device_id"]
+            level = data["level"]
+            text = f"{stamp} seq {record['seq']:>5} evaluation {level} {LEVEL_NAMES[level]} ({where})"
+            self.events.appendleft(text)
+        elif kind == "alert":
+            self.alerts.appendleft(
+                f"{stamp} {data.get('type')} level {data.get('level')} window {data.get('window')} "
+                f"case {data.get('case_no')}"
+            )
+        else:
+            self.events.appendleft(f"{stamp} seq {record['seq']:>5} {kind} from {data.get('device_id')}")
+
+    def render(self, hub: Hub) -> Group:
+        """The live view."""
+        elapsed = time.monotonic() - self.started
+        totals = Table(title="Stored by the hub (mirrored on MQTT after commit)", expand=True)
+        for name in ("evaluation", "alert", "scan", "print", "device_status"):
+            totals.add_column(name, justify="right")
+        totals.add_row(
+            *(str(self.stored[n]) for n in ("evaluation", "alert", "scan", "print", "device_status"))
+        )
+        levels = Table(title="Ratings by level", expand=True)
+        for level in (5, 4, 3, 2, 1):
+            levels.add_column(f"{level} {LEVEL_NAMES[level]}", justify="right")
+        levels.add_row(*(str(self.levels[level]) for level in (5, 4, 3, 2, 1)))
+        devices = Table(title="Devices", expand=True)
+        for column in ("device", "kind", "window", "online", "sent"):
+            devices.add_column(column)
+        for state in hub.registry.all():
+            devices.add_row(
+                state.id,
+                state.kind,
+                state.window or "-",
+                "yes" if state.online else "no",
+                str(self.sent[state.id]),
+            )
+        events = Panel("\n".join(self.events) or "waiting…", title="Latest records")
+        alerts = Panel("\n".join(self.alerts) or "none yet", title="Bad-review alerts (差评)", style="red")
+        footer = (
+            f"{elapsed:5.0f} s · broker 127.0.0.1:{hub.config.broker.port} · "
+            f"status http://127.0.0.1:{hub.api_port}/v1/status · Ctrl-C to stop"
+        )
+        return Group(totals, levels, devices, events, alerts, footer)
+
+
+def random_rating(rng: random.Random) -> dict[str, Any]:
+    """A plausible rating: mostly satisfied, sometimes a bad review with reasons."""
+    level = rng.choices(list(LEVEL_WEIGHTS), weights=list(LEVEL_WEIGHTS.values()))[0]
+    item_code, item_name = rng.choice(ITEMS)
+    rating: dict[str, Any] = {
+        "level": level,
+        "case_no": f"SD{rng.randrange(10**9):09d}",
+        "item_code": item_code,
+        "item_name": item_name,
+        "staff_id": f"S{rng.randrange(1, 40):03d}",
+    }
+    if level <= 2:
+        rating["reasons"] = rng.sample(["R1", "R2", "R3", "R4"], k=rng.randint(1, 2))
+        rating["comment"] = rng.choice(["等候时间太长", "材料要求没有一次说清", None])
+    return rating
+
+
+async def _device_traffic(
+    device: SimulatedMqttDevice, view: DemoView, rate: float, rng: random.Random
+) -> None:
+    while True:
+        await asyncio.sleep(rng.expovariate(rate))
+        with contextlib.suppress(NotAcked, aiomqtt.MqttError):
+            if device.kind == "terminal" and rng.random() < 0.2:
+                await device.send(
+                    "print", {"job_id": f"J{rng.randrange(10**6)}", "state": "done", "pages": 2}
+                )
+            elif device.kind == "terminal" and rng.random() < 0.1:
+                await device.publish_raw("health", json.dumps({"paper": rng.choice(["ok", "ok", "low"])}))
+            else:
+                await device.rate(**random_rating(rng))
+            view.sent[device.device_id] += 1
+
+
+async def _watch_mirror(port: int, view: DemoView) -> None:
+    topics = Topics(NODE_ID)
+    async with aiomqtt.Client("127.0.0.1", port, identifier=f"demo-view-{free_port()}") as client:
+        await client.subscribe(f"{topics.root}/events/#", qos=1)
+        async for message in client.messages:
+            payload = message.payload if isinstance(message.payload, bytes) else b"{}"
+            view.on_record(json.loads(payload))
+
+
+async def run_demo(
+    *,
+    duration_s: float | None,
+    workdir: Path | None,
+    rate: float,
+    console: Console,
+) -> DemoView:
+    """Run the whole demo node; returns what the view counted (tests assert on it)."""
+    base = workdir or Path(tempfile.mkdtemp(prefix="hallhub-demo-"))
+    if mosquitto_binary() is None:
+        raise BrokerError(
+            "mosquitto is not installed: run ./scripts/demo (it installs it),"
+            " or `sudo apt-get install mosquitto`"
+        )
+    broker = MosquittoBroker(workdir=base / "broker")
+    await asyncio.to_thread(broker.start)
+    config = demo_config(broker.port, free_port(), base / "data")
+    hub = Hub(config, Secrets(broker_password="", pull_token=PULL_TOKEN, central_token=""))
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    view = DemoView()
+    rng = random.Random()
+    try:
+        hub_task = asyncio.create_task(hub.run(stop))
+        await asyncio.wait_for(hub.ready.wait(), 15)
+        await hub.gateway.wait_connected(15)
+        console.print(f"[bold]hallhub demo[/] — data in {base}")
+        async with contextlib.AsyncExitStack() as stack:
+            devices = [
+                await stack.enter_async_context(
+                    SimulatedMqttDevice("127.0.0.1", broker.port, NODE_ID, spec["id"], kind=spec["kind"])
+                )
+                for spec in MQTT_DEVICES
+            ]
+            tasks = [asyncio.create_task(_watch_mirror(broker.port, view))]
+            tasks += [asyncio.create_task(_device_traffic(d, view, rate, rng)) for d in devices]
+            deadline = None if duration_s is None else time.monotonic() + duration_s
+            with Live(view.render(hub), console=console, refresh_per_second=2, transient=False) as live:
+                while not stop.is_set() and (deadline is None or time.monotonic() < deadline):
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stop.wait(), 0.5)
+                    live.update(view.render(hub))
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        stop.set()
+        await hub_task
+    finally:
+        stop.set()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+        await asyncio.to_thread(broker.stop)
+    console.print(
+        f"demo stopped: {view.stored['evaluation']} evaluations and {view.stored['alert']} alerts stored "
+        f"in {base / 'data' / 'outbox.db'}"
+    )
+    return view

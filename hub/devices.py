@@ -1,0 +1,99 @@
+"""What the hub knows about each configured device right now (online, last seen, errors)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from hub.config import DeviceSection
+from hub.records import utc_now
+
+
+@dataclass(slots=True)
+class DeviceState:
+    """Live state of one device, shown on /v1/status and the status page."""
+
+    id: str
+    kind: str
+    transport: str
+    window: str | None
+    online: bool = False
+    last_seen: str | None = None
+    last_seen_monotonic: float | None = None
+    fw: str | None = None
+    errors: dict[str, int] = field(default_factory=dict)
+    faults: tuple[str, ...] = ()
+    detail: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        """The status document of this device."""
+        return {
+            "id": self.id,
+            "kind": self.kind,
+            "transport": self.transport,
+            "window": self.window,
+            "online": self.online,
+            "last_seen": self.last_seen,
+            "fw": self.fw,
+            "errors": dict(self.errors),
+            "faults": list(self.faults),
+            "detail": self.detail,
+        }
+
+
+class DeviceRegistry:
+    """Configured devices and their live state; unknown ids are counted, never added."""
+
+    def __init__(self, devices: list[DeviceSection]) -> None:
+        self._devices = {
+            d.id: DeviceState(id=d.id, kind=d.kind, transport=d.transport, window=d.window) for d in devices
+        }
+        self.unknown: dict[str, int] = {}
+
+    def get(self, device_id: str) -> DeviceState | None:
+        """The device's state, or None if it is not configured."""
+        return self._devices.get(device_id)
+
+    def all(self) -> list[DeviceState]:
+        """Every configured device."""
+        return list(self._devices.values())
+
+    def seen(self, device_id: str) -> None:
+        """Any message from the device proves it is alive."""
+        state = self._devices.get(device_id)
+        if state is not None:
+            state.last_seen = utc_now()
+            state.last_seen_monotonic = time.monotonic()
+
+    def set_online(self, device_id: str, online: bool, detail: str = "") -> bool:
+        """Record an online/offline change; True if it changed."""
+        state = self._devices.get(device_id)
+        if state is None:
+            return False
+        changed = state.online != online
+        state.online = online
+        state.detail = detail
+        if online:
+            self.seen(device_id)
+        return changed
+
+    def count_error(self, device_id: str, reason: str) -> None:
+        """Count a rejected message or dropped frame against the device (or as unknown)."""
+        state = self._devices.get(device_id)
+        if state is None:
+            self.unknown[device_id] = self.unknown.get(device_id, 0) + 1
+            return
+        state.errors[reason] = state.errors.get(reason, 0) + 1
+
+    @property
+    def online_count(self) -> int:
+        """Devices online now."""
+        return sum(1 for d in self._devices.values() if d.online)
+
+    def rating_device_for(self, window: str) -> DeviceState | None:
+        """The keypad or pad bound to a window (config allows one)."""
+        for state in self._devices.values():
+            if state.window == window and state.kind in ("keypad", "pad"):
+                return state
+        return None

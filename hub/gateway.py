@@ -1,0 +1,366 @@
+"""The MQTT gateway: the topic contract of CONTRACTS §2 between devices and the outbox.
+
+It subscribes with a persistent session (messages published while the hub restarts are delivered
+afterwards), answers each device message only after the outbox has decided, and mirrors every stored
+record on `events/{kind}` and `alerts`. Publishes are pipelined: every message is handled in its own
+task, so many acks are in flight at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import random
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import aiomqtt
+
+from hub import __version__
+from hub.config import DeviceSection, HubConfig, Secrets
+from hub.devices import DeviceRegistry
+from hub.intake import Intake
+from hub.metrics import HubMetrics
+from hub.records import Kind, Record
+from hub.schemas import (
+    ACKED_LEAVES,
+    AckPayload,
+    ErrorPayload,
+    EvaluateRequest,
+    HealthPayload,
+    HubState,
+    PayloadError,
+    PrintPayload,
+    RatingPayload,
+    ScanPayload,
+    StatePayload,
+    decode_object,
+    parse_device_payload,
+    usable_msg_id,
+)
+from hub.store.outbox import DedupKey, Duplicate, Rejected, Stored, StoreUnavailable
+from hub.topics import Topics
+
+log = logging.getLogger(__name__)
+
+MAX_CONCURRENT_MESSAGES = 2000
+BACKOFF_FIRST_S = 0.5
+BACKOFF_MAX_S = 30.0
+STATE_INTERVAL_S = 15.0
+
+# Which device kinds may publish which leaves (a keypad-shaped rating from a QR scanner is a bug).
+LEAVES_BY_KIND = {
+    "rating": frozenset({"terminal", "pad"}),
+    "scan": frozenset({"qr", "terminal"}),
+    "print": frozenset({"terminal"}),
+}
+
+WindowHandler = Callable[[str, EvaluateRequest], Awaitable[None]]
+StateProvider = Callable[[], Awaitable[tuple[int, str | None]]]
+
+
+class MqttGateway:
+    """Owns the hub's MQTT connection; reconnects with backoff and jitter when the broker goes."""
+
+    def __init__(
+        self,
+        config: HubConfig,
+        secrets: Secrets,
+        intake: Intake,
+        registry: DeviceRegistry,
+        metrics: HubMetrics,
+        state_provider: StateProvider,
+    ) -> None:
+        self.config = config
+        self.secrets = secrets
+        self.intake = intake
+        self.registry = registry
+        self.metrics = metrics
+        self.topics = Topics(config.node.id)
+        self.state_provider = state_provider
+        self.window_handler: WindowHandler | None = None
+        self._client: aiomqtt.Client | None = None
+        self._connected = asyncio.Event()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._slots = asyncio.Semaphore(MAX_CONCURRENT_MESSAGES)
+        self._stop = asyncio.Event()
+        self._last_health: dict[str, dict[str, Any]] = {}
+        self.connects = 0
+
+    @property
+    def connected(self) -> bool:
+        """True while a broker session is up."""
+        return self._connected.is_set()
+
+    async def wait_connected(self, timeout: float | None = None) -> None:
+        """Wait until the gateway is connected and subscribed."""
+        await asyncio.wait_for(self._connected.wait(), timeout)
+
+    def _client_options(self) -> dict[str, Any]:
+        broker = self.config.broker
+        offline = HubState(online=False, version=__version__, outbox_pending=-1, last_sync=None)
+        return {
+            "hostname": broker.host,
+            "port": broker.port,
+            "username": broker.username or None,
+            "password": self.secrets.broker_password or None,
+            "identifier": broker.client_id or f"hallhub-{self.config.node.id}",
+            "clean_session": False,
+            "keepalive": broker.keepalive_s,
+            "will": aiomqtt.Will(self.topics.hub_state, offline.encode(), qos=1, retain=True),
+            "max_inflight_messages": 1000,
+            "timeout": 10.0,
+        }
+
+    async def run(self) -> None:
+        """Serve until `stop()`, reconnecting after any broker error."""
+        delay = BACKOFF_FIRST_S
+        while not self._stop.is_set():
+            try:
+                async with aiomqtt.Client(**self._client_options()) as client:
+                    delay = BACKOFF_FIRST_S
+                    await self._serve(client)
+            except aiomqtt.MqttError as exc:
+                log.warning(
+                    "mqtt: broker %s:%d unavailable (%s); retrying",
+                    self.config.broker.host,
+                    self.config.broker.port,
+                    exc,
+                )
+            finally:
+                self._client = None
+                self._connected.clear()
+                self.metrics.mqtt_connected.set(0)
+            if self._stop.is_set():
+                return
+            # Full jitter keeps a hall's devices and hub from reconnecting in lockstep.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), random.uniform(0, delay))
+            delay = min(BACKOFF_MAX_S, delay * 2)
+
+    async def stop(self) -> None:
+        """Stop taking messages, finish those in flight, publish `hub/state` offline, disconnect."""
+        self._stop.set()
+
+    async def _serve(self, client: aiomqtt.Client) -> None:
+        for topic in self.topics.subscriptions():
+            await client.subscribe(topic, qos=1)
+        self._client = client
+        self.connects += 1
+        self._connected.set()
+        self.metrics.mqtt_connected.set(1)
+        log.info("mqtt: connected to %s:%d", self.config.broker.host, self.config.broker.port)
+        reader = asyncio.create_task(self._read(client))
+        state = asyncio.create_task(self._publish_state_periodically())
+        stopping = asyncio.create_task(self._stop.wait())
+        try:
+            await asyncio.wait({reader, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (reader, state, stopping):
+                task.cancel()
+            await asyncio.gather(reader, state, stopping, return_exceptions=True)
+        if not self._stop.is_set():
+            if not reader.cancelled() and reader.exception() is not None:
+                raise reader.exception()  # type: ignore[misc]
+            return
+        await self.drain()
+        await self.publish_state(online=False)
+
+    async def _read(self, client: aiomqtt.Client) -> None:
+        async for message in client.messages:
+            await self._slots.acquire()
+            payload = message.payload if isinstance(message.payload, bytes) else str(message.payload).encode()
+            task = asyncio.create_task(self._handle(str(message.topic), payload))
+            self._tasks.add(task)
+            task.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        self._slots.release()
+        if not task.cancelled() and task.exception() is not None:
+            log.error("mqtt: message handler failed", exc_info=task.exception())
+
+    async def drain(self) -> None:
+        """Wait for in-flight message handlers (used at shutdown, before the writer is flushed)."""
+        if self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+    # -- publishing ----------------------------------------------------------------------------
+
+    async def publish(self, topic: str, payload: bytes, *, retain: bool = False) -> bool:
+        """Publish at QoS 1; False if not connected or the broker went away meanwhile."""
+        client = self._client
+        if client is None:
+            return False
+        try:
+            await client.publish(topic, payload, qos=1, retain=retain)
+        except aiomqtt.MqttError as exc:
+            log.debug("mqtt: publish to %s failed: %s", topic, exc)
+            return False
+        return True
+
+    def mirror(self, records: list[Record]) -> None:
+        """Outbox listener: publish each stored record on events/{kind}, alerts also on alerts."""
+        if self._client is None:
+            return
+        for record in records:
+            body = _wire_bytes(record)
+            self._spawn_publish(self.topics.event(str(record.kind)), body)
+            if record.kind is Kind.ALERT:
+                self._spawn_publish(self.topics.alerts, body)
+
+    def _spawn_publish(self, topic: str, payload: bytes) -> None:
+        task = asyncio.create_task(self._publish_quietly(topic, payload))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _publish_quietly(self, topic: str, payload: bytes) -> None:
+        await self.publish(topic, payload)
+
+    async def publish_state(self, *, online: bool) -> None:
+        """Retained `hub/state`."""
+        pending, last_sync = await self.state_provider()
+        state = HubState(online=online, version=__version__, outbox_pending=pending, last_sync=last_sync)
+        await self.publish(self.topics.hub_state, state.encode(), retain=True)
+
+    async def _publish_state_periodically(self) -> None:
+        while True:
+            try:
+                await self.publish_state(online=True)
+            except StoreUnavailable:
+                return
+            await asyncio.sleep(STATE_INTERVAL_S)
+
+    async def _ack(self, device_id: str, ack: AckPayload) -> None:
+        self.metrics.acks.labels(status=ack.status).inc()
+        await self.publish(self.topics.ack(device_id), ack.encode())
+
+    async def _error(self, device_id: str, topic: str, reason: str, message: str) -> None:
+        self.metrics.rejects.labels(reason=reason).inc()
+        self.registry.count_error(device_id, reason)
+        log.warning("mqtt: %s from %s rejected: %s", topic.rsplit("/", 1)[-1], device_id, message)
+        await self.publish(self.topics.error(device_id), ErrorPayload(error=message, topic=topic).encode())
+
+    # -- handling ------------------------------------------------------------------------------
+
+    async def _handle(self, topic: str, payload: bytes) -> None:
+        parsed = self.topics.parse(topic)
+        if parsed is None:
+            return
+        area, name, leaf = parsed
+        if area == "window":
+            await self._handle_window(topic, name, payload)
+            return
+        device = self.config.devices_by_id.get(name)
+        if device is None:
+            await self._error(
+                name,
+                topic,
+                "unknown_device",
+                f'device "{name}" is not configured on node "{self.config.node.id}"',
+            )
+            return
+        self.registry.seen(device.id)
+        try:
+            obj = decode_object(payload)
+        except PayloadError as exc:
+            await self._error(device.id, topic, exc.reason, exc.message)
+            return
+        if leaf in ACKED_LEAVES:
+            await self._handle_acked(device, topic, leaf, obj)
+        elif leaf == "health":
+            await self._handle_health(device, topic, obj)
+        elif leaf == "state":
+            await self._handle_state(device, topic, obj)
+
+    async def _handle_acked(
+        self, device: DeviceSection, topic: str, leaf: str, obj: dict[str, object]
+    ) -> None:
+        msg_id = usable_msg_id(obj)
+        if msg_id is None:
+            await self._error(device.id, topic, "no_msg_id", "msg_id: expected text of 1 to 64 characters")
+            return
+        try:
+            if device.kind not in LEAVES_BY_KIND[leaf]:
+                raise PayloadError(
+                    "wrong_kind", f'a {device.kind} device cannot send "{leaf}" messages', msg_id
+                )
+            if leaf == "rating":
+                records = self.intake.rating(device, parse_device_payload(RatingPayload, obj))
+            elif leaf == "scan":
+                records = self.intake.scan(device, parse_device_payload(ScanPayload, obj))
+            else:
+                records = self.intake.print_job(device, parse_device_payload(PrintPayload, obj))
+        except PayloadError as exc:
+            self.metrics.rejects.labels(reason=exc.reason).inc()
+            self.registry.count_error(device.id, exc.reason)
+            log.warning("mqtt: %s %s from %s rejected: %s", leaf, msg_id, device.id, exc.message)
+            await self._ack(
+                device.id, AckPayload(msg_id=msg_id, id=None, status="rejected", error=exc.message)
+            )
+            return
+        try:
+            result = await self.intake.store(records, DedupKey(device.id, msg_id))
+        except StoreUnavailable as exc:
+            log.error(
+                "mqtt: %s %s from %s not stored (%s); the device will retry",
+                leaf,
+                msg_id,
+                device.id,
+                exc,
+            )
+            return
+        if isinstance(result, Stored):
+            ack = AckPayload(msg_id=msg_id, id=result.records[0].id, status="stored", error=None)
+        elif isinstance(result, Duplicate):
+            ack = AckPayload(msg_id=msg_id, id=result.record_id, status="duplicate", error=None)
+        else:
+            assert isinstance(result, Rejected)
+            ack = AckPayload(msg_id=msg_id, id=None, status="rejected", error=result.reason)
+        await self._ack(device.id, ack)
+
+    async def _handle_health(self, device: DeviceSection, topic: str, obj: dict[str, object]) -> None:
+        try:
+            health = parse_device_payload(HealthPayload, obj)
+        except PayloadError as exc:
+            await self._error(device.id, topic, exc.reason, exc.message)
+            return
+        report = health.model_dump(exclude_none=True)
+        if self._last_health.get(device.id) == report:
+            return
+        self._last_health[device.id] = report
+        await self._store_status(device.id, {"health": report})
+
+    async def _handle_state(self, device: DeviceSection, topic: str, obj: dict[str, object]) -> None:
+        try:
+            state = parse_device_payload(StatePayload, obj)
+        except PayloadError as exc:
+            await self._error(device.id, topic, exc.reason, exc.message)
+            return
+        live = self.registry.get(device.id)
+        if live is not None and state.fw:
+            live.fw = state.fw
+        if self.registry.set_online(device.id, state.online):
+            self.metrics.devices_online.set(self.registry.online_count)
+            await self._store_status(device.id, {"online": state.online, "fw": state.fw})
+
+    async def _store_status(self, device_id: str, status: dict[str, Any]) -> None:
+        with contextlib.suppress(StoreUnavailable):
+            await self.intake.store([self.intake.device_status(device_id, status)])
+
+    async def _handle_window(self, topic: str, window: str, payload: bytes) -> None:
+        try:
+            obj = decode_object(payload)
+            request = parse_device_payload(EvaluateRequest, obj)
+        except PayloadError as exc:
+            self.metrics.rejects.labels(reason=exc.reason).inc()
+            log.warning("mqtt: evaluate request for window %s rejected: %s", window, exc.message)
+            return
+        if self.window_handler is not None:
+            await self.window_handler(window, request)
+
+
+def _wire_bytes(record: Record) -> bytes:
+    return json.dumps(record.to_wire(), ensure_ascii=False, separators=(",", ":")).encode()

@@ -1,0 +1,154 @@
+"""From a validated device message to records in the outbox: the one path every source shares."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from drivers.base import CitizenIdentity
+from hub.config import DeviceSection, HubConfig
+from hub.metrics import HubMetrics
+from hub.records import Channel, Kind, Record, format_utc, parse_rfc3339
+from hub.schemas import PrintPayload, RatingPayload, ScanPayload
+from hub.store.outbox import DedupKey, Duplicate, Outbox, Rejected, Stored, StoreResult
+
+CHANNEL_BY_DEVICE_KIND = {
+    "keypad": Channel.KEYPAD,
+    "terminal": Channel.TERMINAL,
+    "pad": Channel.PAD,
+    "qr": Channel.QR,
+}
+
+
+class Intake:
+    """Builds records for a device's message and stores them, counting what happened."""
+
+    def __init__(self, config: HubConfig, outbox: Outbox, metrics: HubMetrics) -> None:
+        self.config = config
+        self.outbox = outbox
+        self.metrics = metrics
+
+    def evaluation(
+        self,
+        device: DeviceSection,
+        *,
+        level: int,
+        reasons: list[str],
+        comment: str | None = None,
+        case_no: str | None = None,
+        item_code: str | None = None,
+        item_name: str | None = None,
+        window: str | None = None,
+        staff_id: str | None = None,
+        session: int | None = None,
+        device_ts: str | None = None,
+        citizen: CitizenIdentity | None = None,
+        flags: list[str] | None = None,
+    ) -> list[Record]:
+        """An evaluation record, plus an `alert` record when it is a bad review."""
+        node = self.config.node
+        data: dict[str, Any] = {
+            "level": level,
+            "reasons": list(reasons),
+            "comment": comment,
+            "channel": str(CHANNEL_BY_DEVICE_KIND.get(device.kind, Channel.TERMINAL)),
+            "device_id": device.id,
+            "window": window or device.window,
+            "staff_id": staff_id,
+            "case_no": case_no,
+            "item_code": item_code,
+            "session": session,
+            "citizen_ref": citizen.ref if citizen else None,
+            "citizen_masked": citizen.masked if citizen else None,
+            "device_ts": device_ts,
+            "node_id": node.id,
+            "hall_code": node.hall_code,
+            "flags": list(flags or []),
+        }
+        if item_name is not None:
+            data["item_name"] = item_name
+        evaluation = Record(kind=Kind.EVALUATION, data=data, sealed=citizen.sealed if citizen else None)
+        records = [evaluation]
+        if level <= self.config.evaluation.bad_level and "suspect" not in data["flags"]:
+            records.append(self.bad_review_alert(evaluation))
+        return records
+
+    def bad_review_alert(self, evaluation: Record) -> Record:
+        """The alert that makes the hall call the citizen back within the hour."""
+        data = evaluation.data
+        return Record(
+            kind=Kind.ALERT,
+            data={
+                "type": "bad_review",
+                "evaluation_id": evaluation.id,
+                "level": data["level"],
+                "window": data["window"],
+                "staff_id": data["staff_id"],
+                "case_no": data["case_no"],
+                "item_code": data["item_code"],
+                "device_id": data["device_id"],
+                "node_id": data["node_id"],
+            },
+        )
+
+    def rating(self, device: DeviceSection, payload: RatingPayload) -> list[Record]:
+        """Records for an MQTT `rating`."""
+        device_ts = format_utc(parse_rfc3339(payload.ts)) if payload.ts else None
+        return self.evaluation(
+            device,
+            level=payload.level,
+            reasons=list(payload.reasons),
+            comment=payload.comment,
+            case_no=payload.case_no,
+            item_code=payload.item_code,
+            item_name=payload.item_name,
+            window=payload.window,
+            staff_id=payload.staff_id,
+            session=payload.session,
+            device_ts=device_ts,
+        )
+
+    def scan(self, device: DeviceSection, payload: ScanPayload) -> list[Record]:
+        """Records for an MQTT `scan`."""
+        data = {
+            "device_id": device.id,
+            "window": device.window,
+            "data": payload.data,
+            "symbology": payload.symbology,
+            "node_id": self.config.node.id,
+        }
+        return [Record(kind=Kind.SCAN, data=data)]
+
+    def print_job(self, device: DeviceSection, payload: PrintPayload) -> list[Record]:
+        """Records for an MQTT `print` report."""
+        data = {
+            "device_id": device.id,
+            "job_id": payload.job_id,
+            "state": payload.state,
+            "pages": payload.pages,
+            "error": payload.error,
+            "node_id": self.config.node.id,
+        }
+        return [Record(kind=Kind.PRINT, data=data)]
+
+    def device_status(self, device_id: str, status: dict[str, Any]) -> Record:
+        """A telemetry record (online state, health); the first kind shed under pressure."""
+        return Record(
+            kind=Kind.DEVICE_STATUS,
+            data={"device_id": device_id, "node_id": self.config.node.id, **status},
+        )
+
+    async def store(self, records: list[Record], dedup: DedupKey | None = None) -> StoreResult:
+        """Commit records and count the outcome; StoreUnavailable propagates (no ack)."""
+        try:
+            result = await self.outbox.store(records, dedup)
+        except Exception:
+            self.metrics.store_failures.inc()
+            raise
+        if isinstance(result, Stored):
+            for record in result.records:
+                self.metrics.records_stored.labels(kind=str(record.kind)).inc()
+        elif isinstance(result, Duplicate):
+            self.metrics.duplicates.inc()
+        elif isinstance(result, Rejected):
+            self.metrics.rejects.labels(reason="outbox_full").inc()
+        return result

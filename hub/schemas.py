@@ -1,0 +1,217 @@
+"""MQTT payloads of CONTRACTS §2, written once for the hub, the simulators and the tests.
+
+Device payloads are validated strictly (a level of "5" is not 5) and unknown fields are ignored, so
+that newer firmware adding optional fields keeps working with an older hub.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Literal, TypeVar
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+
+from hub.records import parse_rfc3339
+from hub.validation import summarize
+
+MAX_PAYLOAD_BYTES = 16 * 1024
+
+MsgId = Annotated[str, Field(min_length=1, max_length=64)]
+ShortText = Annotated[str, Field(min_length=1, max_length=64)]
+WindowId = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,16}$")]
+
+
+def _rfc3339(value: str) -> str:
+    try:
+        parse_rfc3339(value)
+    except ValueError:
+        raise ValueError(
+            f'expected an RFC 3339 time such as "2026-11-22T09:30:00+08:00", got {value!r}'
+        ) from None
+    return value
+
+
+Timestamp = Annotated[str, Field(max_length=40), AfterValidator(_rfc3339)]
+
+
+class _Incoming(BaseModel):
+    model_config = ConfigDict(extra="ignore", strict=True, frozen=True)
+
+
+class _Outgoing(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    def encode(self) -> bytes:
+        """Compact UTF-8 JSON."""
+        return self.model_dump_json(exclude_none=False).encode()
+
+
+class RatingPayload(_Incoming):
+    """`dev/{device}/rating`."""
+
+    msg_id: MsgId
+    level: Annotated[int, Field(ge=1, le=5)]
+    reasons: Annotated[list[Annotated[str, Field(min_length=1, max_length=32)]], Field(max_length=16)] = []
+    comment: Annotated[str, Field(max_length=500)] | None = None
+    case_no: ShortText | None = None
+    item_code: ShortText | None = None
+    item_name: Annotated[str, Field(max_length=200)] | None = None
+    window: WindowId | None = None
+    staff_id: ShortText | None = None
+    session: Annotated[int, Field(ge=0, le=2**32 - 1)] | None = None
+    ts: Timestamp | None = None
+
+
+class ScanPayload(_Incoming):
+    """`dev/{device}/scan`."""
+
+    msg_id: MsgId
+    data: Annotated[str, Field(min_length=1, max_length=4096)]
+    symbology: Annotated[str, Field(max_length=32)] | None = None
+
+
+class PrintPayload(_Incoming):
+    """`dev/{device}/print`."""
+
+    msg_id: MsgId
+    job_id: ShortText
+    state: Literal["started", "done", "failed"]
+    pages: Annotated[int, Field(ge=0, le=100_000)] | None = None
+    error: Annotated[str, Field(max_length=500)] | None = None
+
+
+Supply = Literal["ok", "low", "out"]
+
+
+class HealthPayload(_Incoming):
+    """`dev/{device}/health` (no msg_id: telemetry, never acked)."""
+
+    paper: Supply | None = None
+    toner: Supply | None = None
+    jam: bool | None = None
+    door_open: bool | None = None
+    output_full: bool | None = None
+    temp_c: Annotated[float, Field(ge=-60, le=150)] | None = None
+
+
+class StatePayload(_Incoming):
+    """`dev/{device}/state` (retained; also the device's will)."""
+
+    online: bool
+    kind: Annotated[str, Field(max_length=32)] | None = None
+    fw: Annotated[str, Field(max_length=64)] | None = None
+
+
+class EvaluateRequest(_Incoming):
+    """`window/{window}/evaluate` and `POST /v1/windows/{window}/evaluate`."""
+
+    request_id: ShortText
+    case_no: ShortText | None = None
+    item_code: ShortText | None = None
+    item_name: Annotated[str, Field(max_length=200)] | None = None
+    staff_id: ShortText | None = None
+    staff_name: Annotated[str, Field(max_length=64)] | None = None
+    timeout_s: Annotated[int, Field(ge=5, le=3600)] | None = None
+
+
+class AckPayload(_Outgoing):
+    """`dev/{device}/ack`, published only after commit (or a found duplicate)."""
+
+    msg_id: str
+    id: str | None
+    status: Literal["stored", "duplicate", "rejected"]
+    error: str | None
+
+
+class CmdPayload(_Outgoing):
+    """`dev/{device}/cmd`."""
+
+    cmd: Literal["prompt", "cancel", "show"]
+    session: int | None = None
+    timeout_s: int | None = None
+    text: str | None = None
+
+
+class ErrorPayload(_Outgoing):
+    """`dev/{device}/error`, for a payload with no usable msg_id."""
+
+    error: str
+    topic: str
+
+
+class SessionUpdate(_Outgoing):
+    """`window/{window}/session`."""
+
+    request_id: str
+    session: int
+    state: Literal["prompted", "rated", "expired", "cancelled", "failed"]
+    level: int | None = None
+    id: str | None = None
+    error: str | None = None
+
+
+class HubState(_Outgoing):
+    """`hub/state` (retained; also the hub's will with online false)."""
+
+    online: bool
+    version: str
+    outbox_pending: int
+    last_sync: str | None
+
+
+DEVICE_PAYLOADS: dict[str, type[_Incoming]] = {
+    "rating": RatingPayload,
+    "scan": ScanPayload,
+    "print": PrintPayload,
+    "health": HealthPayload,
+    "state": StatePayload,
+}
+ACKED_LEAVES = frozenset({"rating", "scan", "print"})
+
+
+_T = TypeVar("_T", bound=_Incoming)
+
+
+class PayloadError(Exception):
+    """A payload that cannot be used. `reason` is a metric label, `msg_id` set if one was readable."""
+
+    def __init__(self, reason: str, message: str, msg_id: str | None = None) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+        self.msg_id = msg_id
+
+
+def decode_object(payload: bytes) -> dict[str, object]:
+    """Bytes → JSON object, with a PayloadError naming what is wrong (size, UTF-8, JSON, shape)."""
+    if len(payload) > MAX_PAYLOAD_BYTES:
+        raise PayloadError("too_large", f"payload is {len(payload)} bytes; the limit is {MAX_PAYLOAD_BYTES}")
+    try:
+        text = payload.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise PayloadError("not_utf8", f"payload is not UTF-8 (bad byte at offset {exc.start})") from None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise PayloadError(
+            "not_json", f"payload is not JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
+        ) from None
+    if not isinstance(value, dict):
+        raise PayloadError("not_object", f"payload must be a JSON object, got {type(value).__name__}")
+    return value
+
+
+def usable_msg_id(obj: dict[str, object]) -> str | None:
+    """The payload's msg_id if it is one we can answer on, else None."""
+    msg_id = obj.get("msg_id")
+    if isinstance(msg_id, str) and 1 <= len(msg_id) <= 64:
+        return msg_id
+    return None
+
+
+def parse_device_payload(model: type[_T], obj: dict[str, object]) -> _T:
+    """Validate a decoded object; a PayloadError lists each failing field."""
+    try:
+        return model.model_validate(obj)
+    except ValidationError as exc:
+        raise PayloadError("invalid_field", summarize(exc), usable_msg_id(obj)) from None

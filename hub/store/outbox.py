@@ -1,0 +1,695 @@
+"""The durable outbox: SQLite in WAL mode with `synchronous=FULL`, written by one thread.
+
+Every write is an operation queued to a single writer. The writer takes everything queued, runs it
+in one transaction (a savepoint per operation, so one failure spoils nothing else) and commits once:
+concurrent writes share one fsync (group commit). A caller's future resolves only after COMMIT, so
+"stored" always means "survives kill -9 and power loss".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import sqlite3
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from hub.records import Kind, Record, utc_now
+from hub.store.salvage import move_aside, salvage_records
+from hub.store.schema import MIGRATIONS, SchemaError, migrate, open_connection
+
+log = logging.getLogger(__name__)
+
+PENDING, DELIVERED, DEAD = 0, 1, 2
+PRIORITY_ALERT, PRIORITY_NORMAL = 0, 1
+MAX_BATCH_OPS = 2000
+NEAR_FULL_RATIO = 0.9
+CLEAR_RATIO = 0.8
+
+# Shedding order of DESIGN guarantee 4: telemetry first; evaluations and alerts are never shed.
+SHED_WHEN_NEAR_FULL = frozenset({Kind.DEVICE_STATUS})
+SHED_WHEN_FULL = frozenset({Kind.DEVICE_STATUS, Kind.SCAN, Kind.PRINT, Kind.CARD})
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+@dataclass(frozen=True, slots=True)
+class DedupKey:
+    """A device message identity; a repeat within `window_s` (forever if None) is a duplicate."""
+
+    device_id: str
+    msg_id: str
+    window_s: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Stored:
+    """Committed: the records now carry their `seq`."""
+
+    records: list[Record]
+
+
+@dataclass(frozen=True, slots=True)
+class Duplicate:
+    """Already stored earlier; `record_id` is the first copy's id."""
+
+    record_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    """Refused on purpose (quota shedding); the device is told why and stops retrying."""
+
+    reason: str
+
+
+StoreResult = Stored | Duplicate | Rejected
+
+
+class StoreUnavailable(Exception):
+    """The store could not commit (disk full, I/O error, closed). Nothing was stored: do not ack."""
+
+
+@dataclass(slots=True)
+class OutboxStats:
+    """A snapshot for /v1/status, /metrics and `hallhub outbox`."""
+
+    pending_by_kind: dict[str, int]
+    oldest_pending_at: str | None
+    dead_letters: int
+    used_bytes: int
+    max_bytes: int
+    last_seq: int
+
+    @property
+    def pending(self) -> int:
+        """All pending records."""
+        return sum(self.pending_by_kind.values())
+
+    def oldest_pending_age_s(self, now: datetime | None = None) -> float:
+        """Seconds since the oldest pending record was captured (0 when none)."""
+        if self.oldest_pending_at is None:
+            return 0.0
+        moment = datetime.fromisoformat(self.oldest_pending_at.replace("Z", "+00:00"))
+        return max(0.0, ((now or datetime.now(UTC)) - moment).total_seconds())
+
+
+EvaluationHook = Callable[[dict[str, Any], list[dict[str, Any]]], None]
+CommitListener = Callable[[list[Record]], None]
+
+
+@dataclass(slots=True)
+class _WriterState:
+    """What the writer thread owns: its connection and the next seq."""
+
+    conn: sqlite3.Connection
+    next_seq: int
+    used_bytes: int = 0
+    max_bytes: int = 0
+    evaluation_hook: EvaluationHook | None = None
+
+    @property
+    def fill(self) -> float:
+        return self.used_bytes / self.max_bytes if self.max_bytes else 0.0
+
+
+@dataclass(slots=True)
+class _Op:
+    """One queued write. `apply` runs on the writer thread inside the group transaction."""
+
+    future: asyncio.Future[Any] = field(init=False)
+
+    def apply(self, w: _WriterState) -> Any:
+        raise TypeError("operation without apply")
+
+
+@dataclass(slots=True)
+class _StoreOp(_Op):
+    records: list[Record]
+    dedup: DedupKey | None
+
+    def apply(self, w: _WriterState) -> StoreResult:
+        conn = w.conn
+        if self.dedup is not None:
+            row = conn.execute(
+                "SELECT record_id, expires_at FROM dedup WHERE device_id = ? AND msg_id = ?",
+                (self.dedup.device_id, self.dedup.msg_id),
+            ).fetchone()
+            if row is not None:
+                if row[1] is None or row[1] > time.time():
+                    return Duplicate(record_id=row[0])
+                conn.execute(
+                    "DELETE FROM dedup WHERE device_id = ? AND msg_id = ?",
+                    (self.dedup.device_id, self.dedup.msg_id),
+                )
+        fill = w.fill
+        for record in self.records:
+            if fill >= 1.0 and record.kind in SHED_WHEN_FULL:
+                return Rejected(f"outbox full ({w.used_bytes // 2**20} MB of {w.max_bytes // 2**20} MB)")
+            if fill >= NEAR_FULL_RATIO and record.kind in SHED_WHEN_NEAR_FULL:
+                return Rejected("outbox near full: device telemetry is shed")
+        rows = []
+        seq = w.next_seq
+        for record in self.records:
+            case_no = record.data.get("case_no") if record.kind is Kind.EVALUATION else None
+            if case_no and w.evaluation_hook is not None:
+                previous = [
+                    json.loads(body)["data"]
+                    for (body,) in conn.execute(
+                        "SELECT body FROM records WHERE case_no = ? AND kind = 'evaluation' ORDER BY seq",
+                        (case_no,),
+                    )
+                ]
+                w.evaluation_hook(record.data, previous)
+            record.seq = seq
+            seq += 1
+            rows.append(
+                (
+                    record.seq,
+                    record.id,
+                    str(record.kind),
+                    PRIORITY_ALERT if record.kind is Kind.ALERT else PRIORITY_NORMAL,
+                    record.created_at,
+                    record.data.get("device_id"),
+                    case_no,
+                    _dumps(record.to_wire()),
+                    record.sealed,
+                )
+            )
+        conn.executemany(
+            "INSERT INTO records (seq, id, kind, priority, created_at, device_id, case_no, body, sealed)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            rows,
+        )
+        if self.dedup is not None and self.records:
+            now = time.time()
+            expires = now + self.dedup.window_s if self.dedup.window_s is not None else None
+            conn.execute(
+                "INSERT INTO dedup (device_id, msg_id, record_id, expires_at, created_at)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (self.dedup.device_id, self.dedup.msg_id, self.records[0].id, expires, now),
+            )
+        w.next_seq = seq
+        return Stored(records=self.records)
+
+
+@dataclass(slots=True)
+class _SqlOp(_Op):
+    """A write given as a function of the connection (delivery marks, pruning, dead letters)."""
+
+    action: Callable[[sqlite3.Connection], Any]
+
+    def apply(self, w: _WriterState) -> Any:
+        return self.action(w.conn)
+
+
+@dataclass(slots=True)
+class _Stop(_Op):
+    def apply(self, w: _WriterState) -> None:
+        return None
+
+
+class Outbox:
+    """The node's durable queue of records. Open it, store into it, read it, close it."""
+
+    def __init__(
+        self,
+        path: Path | str,
+        *,
+        max_bytes: int = 512 * 2**20,
+        evaluation_hook: EvaluationHook | None = None,
+    ) -> None:
+        self.path = Path(path)
+        self.max_bytes = max_bytes
+        self._evaluation_hook = evaluation_hook
+        self._queue: asyncio.Queue[_Op] = asyncio.Queue()
+        self._writer_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="outbox-writer")
+        self._reader_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="outbox-reader")
+        self._writer_task: asyncio.Task[None] | None = None
+        self._state: _WriterState | None = None
+        self._reader: sqlite3.Connection | None = None
+        self._listeners: list[CommitListener] = []
+        self._closing = False
+        self._alerted = False
+        self.recovered_from: Path | None = None
+        self.salvaged = 0
+        self.last_commit_monotonic = time.monotonic()
+        self.commits = 0
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Check integrity, migrate, and start the writer. A corrupt file is moved aside, not lost."""
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._writer_pool, self._open_writer)
+        await loop.run_in_executor(self._reader_pool, self._open_reader)
+        self._writer_task = asyncio.create_task(self._run_writer(), name="outbox-writer")
+        if self.recovered_from is not None:
+            await self.store(
+                [
+                    Record(
+                        kind=Kind.ALERT,
+                        data={
+                            "type": "store_recovered",
+                            "moved_to": str(self.recovered_from),
+                            "salvaged": self.salvaged,
+                        },
+                    )
+                ]
+            )
+
+    def _open_writer(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        conn = self._check_or_move_aside()
+        next_seq = _next_seq(conn)
+        self._state = _WriterState(
+            conn=conn,
+            next_seq=next_seq,
+            max_bytes=self.max_bytes,
+            evaluation_hook=self._evaluation_hook,
+        )
+        self._state.used_bytes = _used_bytes(conn)
+        if self.recovered_from is not None:
+            self.salvaged = salvage_records(self.recovered_from, conn)
+            self._state.next_seq = _next_seq(conn)
+            log.error(
+                "outbox: salvaged %d pending records from %s into a fresh store",
+                self.salvaged,
+                self.recovered_from,
+            )
+
+    def _check_or_move_aside(self) -> sqlite3.Connection:
+        try:
+            conn = open_connection(self.path)
+            result = conn.execute("PRAGMA integrity_check").fetchone()
+            if result is None or result[0] != "ok":
+                conn.close()
+                raise sqlite3.DatabaseError(f"integrity_check: {result[0] if result else 'no answer'}")
+            migrate(conn)
+            return conn
+        except SchemaError:
+            raise
+        except sqlite3.DatabaseError as exc:
+            moved = move_aside(self.path)
+            log.error(
+                "outbox: %s is damaged (%s); moved aside to %s and starting a fresh store",
+                self.path,
+                exc,
+                moved,
+            )
+            self.recovered_from = moved
+            conn = open_connection(self.path)
+            migrate(conn)
+            return conn
+
+    def _open_reader(self) -> None:
+        self._reader = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        self._reader.execute("PRAGMA query_only = ON")
+
+    async def close(self) -> None:
+        """Stop intake, let the writer finish everything queued, and close the files."""
+        if self._writer_task is None:
+            return
+        self._closing = True
+        stop = _Stop()
+        stop.future = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait(stop)
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._writer_task
+        self._writer_task = None
+        loop = asyncio.get_running_loop()
+        if self._state is not None:
+            await loop.run_in_executor(self._writer_pool, self._state.conn.close)
+        if self._reader is not None:
+            await loop.run_in_executor(self._reader_pool, self._reader.close)
+        self._writer_pool.shutdown(wait=True)
+        self._reader_pool.shutdown(wait=True)
+
+    def add_listener(self, listener: CommitListener) -> None:
+        """Call `listener(records)` on the event loop after each commit that stored records."""
+        self._listeners.append(listener)
+
+    # -- writer --------------------------------------------------------------------------------
+
+    async def _submit(self, op: _Op) -> Any:
+        if self._closing or self._writer_task is None:
+            raise StoreUnavailable("outbox is closed")
+        op.future = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait(op)
+        return await op.future
+
+    async def _run_writer(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = [await self._queue.get()]
+            while len(batch) < MAX_BATCH_OPS and not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+            stop = any(isinstance(op, _Stop) for op in batch)
+            results = await loop.run_in_executor(self._writer_pool, self._apply_batch, batch)
+            stored: list[Record] = []
+            for op, result in zip(batch, results, strict=True):
+                if op.future.done():
+                    continue
+                if isinstance(result, BaseException):
+                    op.future.set_exception(result)
+                else:
+                    op.future.set_result(result)
+                    if isinstance(result, Stored):
+                        stored.extend(result.records)
+            self.last_commit_monotonic = time.monotonic()
+            if stored:
+                for listener in self._listeners:
+                    try:
+                        listener(stored)
+                    except Exception:
+                        log.exception("outbox: a commit listener failed")
+            if stop:
+                return
+            self._check_quota()
+
+    def _apply_batch(self, batch: list[_Op]) -> list[Any]:
+        assert self._state is not None
+        w = self._state
+        conn = w.conn
+        results: list[Any] = []
+        next_seq = w.next_seq
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for op in batch:
+                conn.execute("SAVEPOINT op")
+                try:
+                    results.append(op.apply(w))
+                    conn.execute("RELEASE op")
+                except sqlite3.Error as exc:
+                    conn.execute("ROLLBACK TO op")
+                    conn.execute("RELEASE op")
+                    results.append(_classify(exc))
+            conn.execute("COMMIT")
+            self.commits += 1
+        except sqlite3.Error as exc:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+            w.next_seq = next_seq
+            error = _classify(exc)
+            log.error("outbox: commit failed, %d writes not stored: %s", len(batch), exc)
+            return [error] * len(batch)
+        with contextlib.suppress(sqlite3.Error):
+            w.used_bytes = _used_bytes(conn)
+        return results
+
+    def _check_quota(self) -> None:
+        """Raise an alert and shed telemetry when near the quota; clear it when space returns."""
+        assert self._state is not None
+        fill = self._state.fill
+        if fill >= NEAR_FULL_RATIO and not self._alerted:
+            self._alerted = True
+            log.error(
+                "outbox: %.0f%% of its %d MB quota used; shedding telemetry",
+                fill * 100,
+                self.max_bytes // 2**20,
+            )
+            asyncio.create_task(self._raise_quota_alert("raised", fill))  # noqa: RUF006 (awaited via store)
+        elif fill < CLEAR_RATIO and self._alerted:
+            self._alerted = False
+            asyncio.create_task(self._raise_quota_alert("cleared", fill))  # noqa: RUF006
+
+    async def _raise_quota_alert(self, state: str, fill: float) -> None:
+        data = {
+            "type": "outbox_near_full",
+            "state": state,
+            "used_bytes": self._state.used_bytes if self._state else 0,
+            "max_bytes": self.max_bytes,
+            "fill": round(fill, 3),
+        }
+        with contextlib.suppress(StoreUnavailable):
+            if state == "raised":
+                await self._submit(_SqlOp(action=_shed_telemetry))
+            await self.store([Record(kind=Kind.ALERT, data=data)])
+
+    # -- writes --------------------------------------------------------------------------------
+
+    async def store(self, records: Sequence[Record], dedup: DedupKey | None = None) -> StoreResult:
+        """Commit records (with an optional dedup key); raise StoreUnavailable if it cannot."""
+        result: StoreResult = await self._submit(_StoreOp(records=list(records), dedup=dedup))
+        return result
+
+    async def mark_delivered(self, record_ids: Sequence[str], via: str) -> int:
+        """Mark these records delivered (by `push` or `pull`); returns how many were pending."""
+        ids = list(record_ids)
+        now = utc_now()
+
+        def action(conn: sqlite3.Connection) -> int:
+            changed = 0
+            for start in range(0, len(ids), 500):
+                chunk = ids[start : start + 500]
+                marks = ",".join("?" * len(chunk))
+                changed += conn.execute(
+                    f"UPDATE records SET state = {DELIVERED}, delivered_at = ?, delivered_via = ?,"
+                    f" sealed = NULL WHERE state = {PENDING} AND id IN ({marks})",
+                    (now, via, *chunk),
+                ).rowcount
+            return changed
+
+        result: int = await self._submit(_SqlOp(action=action))
+        return result
+
+    async def ack_upto(self, seq: int, via: str = "pull") -> int:
+        """Mark every pending record with `seq <= seq` delivered; returns how many."""
+        now = utc_now()
+
+        def action(conn: sqlite3.Connection) -> int:
+            return conn.execute(
+                f"UPDATE records SET state = {DELIVERED}, delivered_at = ?, delivered_via = ?,"
+                f" sealed = NULL WHERE state = {PENDING} AND seq <= ?",
+                (now, via, seq),
+            ).rowcount
+
+        result: int = await self._submit(_SqlOp(action=action))
+        return result
+
+    async def dead_letter(self, record_id: str, reason: str) -> bool:
+        """Move a pending record to the dead-letter table with the platform's reason."""
+        now = utc_now()
+
+        def action(conn: sqlite3.Connection) -> bool:
+            row = conn.execute(
+                f"SELECT seq, kind FROM records WHERE id = ? AND state = {PENDING}",
+                (record_id,),
+            ).fetchone()
+            if row is None:
+                return False
+            conn.execute(f"UPDATE records SET state = {DEAD}, sealed = NULL WHERE seq = ?", (row[0],))
+            conn.execute(
+                "INSERT OR REPLACE INTO dead_letters (seq, record_id, kind, reason, failed_at)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (row[0], record_id, row[1], reason[:2000], now),
+            )
+            return True
+
+        result: bool = await self._submit(_SqlOp(action=action))
+        return result
+
+    async def retry_dead_letter(self, record_id: str) -> bool:
+        """Put a dead letter back in the queue (after the platform or the record was fixed)."""
+
+        def action(conn: sqlite3.Connection) -> bool:
+            row = conn.execute("SELECT seq FROM dead_letters WHERE record_id = ?", (record_id,)).fetchone()
+            if row is None:
+                return False
+            conn.execute(f"UPDATE records SET state = {PENDING} WHERE seq = ?", (row[0],))
+            conn.execute("DELETE FROM dead_letters WHERE seq = ?", (row[0],))
+            return True
+
+        result: bool = await self._submit(_SqlOp(action=action))
+        return result
+
+    async def prune(self, delivered_older_than_s: float, dedup_older_than_s: float) -> tuple[int, int]:
+        """Delete delivered records and old dedup entries; dead letters are kept until handled."""
+        cutoff = datetime.fromtimestamp(time.time() - delivered_older_than_s, UTC)
+        cutoff_text = cutoff.strftime("%Y-%m-%dT%H:%M:%S.000Z")
+        dedup_cutoff = time.time() - dedup_older_than_s
+
+        def action(conn: sqlite3.Connection) -> tuple[int, int]:
+            records = conn.execute(
+                f"DELETE FROM records WHERE state = {DELIVERED} AND delivered_at < ?",
+                (cutoff_text,),
+            ).rowcount
+            dedup = conn.execute(
+                "DELETE FROM dedup WHERE created_at < ? OR expires_at < ?",
+                (dedup_cutoff, time.time()),
+            ).rowcount
+            return records, dedup
+
+        result: tuple[int, int] = await self._submit(_SqlOp(action=action))
+        return result
+
+    async def kv_set(self, key: str, value: str | None) -> None:
+        """Durably set (or with None, delete) a small piece of state."""
+
+        def action(conn: sqlite3.Connection) -> None:
+            if value is None:
+                conn.execute("DELETE FROM kv WHERE key = ?", (key,))
+            else:
+                conn.execute("INSERT OR REPLACE INTO kv (key, value) VALUES (?, ?)", (key, value))
+
+        await self._submit(_SqlOp(action=action))
+
+    async def ping(self) -> None:
+        """Return once the writer has run an (empty) transaction: proof that it is alive."""
+        await self._submit(_SqlOp(action=lambda _conn: None))
+
+    # -- reads ---------------------------------------------------------------------------------
+
+    async def _read(self, query: Callable[[sqlite3.Connection], Any]) -> Any:
+        if self._reader is None:
+            raise StoreUnavailable("outbox is not open")
+        reader = self._reader
+        return await asyncio.get_running_loop().run_in_executor(self._reader_pool, query, reader)
+
+    async def pending_page(
+        self, after: int, limit: int, kind: str | None = None
+    ) -> tuple[list[str], int, bool]:
+        """Pending records with `seq > after`, oldest first: (bodies, last seq served, more)."""
+
+        def query(conn: sqlite3.Connection) -> tuple[list[str], int, bool]:
+            if kind is None:
+                rows = conn.execute(
+                    f"SELECT seq, body FROM records WHERE state = {PENDING} AND seq > ? ORDER BY seq LIMIT ?",
+                    (after, limit + 1),
+                ).fetchall()
+            else:
+                rows = conn.execute(
+                    f"SELECT seq, body FROM records WHERE state = {PENDING} AND kind = ? AND seq > ?"
+                    " ORDER BY seq LIMIT ?",
+                    (kind, after, limit + 1),
+                ).fetchall()
+            more = len(rows) > limit
+            rows = rows[:limit]
+            last = rows[-1][0] if rows else after
+            return [body for _seq, body in rows], last, more
+
+        result: tuple[list[str], int, bool] = await self._read(query)
+        return result
+
+    async def next_batch(self, limit: int, exclude_after: int | None = None) -> list[tuple[int, str, str]]:
+        """Up to `limit` pending (seq, id, body): alerts first, then oldest first."""
+
+        def query(conn: sqlite3.Connection) -> list[tuple[int, str, str]]:
+            rows = conn.execute(
+                f"SELECT seq, id, body FROM records WHERE state = {PENDING} ORDER BY priority, seq LIMIT ?",
+                (limit,),
+            ).fetchall()
+            return [(int(seq), str(rid), str(body)) for seq, rid, body in rows]
+
+        result: list[tuple[int, str, str]] = await self._read(query)
+        return result
+
+    async def get_record(self, record_id: str) -> dict[str, Any] | None:
+        """One record's wire form by id (any state), or None."""
+
+        def query(conn: sqlite3.Connection) -> dict[str, Any] | None:
+            row = conn.execute("SELECT body FROM records WHERE id = ?", (record_id,)).fetchone()
+            return json.loads(row[0]) if row else None
+
+        result: dict[str, Any] | None = await self._read(query)
+        return result
+
+    async def kv_get(self, key: str) -> str | None:
+        """Read a small piece of durable state."""
+
+        def query(conn: sqlite3.Connection) -> str | None:
+            row = conn.execute("SELECT value FROM kv WHERE key = ?", (key,)).fetchone()
+            return str(row[0]) if row else None
+
+        result: str | None = await self._read(query)
+        return result
+
+    async def dead_letters(self, limit: int = 100) -> list[dict[str, Any]]:
+        """The newest dead letters with their reasons."""
+
+        def query(conn: sqlite3.Connection) -> list[dict[str, Any]]:
+            rows = conn.execute(
+                "SELECT record_id, seq, kind, reason, failed_at FROM dead_letters ORDER BY seq DESC LIMIT ?",
+                (limit,),
+            ).fetchall()
+            keys = ("id", "seq", "kind", "reason", "failed_at")
+            return [dict(zip(keys, row, strict=True)) for row in rows]
+
+        result: list[dict[str, Any]] = await self._read(query)
+        return result
+
+    async def stats(self) -> OutboxStats:
+        """Pending by kind, oldest pending time, dead letters, size against quota."""
+
+        def query(conn: sqlite3.Connection) -> OutboxStats:
+            pending: dict[str, int] = {}
+            oldest: str | None = None
+            for kind, count, first in conn.execute(
+                f"SELECT kind, count(*), min(created_at) FROM records WHERE state = {PENDING} GROUP BY kind"
+            ):
+                pending[str(kind)] = int(count)
+                oldest = first if oldest is None or first < oldest else oldest
+            dead = conn.execute("SELECT count(*) FROM dead_letters").fetchone()[0]
+            last = conn.execute("SELECT max(seq) FROM records").fetchone()[0] or 0
+            return OutboxStats(
+                pending_by_kind=pending,
+                oldest_pending_at=oldest,
+                dead_letters=int(dead),
+                used_bytes=_used_bytes(conn),
+                max_bytes=self.max_bytes,
+                last_seq=int(last),
+            )
+
+        result: OutboxStats = await self._read(query)
+        return result
+
+
+def _classify(exc: sqlite3.Error) -> StoreUnavailable:
+    text = str(exc)
+    if "full" in text:
+        return StoreUnavailable(f"disk full: {text}")
+    return StoreUnavailable(text)
+
+
+def _used_bytes(conn: sqlite3.Connection) -> int:
+    page_size = conn.execute("PRAGMA page_size").fetchone()[0]
+    pages = conn.execute("PRAGMA page_count").fetchone()[0]
+    free = conn.execute("PRAGMA freelist_count").fetchone()[0]
+    return int((pages - free) * page_size)
+
+
+def _next_seq(conn: sqlite3.Connection) -> int:
+    """One above every seq ever used, even if those rows were pruned since."""
+    highest = conn.execute("SELECT max(seq) FROM records").fetchone()[0] or 0
+    row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'records'").fetchone()
+    return max(int(highest), int(row[0]) if row else 0) + 1
+
+
+def _shed_telemetry(conn: sqlite3.Connection) -> int:
+    """Free space by the shedding order: delivered records, then pending device telemetry."""
+    freed = conn.execute(f"DELETE FROM records WHERE state = {DELIVERED}").rowcount
+    freed += conn.execute(f"DELETE FROM records WHERE state = {PENDING} AND kind = 'device_status'").rowcount
+    log.warning("outbox: shed %d delivered and telemetry records to stay within quota", freed)
+    return int(freed)
+
+
+__all__ = [
+    "MIGRATIONS",
+    "DedupKey",
+    "Duplicate",
+    "Outbox",
+    "OutboxStats",
+    "Rejected",
+    "StoreResult",
+    "StoreUnavailable",
+    "Stored",
+]

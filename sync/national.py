@@ -1,0 +1,161 @@
+"""Map an evaluation record to the provincial 好差评 platform record (CONTRACTS §6a).
+
+A pure function of the record, the options and the assessment number: no clock, no I/O.
+Decisions that the contract leaves to us, stated once here:
+
+- `assessTime` is taken from the record's `created_at` (the hub's clock, which the node keeps in
+  sync and which every record carries), not from `data.device_ts`: keypads and pads often have no
+  real-time clock, and a device's wrong time must not move an evaluation to another day.
+- `evalDetail` is `null` when no reason code maps (no reasons, or none listed in
+  `NationalOptions.reasons`, which is empty by default): the platform gets "no detail" rather
+  than an empty code list. Mapped codes keep the order of the hub's reasons, without repeats.
+- `taskName` is `data.item_name` when the window's evaluate request carried one, else `null`.
+- `projectNo` and `taskCode` are `data.case_no` and `data.item_code`, null when absent (a free
+  rating without a case).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from importlib import resources
+from types import MappingProxyType
+from typing import Any, Final, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from sync.wire import RecordError, evaluation_data, parse_timestamp, validate_record
+
+__all__ = [
+    "DEFAULT_PF",
+    "DEFAULT_TIMEZONE",
+    "LevelOrder",
+    "NationalMappingError",
+    "NationalOptions",
+    "assess_number_for",
+    "national_record_schema",
+    "to_national",
+]
+
+LevelOrder = Literal["5_best", "1_best"]
+
+DEFAULT_PF: Final[Mapping[str, int]] = MappingProxyType({"keypad": 4, "pad": 4, "terminal": 5, "qr": 3})
+"""Channel → `pf`: 4 evaluator or tablet at the window, 5 other hall terminal, 3 QR code."""
+
+DEFAULT_TIMEZONE: Final = "Asia/Shanghai"
+
+_ASSESS_TIME_FORMAT: Final = "%Y-%m-%d %H:%M:%S"
+_PF_RANGE: Final = range(1, 8)
+_AREA_CODE: Final = re.compile(r"[0-9]{6}([0-9]{6})?")
+
+
+class NationalMappingError(ValueError):
+    """The record cannot be mapped (not an evaluation, invalid, a repeat, unknown channel)."""
+
+
+@dataclass(frozen=True)
+class NationalOptions:
+    """Per-target settings of the mapping (config `[national]`).
+
+    `area_code` empty means the record's `hall_code`. `pf` maps a channel to the platform's
+    channel code and `reasons` a hub reason code (`R1`…) to the platform's `evalDetail` code;
+    both are copied into read-only mappings. `timezone` is an IANA name for `assessTime`.
+    """
+
+    level_order: LevelOrder
+    dept_code: str
+    area_code: str
+    pf: Mapping[str, int] = field(default_factory=lambda: DEFAULT_PF)
+    reasons: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    timezone: str = DEFAULT_TIMEZONE
+    user_prop: int = 1
+
+    def __post_init__(self) -> None:
+        """Check every setting once, so that mapping a record cannot fail on configuration."""
+        if self.level_order not in ("5_best", "1_best"):
+            raise ValueError(f"level_order must be '5_best' or '1_best', got {self.level_order!r}")
+        for channel, code in self.pf.items():
+            if isinstance(code, bool) or not isinstance(code, int) or code not in _PF_RANGE:
+                raise ValueError(f"pf[{channel!r}] must be an integer 1-7, got {code!r}")
+        for reason, detail in self.reasons.items():
+            if not isinstance(detail, str) or not detail or "," in detail:
+                raise ValueError(
+                    f"reasons[{reason!r}] must be a non-empty code without commas, got {detail!r}"
+                )
+        if self.area_code and not _AREA_CODE.fullmatch(self.area_code):
+            raise ValueError(f"area_code must be empty or 6 or 12 digits, got {self.area_code!r}")
+        if self.user_prop not in (1, 2):
+            raise ValueError(f"user_prop must be 1 (person) or 2 (legal person), got {self.user_prop!r}")
+        try:
+            ZoneInfo(self.timezone)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"timezone {self.timezone!r} is not a known IANA time zone") from None
+        object.__setattr__(self, "pf", MappingProxyType(dict(self.pf)))
+        object.__setattr__(self, "reasons", MappingProxyType(dict(self.reasons)))
+
+
+def assess_number_for(previous_levels_for_same_case: Sequence[int], bad_level: int) -> int | None:
+    """The `assessNumber` of a new rating under 一次一评, given the earlier ratings of its case.
+
+    No earlier rating: 1. Exactly one earlier rating and it was a bad review (`level <=
+    bad_level`): 2, the re-evaluation after 整改. Anything else is a repeat: `None`, and the
+    record gets `flags: ["repeat"]` and no national record. The caller passes the levels of the
+    same case and channel, as §6a counts them.
+    """
+    for level in previous_levels_for_same_case:
+        if isinstance(level, bool) or not isinstance(level, int) or not 1 <= level <= 5:
+            raise ValueError(f"a previous level must be an integer 1-5, got {level!r}")
+    if not previous_levels_for_same_case:
+        return 1
+    if len(previous_levels_for_same_case) == 1 and previous_levels_for_same_case[0] <= bad_level:
+        return 2
+    return None
+
+
+def to_national(record: Mapping[str, Any], options: NationalOptions, assess_number: int) -> dict[str, Any]:
+    """Map one evaluation record (§1, with its `data`) to the platform record of §6a."""
+    if assess_number not in (1, 2):
+        raise NationalMappingError(f"assess_number must be 1 or 2, got {assess_number!r}")
+    try:
+        checked = validate_record(record)
+        if checked.kind != "evaluation":
+            raise NationalMappingError(f"only evaluation records map, got kind {checked.kind!r}")
+        data = evaluation_data(checked)
+    except RecordError as exc:
+        raise NationalMappingError(f"not a valid record: {exc.message}") from None
+    if "repeat" in data.flags:
+        raise NationalMappingError(
+            f"record {checked.id} is a repeat rating (flags: repeat) and has no national record"
+        )
+    if data.channel not in options.pf:
+        raise NationalMappingError(f"channel {data.channel!r} has no pf code; add it to national.pf")
+
+    satisfaction = data.level if options.level_order == "5_best" else 6 - data.level
+    codes: list[str] = []
+    for reason in data.reasons:
+        code = options.reasons.get(reason)
+        if code is not None and code not in codes:
+            codes.append(code)
+    local = parse_timestamp(checked.created_at).astimezone(ZoneInfo(options.timezone))
+    return {
+        "projectNo": data.case_no,
+        "taskCode": data.item_code,
+        "taskName": data.item_name,
+        "deptCode": options.dept_code,
+        "areaCode": options.area_code or data.hall_code,
+        "pf": options.pf[data.channel],
+        "satisfaction": satisfaction,
+        "evalDetail": ",".join(codes) if codes else None,
+        "writingEvaluation": data.comment,
+        "assessTime": local.strftime(_ASSESS_TIME_FORMAT),
+        "assessNumber": assess_number,
+        "userProp": options.user_prop,
+    }
+
+
+def national_record_schema() -> dict[str, Any]:
+    """The JSON Schema of the platform record (`sync/schema/national_record.json`)."""
+    text = resources.files("sync").joinpath("schema/national_record.json").read_text("utf-8")
+    schema: dict[str, Any] = json.loads(text)
+    return schema

@@ -1,0 +1,226 @@
+"""The outbox on a real SQLite file: group commit, dedup, quota, corruption, migrations."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from pathlib import Path
+
+import pytest
+from sqlmodel import SQLModel
+
+from hub.records import Kind, Record
+from hub.store import models
+from hub.store.outbox import DedupKey, Duplicate, Outbox, Rejected, Stored
+from hub.store.schema import SCHEMA_VERSION, SchemaError, migrate, open_connection
+
+
+def evaluation(level: int = 5, **data: object) -> Record:
+    return Record(kind=Kind.EVALUATION, data={"level": level, "device_id": "t1", **data})
+
+
+@pytest.fixture
+async def outbox(tmp_path: Path):  # type: ignore[no-untyped-def]
+    box = Outbox(tmp_path / "outbox.db")
+    await box.open()
+    yield box
+    await box.close()
+
+
+async def test_concurrent_writes_share_commits_and_get_growing_seqs(outbox: Outbox) -> None:
+    results = await asyncio.gather(
+        *(outbox.store([evaluation()], DedupKey("t1", f"m{n}")) for n in range(1000))
+    )
+    assert all(isinstance(r, Stored) for r in results)
+    seqs = [r.records[0].seq for r in results if isinstance(r, Stored)]
+    assert sorted(seqs) == list(range(1, 1001))
+    assert outbox.commits < 100, "1,000 concurrent writes should share far fewer commits"
+
+
+async def test_dedup_answers_first_id(outbox: Outbox) -> None:
+    first = await outbox.store([evaluation()], DedupKey("t1", "same"))
+    assert isinstance(first, Stored)
+    for _ in range(4):
+        again = await outbox.store([evaluation()], DedupKey("t1", "same"))
+        assert again == Duplicate(record_id=first.records[0].id)
+    other_device = await outbox.store([evaluation()], DedupKey("t2", "same"))
+    assert isinstance(other_device, Stored)
+    assert (await outbox.stats()).pending == 2
+
+
+async def test_windowed_dedup_expires(outbox: Outbox) -> None:
+    key = DedupKey("kp", "seq7", window_s=0.2)
+    assert isinstance(await outbox.store([evaluation()], key), Stored)
+    assert isinstance(await outbox.store([evaluation()], key), Duplicate)
+    await asyncio.sleep(0.3)
+    assert isinstance(await outbox.store([evaluation()], key), Stored)
+
+
+async def test_seq_never_reused_after_pruning(tmp_path: Path) -> None:
+    box = Outbox(tmp_path / "o.db")
+    await box.open()
+    stored = await box.store([evaluation(), evaluation()])
+    assert isinstance(stored, Stored)
+    await box.ack_upto(2)
+    assert await box.prune(delivered_older_than_s=-1, dedup_older_than_s=1e9) == (2, 0)
+    await box.close()
+    box = Outbox(tmp_path / "o.db")
+    await box.open()
+    again = await box.store([evaluation()])
+    assert isinstance(again, Stored)
+    assert again.records[0].seq == 3
+    await box.close()
+
+
+async def test_pull_paging_kind_filter_and_ack(outbox: Outbox) -> None:
+    for n in range(10):
+        kind = Kind.SCAN if n % 2 else Kind.EVALUATION
+        await outbox.store([Record(kind=kind, data={"n": n})])
+    bodies, last, more = await outbox.pending_page(0, 4)
+    assert (len(bodies), last, more) == (4, 4, True)
+    bodies, last, more = await outbox.pending_page(8, 4)
+    assert (len(bodies), last, more) == (2, 10, False)
+    scans, last, _ = await outbox.pending_page(0, 100, "scan")
+    assert len(scans) == 5
+    assert last == 10
+    assert await outbox.ack_upto(4) == 4
+    bodies, _, _ = await outbox.pending_page(0, 100)
+    assert len(bodies) == 6
+
+
+async def test_alerts_come_first_in_batches(outbox: Outbox) -> None:
+    await outbox.store([evaluation(5)])
+    await outbox.store([evaluation(1), Record(kind=Kind.ALERT, data={"type": "bad_review"})])
+    batch = await outbox.next_batch(10)
+    assert [seq for seq, _id, _body in batch] == [3, 1, 2]
+
+
+async def test_dead_letter_and_retry(outbox: Outbox) -> None:
+    stored = await outbox.store([evaluation()])
+    assert isinstance(stored, Stored)
+    record_id = stored.records[0].id
+    assert await outbox.dead_letter(record_id, "satisfaction: invalid")
+    assert (await outbox.stats()).pending == 0
+    assert (await outbox.dead_letters())[0]["reason"] == "satisfaction: invalid"
+    assert await outbox.retry_dead_letter(record_id)
+    assert (await outbox.stats()).pending == 1
+    assert await outbox.mark_delivered([record_id], "push") == 1
+    assert await outbox.mark_delivered([record_id], "push") == 0
+
+
+async def test_quota_sheds_telemetry_first_never_evaluations(tmp_path: Path) -> None:
+    box = Outbox(tmp_path / "o.db", max_bytes=256 * 1024)
+    await box.open()
+    alerts: list[Record] = []
+    box.add_listener(lambda records: alerts.extend(r for r in records if r.kind is Kind.ALERT))
+    blob = "x" * 2000
+    shed = None
+    for n in range(400):
+        result = await box.store([Record(kind=Kind.DEVICE_STATUS, data={"n": n, "blob": blob})])
+        if isinstance(result, Rejected):
+            shed = result
+            break
+    assert shed is not None
+    assert shed.reason == "outbox near full: device telemetry is shed"
+    for _ in range(50):
+        await asyncio.sleep(0.01)
+        if alerts:
+            break
+    assert alerts[0].data["type"] == "outbox_near_full"
+    assert alerts[0].data["state"] == "raised"
+    for n in range(300):
+        assert isinstance(await box.store([evaluation(blob=blob, n=n)]), Stored)
+    scan = await box.store([Record(kind=Kind.SCAN, data={"blob": blob})])
+    assert isinstance(scan, Rejected)
+    assert scan.reason.startswith("outbox full")
+    stats = await box.stats()
+    assert stats.pending_by_kind["evaluation"] == 300
+    assert "device_status" not in stats.pending_by_kind, "pending telemetry was shed to make room"
+    await box.close()
+
+
+async def test_corrupt_file_is_moved_aside_and_records_salvaged(tmp_path: Path) -> None:
+    path = tmp_path / "outbox.db"
+    box = Outbox(path)
+    await box.open()
+    for n in range(200):
+        await box.store([evaluation(n=n, pad="p" * 200)])
+    await box.close()
+    raw = bytearray(path.read_bytes())
+    page = 4096
+    middle = len(raw) // page // 2
+    raw[middle * page : (middle + 1) * page] = b"\xff" * page
+    path.write_bytes(bytes(raw))
+
+    box = Outbox(path)
+    await box.open()
+    assert box.recovered_from is not None
+    assert box.recovered_from.exists(), "the damaged file is kept for inspection"
+    assert 0 < box.salvaged < 200
+    stats = await box.stats()
+    assert stats.pending_by_kind["evaluation"] == box.salvaged
+    assert stats.pending_by_kind["alert"] == 1
+    fresh = await box.store([evaluation()])
+    assert isinstance(fresh, Stored)
+    assert fresh.records[0].seq > box.salvaged
+    await box.close()
+
+
+async def test_garbage_file_is_moved_aside(tmp_path: Path) -> None:
+    path = tmp_path / "outbox.db"
+    path.write_bytes(b"this is not a database" * 100)
+    box = Outbox(path)
+    await box.open()
+    assert box.recovered_from is not None
+    assert box.recovered_from.read_bytes().startswith(b"this is not")
+    assert box.salvaged == 0
+    await box.close()
+
+
+def test_migrations_from_empty_and_refusal_of_newer(tmp_path: Path) -> None:
+    conn = open_connection(tmp_path / "a.db")
+    assert migrate(conn) == SCHEMA_VERSION
+    assert migrate(conn) == SCHEMA_VERSION
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    with pytest.raises(SchemaError, match="written by a newer hallhub"):
+        migrate(conn)
+    conn.close()
+
+
+def test_a_later_migration_applies_to_an_old_store(tmp_path: Path) -> None:
+    conn = open_connection(tmp_path / "b.db")
+    migrate(conn)
+    conn.execute("INSERT INTO kv (key, value) VALUES ('kept', 'yes')")
+    extra = "ALTER TABLE kv ADD COLUMN note TEXT;\nCREATE INDEX kv_note ON kv (note);"
+    from hub.store.schema import MIGRATIONS
+
+    assert migrate(conn, [*MIGRATIONS, extra]) == SCHEMA_VERSION + 1
+    assert conn.execute("SELECT value, note FROM kv").fetchall() == [("yes", None)]
+    broken = "ALTER TABLE nowhere ADD COLUMN x;"
+    with pytest.raises(SchemaError, match=f"migration to schema {SCHEMA_VERSION + 2} failed"):
+        migrate(conn, [*MIGRATIONS, extra, broken])
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION + 1
+    conn.close()
+
+
+def test_sqlmodel_mirrors_match_the_migrated_schema(tmp_path: Path) -> None:
+    conn = open_connection(tmp_path / "c.db")
+    migrate(conn)
+    assert models.RecordRow.__tablename__ == "records"
+    for table in SQLModel.metadata.sorted_tables:
+        columns = {row[1] for row in conn.execute(f"PRAGMA table_info({table.name})")}
+        assert columns == {c.name for c in table.columns}, table.name
+    conn.close()
+
+
+async def test_committed_records_survive_without_close(tmp_path: Path) -> None:
+    """What the writer acknowledged is in the file even if close() never runs (a crash)."""
+    path = tmp_path / "o.db"
+    box = Outbox(path)
+    await box.open()
+    result = await box.store([evaluation()], DedupKey("t1", "m1"))
+    assert isinstance(result, Stored)
+    reader = sqlite3.connect(path)
+    assert reader.execute("SELECT count(*) FROM records").fetchone()[0] == 1
+    reader.close()
+    await box.close()

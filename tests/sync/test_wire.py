@@ -1,0 +1,245 @@
+"""The §6 wire format: encoding, decoding and the errors that decide 400, 413, 422 or rejected."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
+
+import pytest
+
+from sync import wire
+from tests.sync.conftest import NODE, batch_body, record
+
+
+def _gz(document: Any) -> bytes:
+    return gzip.compress(json.dumps(document).encode("utf-8"))
+
+
+def test_timestamps_are_utc_with_milliseconds() -> None:
+    moment = datetime(2024, 5, 1, 8, 30, 0, 123456, tzinfo=timezone(timedelta(hours=8)))
+    text = wire.format_timestamp(moment)
+    assert text == "2024-05-01T00:30:00.123Z"
+    assert wire.parse_timestamp(text) == datetime(2024, 5, 1, 0, 30, 0, 123000, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("2024-05-01T00:30:00Z", "must be RFC 3339 UTC with milliseconds"),
+        ("2024-05-01T00:30:00.123+08:00", "must be RFC 3339 UTC with milliseconds"),
+        ("2024-02-30T00:00:00.000Z", "is not a real date and time"),
+    ],
+)
+def test_bad_timestamps_are_explained(text: str, expected: str) -> None:
+    with pytest.raises(ValueError, match=expected):
+        wire.parse_timestamp(text)
+
+
+def test_naive_datetime_is_refused() -> None:
+    with pytest.raises(ValueError, match="aware datetime"):
+        wire.format_timestamp(datetime(2024, 5, 1))
+
+
+def test_batch_round_trip_gzip_and_plain() -> None:
+    records = [record("alert"), record(), record("scan")]
+    batch = wire.new_batch(NODE, records, sent_at=datetime(2024, 5, 1, tzinfo=UTC))
+    assert batch.sent_at == "2024-05-01T00:00:00.000Z"
+    for compress, encoding in ((True, "gzip"), (False, None)):
+        body = wire.encode_batch(batch, compress=compress)
+        assert body[:2] == b"\x1f\x8b" if compress else body.startswith(b"{")
+        decoded = wire.decode_batch(body, content_encoding=encoding)
+        assert decoded.batch_id == batch.batch_id
+        assert [r.model_dump() for r in decoded.records] == records
+        assert decoded.rejected == ()
+
+
+def test_new_batch_keeps_a_given_id_and_makes_uuid7_otherwise() -> None:
+    given = wire.new_batch(NODE, [record()], batch_id="retry-1")
+    assert given.batch_id == "retry-1"
+    fresh = wire.new_batch(NODE, [record()])
+    assert fresh.batch_id[14] == "7"
+
+
+def test_path_and_headers() -> None:
+    assert wire.batch_path(NODE) == f"/v1/nodes/{NODE}/batches"
+    assert wire.is_node_id(NODE)
+    assert not wire.is_node_id("x" * 65)
+    with pytest.raises(ValueError, match="node_id"):
+        wire.batch_path("no/slash")
+    assert wire.batch_headers("tok", "b-1") == {
+        "Authorization": "Bearer tok",
+        "Content-Type": "application/json",
+        "Content-Encoding": "gzip",
+        "Idempotency-Key": "b-1",
+    }
+
+
+@pytest.mark.parametrize(
+    ("body", "encoding", "status", "message", "field"),
+    [
+        (b"{}", "gzip", 400, "body is not valid gzip", None),
+        (_gz({"a": 1})[:-6], "gzip", 400, "the stream is truncated", None),
+        (_gz({"a": 1}) + b"junk", "gzip", 400, "bytes follow the end of the stream", None),
+        (b"\xff\xfe", None, 400, "body is not UTF-8", None),
+        (b'{"node_id": ', None, 400, "body is not valid JSON (Expecting value at line 1", None),
+        (b'{"x": NaN}', None, 400, "NaN is not valid JSON", None),
+        (b"[" * 100_000, None, 400, "nested too deeply", None),
+        (b"[1, 2]", None, 400, "body must be a JSON object", None),
+        (b"{}", "br", 400, "Content-Encoding 'br' is not supported", None),
+    ],
+)
+def test_malformed_bodies(
+    body: bytes, encoding: str | None, status: int, message: str, field: str | None
+) -> None:
+    with pytest.raises(wire.WireError) as caught:
+        wire.decode_batch(body, content_encoding=encoding)
+    assert caught.value.status == status
+    assert message in caught.value.message
+    assert caught.value.field == field
+
+
+@pytest.mark.parametrize(
+    ("change", "field", "message"),
+    [
+        ({"node_id": None}, "node_id", "node_id: Input should be a valid string"),
+        ({"node_id": "a b"}, "node_id", "node_id: must be 1-64 of A-Z a-z 0-9 _ -"),
+        ({"batch_id": ""}, "batch_id", "batch_id: must be 1-128"),
+        ({"sent_at": "yesterday"}, "sent_at", "sent_at: must be RFC 3339 UTC with milliseconds"),
+        ({"records": []}, "records", "records: List should have at least 1 item"),
+        ({"records": {}}, "records", "records: Input should be a valid list"),
+        ({"extra": 1}, "extra", "extra: is not a field of this object"),
+    ],
+)
+def test_envelope_errors_name_the_field(change: dict[str, Any], field: str, message: str) -> None:
+    document = batch_body([record()]) | change
+    with pytest.raises(wire.WireError) as caught:
+        wire.decode_batch(json.dumps(document).encode(), content_encoding=None)
+    assert caught.value.status == 400
+    assert caught.value.field == field
+    assert caught.value.message.startswith(message)
+
+
+def test_missing_envelope_field() -> None:
+    document = batch_body([record()])
+    del document["sent_at"]
+    with pytest.raises(wire.WireError) as caught:
+        wire.decode_batch(_gz(document))
+    assert (caught.value.status, caught.value.field) == (400, "sent_at")
+    assert caught.value.message == "sent_at: is required"
+
+
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [
+        ("not an object", "records[1]: a record must be a JSON object"),
+        (
+            {"seq": 1},
+            "records[1].id: must be a UUID in lower-case canonical form (8-4-4-4-12 hex) (got None)",
+        ),
+        (
+            {"id": "0190F3A2-0000-7000-8000-000000000000"},
+            "records[1].id: must be a UUID in lower-case canonical form",
+        ),
+    ],
+)
+def test_record_without_usable_id_refuses_the_batch(bad: Any, message: str) -> None:
+    with pytest.raises(wire.WireError) as caught:
+        wire.decode_batch(_gz(batch_body([record(), bad])))
+    assert caught.value.status == 422
+    assert caught.value.message.startswith(message)
+    assert caught.value.field is not None
+    assert caught.value.field.startswith("records[1]")
+
+
+@pytest.mark.parametrize(
+    ("change", "data_change", "message"),
+    [
+        ({"seq": 0}, {}, "seq: Input should be greater than or equal to 1 (got 0)"),
+        ({"seq": "3"}, {}, "seq: Input should be a valid integer"),
+        ({"kind": "vote"}, {}, "kind: Input should be 'evaluation', 'alert'"),
+        ({"created_at": "2024-05-01 08:30:00"}, {}, "created_at: must be RFC 3339 UTC"),
+        ({"data": []}, {}, "data: Input should be a valid dictionary"),
+        ({"national": {}}, {}, "national: is not a field of this object"),
+        ({}, {"level": 6}, "data.level: Input should be less than or equal to 5 (got 6)"),
+        ({}, {"level": True}, "data.level: Input should be a valid integer"),
+        ({}, {"channel": "sms"}, "data.channel: Input should be 'keypad', 'terminal'"),
+        ({}, {"hall_code": "37010"}, "data.hall_code: must be 6 digits"),
+        ({}, {"device_ts": "08:30"}, "data.device_ts: must be an RFC 3339 date and time"),
+        ({}, {"device_ts": "2024-05-01T08:30:00"}, "data.device_ts: must carry a time zone"),
+        ({}, {"citizen_ref": "abc"}, "data.citizen_ref: must be 64 hex digits"),
+        ({}, {"comment": "x" * 501}, "data.comment: String should have at most 500 characters"),
+    ],
+)
+def test_record_level_errors_reject_only_that_record(
+    change: dict[str, Any], data_change: dict[str, Any], message: str
+) -> None:
+    good = record()
+    bad = record() | change
+    bad["data"] = bad["data"] | data_change if isinstance(bad["data"], dict) else bad["data"]
+    decoded = wire.decode_batch(_gz(batch_body([good, bad])))
+    assert [r.id for r in decoded.records] == [good["id"]]
+    assert len(decoded.rejected) == 1
+    assert decoded.rejected[0].id == bad["id"]
+    assert decoded.rejected[0].error.startswith(message)
+
+
+def test_missing_evaluation_field_is_named() -> None:
+    bad = record()
+    del bad["data"]["channel"]
+    with pytest.raises(wire.RecordError) as caught:
+        wire.validate_record(bad)
+    assert caught.value.field == "data.channel"
+    assert caught.value.message == "data.channel: is required"
+
+
+@pytest.mark.parametrize(
+    "device_ts", ["2024-05-01T08:30:00z", "2024-05-01T08:30:00.5+08:00", "2024-05-01T00:30:00.000Z"]
+)
+def test_device_time_accepts_rfc_3339_offsets(device_ts: str) -> None:
+    assert wire.validate_record(record(device_ts=device_ts)).data["device_ts"] == device_ts
+
+
+def test_optional_evaluation_fields_and_extras() -> None:
+    minimal = record()
+    minimal["data"] = {
+        "level": 1,
+        "channel": "qr",
+        "device_id": "qr-1",
+        "node_id": NODE,
+        "hall_code": "370102",
+        "item_name": "营业执照办理",
+        "staff_name": "张三",
+    }
+    checked = wire.evaluation_data(wire.validate_record(minimal))
+    assert checked.reasons == []
+    assert checked.flags == []
+    assert checked.item_name == "营业执照办理"
+    assert checked.model_extra == {"staff_name": "张三"}
+
+
+def test_size_limits() -> None:
+    document = batch_body([record() for _ in range(3)])
+    plain = json.dumps(document).encode()
+    with pytest.raises(wire.WireError, match="body is larger than 100 bytes") as caught:
+        wire.decode_batch(plain, content_encoding=None, max_bytes=100)
+    assert caught.value.status == 413
+    bomb = gzip.compress(b" " * 1_000_000 + plain)
+    assert len(bomb) < 10_000
+    with pytest.raises(wire.WireError, match="larger than 100000 bytes once decompressed") as caught:
+        wire.decode_batch(bomb, max_bytes=100_000)
+    assert caught.value.status == 413
+    with pytest.raises(wire.WireError, match="batch has 3 records; at most 2") as caught:
+        wire.decode_batch(plain, content_encoding=None, max_records=2)
+    assert (caught.value.status, caught.value.field) == (413, "records")
+
+
+def test_answer_round_trip_and_errors() -> None:
+    answer = wire.BatchAnswer(accepted=["a"], duplicate=["b"], rejected=[wire.Rejection(id="c", error="why")])
+    assert wire.decode_answer(wire.encode_answer(answer)) == answer
+    assert wire.decode_answer(b'{"accepted": [], "platform_extra": 1}') == wire.BatchAnswer()
+    with pytest.raises(ValueError, match=r"not a valid batch answer: rejected\[0\]\.error"):
+        wire.decode_answer(b'{"rejected": [{"id": "x"}]}')
+    with pytest.raises(ValueError, match=r"not a valid batch answer: .*Invalid JSON"):
+        wire.decode_answer(b"<html>")

@@ -1,0 +1,173 @@
+"""Config loading: the example is valid, and each broken config gets its exact message."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from hub.cli import app
+from hub.config import ConfigError, load_config, resolve_secrets
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "config" / "node.example.toml"
+
+GOOD_NODE = '[node]\nid = "n1"\nhall_code = "370102"\n'
+
+
+def test_example_config_is_valid_and_complete() -> None:
+    config = load_config(EXAMPLE)
+    assert config.node.id == "hall-370102-01"
+    assert {d.kind for d in config.device} == {"keypad", "idcard", "qr", "pcsc", "terminal", "pad"}
+    assert config.national.reasons == {"R1": "101", "R2": "102"}
+    assert config.devices_by_id["kp-08"].address == 2
+
+
+def errors_of(tmp_path: Path, text: str) -> list[str]:
+    path = tmp_path / "node.toml"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    prefix = f"{path}: "
+    assert all(line.startswith(prefix) for line in info.value.lines())
+    return [line.removeprefix(prefix) for line in info.value.lines()]
+
+
+BROKEN = [
+    ("missing node table", "", ["node: is required but missing"]),
+    (
+        "bad node id",
+        '[node]\nid = "hall 01"\nhall_code = "370102"\n',
+        ["node.id: expected 1 to 64 letters, digits, '_' or '-', got 'hall 01'"],
+    ),
+    (
+        "hall code not 6 digits",
+        '[node]\nid = "n1"\nhall_code = "3701"\n',
+        ["node.hall_code: expected a 6-digit administrative division code such as \"370102\", got '3701'"],
+    ),
+    (
+        "unknown key",
+        GOOD_NODE + '[broker]\nhots = "x"\n',
+        [
+            "broker.hots: unknown key (allowed here: host, port, username, password, password_file, client_id, keepalive_s)"
+        ],
+    ),
+    (
+        "port as text",
+        GOOD_NODE + '[broker]\nport = "1883"\n',
+        ["broker.port: expected a whole number, got '1883'"],
+    ),
+    (
+        "port out of range",
+        GOOD_NODE + "[broker]\nport = 70000\n",
+        ["broker.port: expected a value of at most 65535, got 70000"],
+    ),
+    (
+        "bad api.listen",
+        GOOD_NODE + '[api]\nlisten = "8780"\n',
+        ['api.listen: expected "host:port" such as "127.0.0.1:8780", got "8780"'],
+    ),
+    (
+        "unknown privacy mode",
+        GOOD_NODE + '[privacy]\nhmac = "md5"\n',
+        ["privacy.hmac: expected one of 'sm3' or 'sha256', got 'md5'"],
+    ),
+    (
+        "serial device without port",
+        GOOD_NODE + '[[device]]\nid = "kp-07"\nkind = "keypad"\ntransport = "serial"\nwindow = "07"\n',
+        [
+            'device[0].port: device "kp-07" uses a serial port: set port, e.g. "/dev/serial/by-id/usb-…" (see `ls -l /dev/serial/by-id/`)'
+        ],
+    ),
+    (
+        "keypad without window",
+        GOOD_NODE
+        + '[[device]]\nid = "kp-07"\nkind = "keypad"\ntransport = "serial"\nport = "/dev/ttyUSB0"\n',
+        ['device[0].window: device "kp-07" is a keypad: set the window it serves, e.g. window = "07"'],
+    ),
+    (
+        "duplicate device id",
+        GOOD_NODE + '[[device]]\nid = "t1"\nkind = "terminal"\ntransport = "mqtt"\n'
+        '[[device]]\nid = "t1"\nkind = "terminal"\ntransport = "mqtt"\n',
+        ['device[1].id: "t1" is already used by device[0]'],
+    ),
+    (
+        "wrong transport for kind",
+        GOOD_NODE + '[[device]]\nid = "t1"\nkind = "terminal"\ntransport = "serial"\nport = "/dev/ttyS0"\n',
+        ["device[0].transport: a terminal cannot use transport \"serial\" (use 'mqtt')"],
+    ),
+    (
+        "two rating devices on one window",
+        GOOD_NODE + '[[device]]\nid = "p1"\nkind = "pad"\ntransport = "mqtt"\nwindow = "07"\n'
+        '[[device]]\nid = "p2"\nkind = "pad"\ntransport = "mqtt"\nwindow = "07"\n',
+        ['device[1].window: window "07" already has rating device "p1"'],
+    ),
+    (
+        "same keypad address twice on a port",
+        GOOD_NODE
+        + '[[device]]\nid = "k1"\nkind = "keypad"\ntransport = "serial"\nport = "/dev/ttyS0"\nwindow = "01"\naddress = 3\n'
+        '[[device]]\nid = "k2"\nkind = "keypad"\ntransport = "serial"\nport = "/dev/ttyS0"\nwindow = "02"\naddress = 3\n',
+        ['device[1].address: address 3 on /dev/ttyS0 is already used by keypad "k1"'],
+    ),
+    (
+        "not TOML",
+        "[node\n",
+        ["not valid TOML: Expected ']' at the end of a table declaration (at line 1, column 6)"],
+    ),
+    (
+        "several errors at once",
+        '[node]\nid = ""\nhall_code = 370102\n',
+        [
+            "node.id: expected 1 to 64 letters, digits, '_' or '-', got ''",
+            "node.hall_code: expected text in quotes, got 370102",
+        ],
+    ),
+    ("array where a table belongs", "node = [1]\n", ["node: expected a table ([name] or name = { ... })"]),
+]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"), [(t, e) for _n, t, e in BROKEN], ids=[n for n, _t, _e in BROKEN]
+)
+def test_broken_config_messages(tmp_path: Path, text: str, expected: list[str]) -> None:
+    assert errors_of(tmp_path, text) == expected
+
+
+def test_missing_and_unreadable_files(tmp_path: Path) -> None:
+    with pytest.raises(
+        ConfigError, match=r"node.toml: file not found \(write one from config/node.example.toml\)"
+    ):
+        load_config(tmp_path / "node.toml")
+    bad = tmp_path / "bad.toml"
+    bad.write_bytes(b"\xff\xfe[node]")
+    with pytest.raises(ConfigError, match=r"bad.toml: not UTF-8 text \(byte 0\)"):
+        load_config(bad)
+
+
+def test_secret_files_are_read_and_errors_named(tmp_path: Path) -> None:
+    token = tmp_path / "pull-token"
+    token.write_text("s3cret\n")
+    path = tmp_path / "node.toml"
+    path.write_text(
+        GOOD_NODE + f'[api]\npull_token_file = "{token}"\n[broker]\npassword_file = "{tmp_path}/nope"\n'
+    )
+    config = load_config(path)
+    with pytest.raises(
+        ConfigError, match=r"broker.password_file: cannot read .*/nope: No such file or directory"
+    ):
+        resolve_secrets(config, str(path))
+    path.write_text(GOOD_NODE + f'[api]\npull_token_file = "{token}"\n')
+    assert resolve_secrets(load_config(path), str(path)).pull_token == "s3cret"
+
+
+def test_config_check_command(tmp_path: Path) -> None:
+    runner = CliRunner()
+    ok = runner.invoke(app, ["config", "check", str(EXAMPLE)])
+    assert ok.exit_code == 0, ok.output
+    assert "node hall-370102-01" in ok.output
+    assert "kp-07" in ok.output
+    bad = tmp_path / "node.toml"
+    bad.write_text(GOOD_NODE + "[broker]\nport = 0\n")
+    failed = runner.invoke(app, ["config", "check", str(bad)])
+    assert failed.exit_code == 1
+    assert "broker.port: expected a value of at least 1, got 0" in failed.output
