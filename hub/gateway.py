@@ -158,9 +158,7 @@ class MqttGateway:
         try:
             await asyncio.wait({reader, stopping}, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            for task in (reader, state, stopping):
-                task.cancel()
-            await asyncio.gather(reader, state, stopping, return_exceptions=True)
+            await _cancel_all((reader, state, stopping))
         if not self._stop.is_set():
             if not reader.cancelled() and reader.exception() is not None:
                 raise reader.exception()  # type: ignore[misc]
@@ -226,12 +224,13 @@ class MqttGateway:
         await self.publish(self.topics.hub_state, state.encode(), retain=True)
 
     async def _publish_state_periodically(self) -> None:
-        while True:
+        while not self._stop.is_set():
             try:
                 await self.publish_state(online=True)
             except StoreUnavailable:
                 return
-            await asyncio.sleep(STATE_INTERVAL_S)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), STATE_INTERVAL_S)
 
     async def _ack(self, device_id: str, ack: AckPayload) -> None:
         self.metrics.acks.labels(status=ack.status).inc()
@@ -360,6 +359,18 @@ class MqttGateway:
             return
         if self.window_handler is not None:
             await self.window_handler(window, request)
+
+
+async def _cancel_all(tasks: tuple[asyncio.Task[Any], ...]) -> None:
+    """Cancel and await tasks, cancelling again if one swallowed it (asyncio.wait_for in 3.11 can)."""
+    pending = {task for task in tasks if not task.done()}
+    while pending:
+        for task in pending:
+            task.cancel()
+        _done, pending = await asyncio.wait(pending, timeout=1.0)
+    for task in tasks:
+        if not task.cancelled():
+            task.exception()
 
 
 def _wire_bytes(record: Record) -> bytes:

@@ -60,44 +60,69 @@ class SimulatedMqttDevice:
         self.on_command: Callable[[CmdPayload], Awaitable[None]] | None = None
         self._pending: dict[str, asyncio.Future[AckPayload]] = {}
         self._errors = asyncio.Queue[ErrorPayload]()
-        will = aiomqtt.Will(self.topics.device(device_id, "state"), b'{"online":false}', qos=1, retain=True)
-        self._client = aiomqtt.Client(
-            host,
-            port,
-            username=username,
-            password=password,
-            identifier=f"sim-{device_id}-{uuid.uuid4().hex[:8]}",
-            will=will,
-            clean_session=True,
-            max_inflight_messages=1000,
-        )
-        self._reader: asyncio.Task[None] | None = None
-        self._stack = contextlib.AsyncExitStack()
+        self._options: dict[str, Any] = {
+            "hostname": host,
+            "port": port,
+            "username": username,
+            "password": password,
+            "identifier": f"sim-{device_id}-{uuid.uuid4().hex[:8]}",
+            "will": aiomqtt.Will(
+                self.topics.device(device_id, "state"), b'{"online":false}', qos=1, retain=True
+            ),
+            "clean_session": True,
+            "max_inflight_messages": 1000,
+        }
+        self._client: aiomqtt.Client | None = None
+        self._connected = asyncio.Event()
+        self._runner: asyncio.Task[None] | None = None
+        self._first_error: BaseException | None = None
 
     async def __aenter__(self) -> SimulatedMqttDevice:
-        await self._stack.enter_async_context(self._client)
-        for leaf in ("ack", "cmd", "error"):
-            await self._client.subscribe(self.topics.device(self.device_id, leaf), qos=1)
-        self._reader = asyncio.create_task(self._read())
-        await self.publish_raw(
-            "state", json.dumps({"online": True, "kind": self.kind, "fw": "sim-1.0"}), retain=True
-        )
+        self._runner = asyncio.create_task(self._run())
+        connected = asyncio.create_task(self._connected.wait())
+        await asyncio.wait({self._runner, connected}, timeout=15, return_when=asyncio.FIRST_COMPLETED)
+        if not self._connected.is_set():
+            connected.cancel()
+            self._runner.cancel()
+            with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
+                await self._runner
+            raise aiomqtt.MqttError(f"{self.device_id}: cannot connect: {self._first_error}")
         return self
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        if self._reader is not None:
-            self._reader.cancel()
+        with contextlib.suppress(aiomqtt.MqttError):
+            if self._client is not None and self._connected.is_set():
+                await self.publish_raw("state", b'{"online":false}', retain=True)
+        if self._runner is not None:
+            self._runner.cancel()
             with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
-                await self._reader
-        with contextlib.suppress(aiomqtt.MqttError):
-            await self.publish_raw("state", b'{"online":false}', retain=True)
-        with contextlib.suppress(aiomqtt.MqttError):
-            await self._stack.aclose()
+                await self._runner
 
-    async def _read(self) -> None:
-        async for message in self._client.messages:
+    async def _run(self) -> None:
+        """Stay connected as firmware does: reconnect after the broker goes away."""
+        while True:
+            try:
+                async with aiomqtt.Client(**self._options) as client:
+                    for leaf in ("ack", "cmd", "error"):
+                        await client.subscribe(self.topics.device(self.device_id, leaf), qos=1)
+                    self._client = client
+                    state = {"online": True, "kind": self.kind, "fw": "sim-1.0"}
+                    await client.publish(
+                        self.topics.device(self.device_id, "state"), json.dumps(state), qos=1, retain=True
+                    )
+                    self._connected.set()
+                    await self._read(client)
+            except aiomqtt.MqttError as exc:
+                self._first_error = self._first_error or exc
+            finally:
+                self._connected.clear()
+                self._client = None
+            await asyncio.sleep(0.2)
+
+    async def _read(self, client: aiomqtt.Client) -> None:
+        async for message in client.messages:
             leaf = str(message.topic).rsplit("/", 1)[-1]
             payload = message.payload if isinstance(message.payload, bytes) else b""
             body = json.loads(payload)
@@ -120,7 +145,10 @@ class SimulatedMqttDevice:
     async def publish_raw(self, leaf: str, payload: bytes | str, *, retain: bool = False) -> None:
         """Publish anything (also malformed payloads, for tests) on one of this device's topics."""
         data = payload.encode() if isinstance(payload, str) else payload
-        await self._client.publish(self.topics.device(self.device_id, leaf), data, qos=1, retain=retain)
+        client = self._client
+        if client is None:
+            raise aiomqtt.MqttError(f"{self.device_id}: not connected")
+        await client.publish(self.topics.device(self.device_id, leaf), data, qos=1, retain=retain)
 
     async def send(self, leaf: str, body: dict[str, Any], msg_id: str | None = None) -> AckPayload:
         """Send a message with a msg_id and resend it until acked, like firmware must."""
