@@ -13,15 +13,20 @@ from typing import Any
 from aiohttp import web
 
 from hub import __version__
+from hub.alerts import AlertBook
 from hub.api import HubApi
 from hub.config import HubConfig, Secrets, is_loopback
 from hub.devices import DeviceRegistry
+from hub.driver_host import DriverHost
 from hub.gateway import MqttGateway
 from hub.intake import Intake
 from hub.metrics import HubMetrics
+from hub.privacy import NodeIdentifier, load_or_create_secret
 from hub.records import utc_now
+from hub.sessions import PromptPort, SessionManager
 from hub.store.outbox import Outbox, StoreUnavailable
 from hub.systemd import notify, watchdog_interval_s
+from hub.windows_api import window_and_alert_routes
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +51,21 @@ class Hub:
         self.gateway = MqttGateway(
             config, secrets, self.intake, self.registry, self.metrics, self._state_summary
         )
+        self.sessions = SessionManager(config, self.outbox, self.gateway.publish_session)
+        self.sessions.bind("mqtt", PromptPort(self.gateway.prompt_pad, self.gateway.cancel_pad))
+        self.gateway.sessions = self.sessions
+        self.alerts = AlertBook(self.outbox)
+        self.identifier = NodeIdentifier(
+            load_or_create_secret(config.node.secret_file),
+            hmac=config.privacy.hmac,
+            identity_mode=config.privacy.identity,
+        )
+        self.drivers = DriverHost(
+            config, self.intake, self.registry, self.metrics, self.sessions, self.identifier
+        )
         self.api = HubApi(self, secrets.pull_token)
-        self.services: list[tuple[str, Service]] = []
+        self.api.extra_routes += window_and_alert_routes(self)
+        self.services: list[tuple[str, Service]] = list(self.drivers.runners())
         self.ready = asyncio.Event()
         self.started_at = utc_now()
         self.last_sync: str | None = None
@@ -80,6 +98,8 @@ class Hub:
         """Open the store, serve everything until `stop`, then shut down in order."""
         await self.outbox.open()
         self.outbox.add_listener(self.gateway.mirror)
+        self.outbox.add_listener(self.alerts.on_commit)
+        await self.alerts.load()
         try:
             await self.start_api()
             async with asyncio.TaskGroup() as group:
@@ -103,6 +123,7 @@ class Hub:
                 await self.gateway.stop()
                 await gateway
         finally:
+            await self.sessions.close()
             if self._runner is not None:
                 await self._runner.cleanup()
             await self.outbox.close()
@@ -195,6 +216,8 @@ class Hub:
                 "max_bytes": stats.max_bytes,
                 "last_seq": stats.last_seq,
             },
+            "alerts": self.alerts.open_alerts(),
+            "sessions": self.sessions.open_sessions(),
             "sync": {
                 "last_sync": self.last_sync,
                 "push": bool(self.config.central.url),

@@ -218,6 +218,79 @@ def simulate_mqtt(
     asyncio.run(go())
 
 
+@simulate_app.command("keypad")
+def simulate_keypad(
+    port: Annotated[
+        Path, typer.Option(help="Where to create the pty link the hub opens (the device's `port`).")
+    ],
+    address: Annotated[list[int], typer.Option(help="Keypad address on the line (repeat for RS-485).")] = [1],  # noqa: B006
+    duration: Annotated[float, typer.Option(min=1, help="Seconds to run.")] = 300.0,
+    presses: Annotated[int, typer.Option(min=1, help="Stop after this many key presses.")] = 100,
+    free_per_min: Annotated[float, typer.Option(min=0, help="Free ratings (no prompt) per minute.")] = 0.0,
+) -> None:
+    """Serve HKP/1 keypads on a pseudo-terminal: answer prompts with random keys, retry until acked."""
+    from drivers.keypad.simulator import run_simulated_line
+
+    console.print(f"simulated keypads {address} at {port} (set the keypad devices' port to it)")
+    summary = asyncio.run(
+        run_simulated_line(
+            port, address, duration_s=duration, max_presses=presses, free_ratings_per_min=free_per_min
+        )
+    )
+    console.print(f"done: {summary}")
+
+
+@simulate_app.command("idcard")
+def simulate_idcard(
+    port: Annotated[Path, typer.Option(help="Where to create the pty link the hub opens.")],
+    placements: Annotated[int, typer.Option(min=1, help="Cards to place, one after another.")] = 5,
+    dwell: Annotated[float, typer.Option(min=0.5, help="Seconds each card stays on the reader.")] = 3.0,
+    gap: Annotated[float, typer.Option(min=0.5, help="Seconds between cards.")] = 5.0,
+) -> None:
+    """Serve a SAM ID-card reader on a pseudo-terminal, placing fictitious demo cards in turn."""
+    from drivers.idcard.simulator import run_simulated_reader
+
+    console.print(f"simulated ID card reader at {port}")
+    asyncio.run(run_simulated_reader(port, placements=placements, dwell_s=dwell, gap_s=gap))
+
+
+@simulate_app.command("qr")
+def simulate_qr(
+    port: Annotated[Path, typer.Option(help="Where to create the pty link the hub opens.")],
+    code: Annotated[list[str], typer.Option(help="A code to scan (repeatable).")],
+    interval: Annotated[float, typer.Option(min=0.1, help="Seconds between scans.")] = 2.0,
+    rounds: Annotated[int, typer.Option(min=1, help="How many times to scan the list.")] = 1,
+) -> None:
+    """Serve a serial QR scanner on a pseudo-terminal and scan the given codes."""
+    from drivers.qr.simulator import run_simulated_scanner
+
+    console.print(f"simulated QR scanner at {port}")
+    asyncio.run(run_simulated_scanner(port, code, interval_s=interval, rounds=rounds, start_delay_s=2.0))
+
+
+@simulate_app.command("window")
+def simulate_window(
+    node: Annotated[str, typer.Option(help="The hub's node id.")],
+    window: Annotated[list[str], typer.Option(help="Window to ask evaluations for (repeatable).")],
+    broker: Annotated[str, typer.Option(help="Broker host:port.")] = "127.0.0.1:1883",
+    requests: Annotated[int, typer.Option(min=1, help="Evaluation requests to send.")] = 10,
+    interval: Annotated[float, typer.Option(min=0.5, help="Mean seconds between requests per window.")] = 8.0,
+) -> None:
+    """Act as a window PC: ask the hub for evaluations and print how each session ends."""
+    from hub.config import split_host_port
+    from hub.simulate.window_pc import WindowPcSimulator
+
+    host, port = split_host_port(broker)
+    pc = WindowPcSimulator(host, port, node, window, mean_interval_s=interval)
+
+    async def go() -> None:
+        await pc.run(max_requests=requests)
+        await asyncio.sleep(5)
+
+    asyncio.run(go())
+    console.print(f"{pc.requests} requests; session states: {dict(pc.states)}")
+
+
 def main() -> None:
     """Console entry point."""
     app()

@@ -102,6 +102,12 @@ class OutboxSection(_Section):
     retention_days: Annotated[float, Field(ge=0, le=3650)] = 7.0
 
 
+class AlertsSection(_Section):
+    """`[alerts]`: device fault alerts; a device offline this long raises one (0 turns that off)."""
+
+    offline_after_s: Annotated[float, Field(ge=0, le=86_400)] = 300.0
+
+
 class PrivacySection(_Section):
     """`[privacy]`: how citizen identity is referenced."""
 
@@ -149,6 +155,7 @@ class HubConfig(_Section):
     central: CentralSection = Field(default_factory=CentralSection)
     evaluation: EvaluationSection = Field(default_factory=EvaluationSection)
     outbox: OutboxSection = Field(default_factory=OutboxSection)
+    alerts: AlertsSection = Field(default_factory=AlertsSection)
     privacy: PrivacySection = Field(default_factory=PrivacySection)
     national: NationalSection = Field(default_factory=NationalSection)
     device: list[DeviceSection] = Field(default_factory=list)
@@ -257,6 +264,7 @@ def _cross_checks(config: HubConfig) -> list[ConfigProblem]:
     seen_ids: dict[str, int] = {}
     windows: dict[str, str] = {}
     addresses: dict[tuple[str, int], str] = {}
+    line_baud: dict[str, tuple[int, str]] = {}
     for index, device in enumerate(config.device):
         key = f"device[{index}]"
         label = f'device "{device.id}"'
@@ -325,6 +333,14 @@ def _cross_checks(config: HubConfig) -> list[ConfigProblem]:
                     )
                 )
             addresses[(device.port, address)] = device.id
+            first = line_baud.setdefault(device.port, (device.baud or 9600, device.id))
+            if first[0] != (device.baud or 9600):
+                problems.append(
+                    ConfigProblem(
+                        f"{key}.baud",
+                        f'keypads on one line share its baud rate: "{first[1]}" on {device.port} uses {first[0]}',
+                    )
+                )
     return problems
 
 

@@ -24,10 +24,14 @@ from rich.live import Live
 from rich.panel import Panel
 from rich.table import Table
 
+from drivers.idcard.simulator import run_simulated_reader
+from drivers.keypad.simulator import run_simulated_line
+from drivers.qr.simulator import run_simulated_scanner
 from hub.app import Hub
 from hub.broker import BrokerError, MosquittoBroker, free_port, mosquitto_binary
 from hub.config import HubConfig, Secrets, parse_config
 from hub.simulate.mqtt_device import NotAcked, SimulatedMqttDevice
+from hub.simulate.window_pc import WindowPcSimulator
 from hub.topics import Topics
 
 NODE_ID = "demo-hall-01"
@@ -47,7 +51,33 @@ MQTT_DEVICES = [
 ]
 
 
-def demo_config(broker_port: int, api_port: int, data_dir: Path) -> HubConfig:
+KEYPAD_WINDOWS = {1: "01", 2: "02", 3: "03", 4: "04"}
+
+
+def serial_devices(tty_dir: Path) -> list[dict[str, Any]]:
+    """Four keypads on one simulated RS-485 line, an ID reader and a QR scanner at window 01."""
+    line = str(tty_dir / "keypads")
+    devices: list[dict[str, Any]] = [
+        {"id": f"kp-{w}", "kind": "keypad", "transport": "serial", "port": line, "address": a, "window": w}
+        for a, w in KEYPAD_WINDOWS.items()
+    ]
+    devices.append(
+        {
+            "id": "id-01",
+            "kind": "idcard",
+            "transport": "serial",
+            "port": str(tty_dir / "idcard"),
+            "baud": 115200,
+            "window": "01",
+        }
+    )
+    devices.append(
+        {"id": "qr-01", "kind": "qr", "transport": "serial", "port": str(tty_dir / "qr"), "window": "01"}
+    )
+    return devices
+
+
+def demo_config(broker_port: int, api_port: int, data_dir: Path, tty_dir: Path) -> HubConfig:
     """The embedded default node config of the demo."""
     raw: dict[str, Any] = {
         "node": {
@@ -58,7 +88,7 @@ def demo_config(broker_port: int, api_port: int, data_dir: Path) -> HubConfig:
         },
         "broker": {"host": "127.0.0.1", "port": broker_port},
         "api": {"listen": f"127.0.0.1:{api_port}", "pull_token": PULL_TOKEN},
-        "device": MQTT_DEVICES,
+        "device": serial_devices(tty_dir) + MQTT_DEVICES,
     }
     return parse_config(raw, "<demo>")
 
@@ -73,6 +103,7 @@ class DemoView:
     events: deque[str] = field(default_factory=lambda: deque(maxlen=10))
     alerts: deque[str] = field(default_factory=lambda: deque(maxlen=5))
     started: float = field(default_factory=time.monotonic)
+    window_pc: WindowPcSimulator | None = None
 
     def on_record(self, record: dict[str, Any]) -> None:
         """Count one record mirrored by the hub."""
@@ -86,9 +117,14 @@ class DemoView:
             level = data["level"]
             text = f"{stamp} seq {record['seq']:>5} evaluation {level} {LEVEL_NAMES[level]} ({where})"
             self.events.appendleft(text)
+        elif kind == "card":
+            self.events.appendleft(
+                f"{stamp} seq {record['seq']:>5} card {data.get('card_type')} {data.get('citizen_masked')}"
+                f" at window {data.get('window')}"
+            )
         elif kind == "alert":
             self.alerts.appendleft(
-                f"{stamp} {data.get('type')} level {data.get('level')} window {data.get('window')} "
+                f"{stamp} {data.get('type')} level {data.get('level')} window {data.get('window') or '-'} "
                 f"case {data.get('case_no')}"
             )
         else:
@@ -118,13 +154,43 @@ class DemoView:
                 "yes" if state.online else "no",
                 str(self.sent[state.id]),
             )
+        sessions = Table(title="Window sessions (window PC → keypad)", expand=True)
+        for name in ("prompted", "rated", "expired", "cancelled", "failed"):
+            sessions.add_column(name, justify="right")
+        counts = self.window_pc.states if self.window_pc else Counter()
+        sessions.add_row(*(str(counts[s]) for s in ("prompted", "rated", "expired", "cancelled", "failed")))
         events = Panel("\n".join(self.events) or "waiting…", title="Latest records")
         alerts = Panel("\n".join(self.alerts) or "none yet", title="Bad-review alerts (差评)", style="red")
         footer = (
             f"{elapsed:5.0f} s · broker 127.0.0.1:{hub.config.broker.port} · "
             f"status http://127.0.0.1:{hub.api_port}/v1/status · Ctrl-C to stop"
         )
-        return Group(totals, levels, devices, events, alerts, footer)
+        return Group(totals, levels, sessions, devices, events, alerts, footer)
+
+
+def _serial_simulators(tty_dir: Path, rate: float) -> list[asyncio.Task[Any]]:
+    """Keypads answering prompts, an ID reader with demo cards, a QR scanner at window 01."""
+    codes = [f"https://hcp.example.gov.cn/evaluate?case_no=SD{n:09d}" for n in range(1, 6)] + [
+        "PICKUP-483920"
+    ]
+    return [
+        asyncio.create_task(
+            run_simulated_line(
+                tty_dir / "keypads",
+                list(KEYPAD_WINDOWS),
+                duration_s=10**7,
+                max_presses=10**9,
+                free_ratings_per_min=rate,
+                press_delay_s=(1.0, 4.0),
+            )
+        ),
+        asyncio.create_task(
+            run_simulated_reader(tty_dir / "idcard", dwell_s=3.0, gap_s=12.0 / max(rate, 0.01))
+        ),
+        asyncio.create_task(
+            run_simulated_scanner(tty_dir / "qr", codes, interval_s=10.0 / max(rate, 0.01), rounds=10**6)
+        ),
+    ]
 
 
 def random_rating(rng: random.Random) -> dict[str, Any]:
@@ -186,7 +252,9 @@ async def run_demo(
         )
     broker = MosquittoBroker(workdir=base / "broker")
     await asyncio.to_thread(broker.start)
-    config = demo_config(broker.port, free_port(), base / "data")
+    tty_dir = base / "tty"
+    tty_dir.mkdir(parents=True, exist_ok=True)
+    config = demo_config(broker.port, free_port(), base / "data", tty_dir)
     hub = Hub(config, Secrets(broker_password="", pull_token=PULL_TOKEN, central_token=""))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -194,6 +262,8 @@ async def run_demo(
         loop.add_signal_handler(sig, stop.set)
     view = DemoView()
     rng = random.Random()
+    serial = _serial_simulators(tty_dir, rate)
+    await asyncio.sleep(0.3)
     try:
         hub_task = asyncio.create_task(hub.run(stop))
         await asyncio.wait_for(hub.ready.wait(), 15)
@@ -206,7 +276,17 @@ async def run_demo(
                 )
                 for spec in MQTT_DEVICES
             ]
+            view.window_pc = WindowPcSimulator(
+                "127.0.0.1",
+                broker.port,
+                NODE_ID,
+                list(KEYPAD_WINDOWS.values()),
+                mean_interval_s=6.0 / max(rate, 0.01),
+                timeout_s=20,
+            )
             tasks = [asyncio.create_task(_watch_mirror(broker.port, view))]
+            tasks.append(asyncio.create_task(view.window_pc.run()))
+            tasks += serial
             tasks += [asyncio.create_task(_device_traffic(d, view, rate, rng)) for d in devices]
             deadline = None if duration_s is None else time.monotonic() + duration_s
             with Live(view.render(hub), console=console, refresh_per_second=2, transient=False) as live:
@@ -214,6 +294,7 @@ async def run_demo(
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(stop.wait(), 0.5)
                     live.update(view.render(hub))
+            console.print()
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
@@ -221,6 +302,9 @@ async def run_demo(
         await hub_task
     finally:
         stop.set()
+        for task in serial:
+            task.cancel()
+        await asyncio.gather(*serial, return_exceptions=True)
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
         await asyncio.to_thread(broker.stop)

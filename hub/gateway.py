@@ -27,6 +27,7 @@ from hub.records import Kind, Record
 from hub.schemas import (
     ACKED_LEAVES,
     AckPayload,
+    CmdPayload,
     ErrorPayload,
     EvaluateRequest,
     HealthPayload,
@@ -35,11 +36,13 @@ from hub.schemas import (
     PrintPayload,
     RatingPayload,
     ScanPayload,
+    SessionUpdate,
     StatePayload,
     decode_object,
     parse_device_payload,
     usable_msg_id,
 )
+from hub.sessions import PromptFailed, SessionManager
 from hub.store.outbox import DedupKey, Duplicate, Rejected, Stored, StoreUnavailable
 from hub.topics import Topics
 
@@ -57,8 +60,8 @@ LEAVES_BY_KIND = {
     "print": frozenset({"terminal"}),
 }
 
-WindowHandler = Callable[[str, EvaluateRequest], Awaitable[None]]
 StateProvider = Callable[[], Awaitable[tuple[int, str | None]]]
+HealthListener = Callable[[str, dict[str, Any]], Awaitable[None]]
 
 
 class MqttGateway:
@@ -80,13 +83,14 @@ class MqttGateway:
         self.metrics = metrics
         self.topics = Topics(config.node.id)
         self.state_provider = state_provider
-        self.window_handler: WindowHandler | None = None
+        self.sessions: SessionManager | None = None
         self._client: aiomqtt.Client | None = None
         self._connected = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         self._slots = asyncio.Semaphore(MAX_CONCURRENT_MESSAGES)
         self._stop = asyncio.Event()
         self._last_health: dict[str, dict[str, Any]] = {}
+        self.health_listener: HealthListener | None = None  # hub.device_alerts
         self.connects = 0
 
     @property
@@ -286,8 +290,10 @@ class MqttGateway:
                 raise PayloadError(
                     "wrong_kind", f'a {device.kind} device cannot send "{leaf}" messages', msg_id
                 )
+            rating: RatingPayload | None = None
             if leaf == "rating":
-                records = self.intake.rating(device, parse_device_payload(RatingPayload, obj))
+                rating = parse_device_payload(RatingPayload, obj)
+                records = self._rating_records(device, rating)
             elif leaf == "scan":
                 records = self.intake.scan(device, parse_device_payload(ScanPayload, obj))
             else:
@@ -313,12 +319,43 @@ class MqttGateway:
             return
         if isinstance(result, Stored):
             ack = AckPayload(msg_id=msg_id, id=result.records[0].id, status="stored", error=None)
+            if rating is not None and self.sessions is not None:
+                await self.sessions.rated(device.id, rating.session, rating.level, result.records[0].id)
         elif isinstance(result, Duplicate):
             ack = AckPayload(msg_id=msg_id, id=result.record_id, status="duplicate", error=None)
         else:
             assert isinstance(result, Rejected)
             ack = AckPayload(msg_id=msg_id, id=None, status="rejected", error=result.reason)
         await self._ack(device.id, ack)
+
+    def _rating_records(self, device: DeviceSection, rating: RatingPayload) -> list[Record]:
+        """A pad's rating joins its session (case, staff, window) and any citizen identified there."""
+        if self.sessions is None:
+            return self.intake.rating(device, rating)
+        context = self.sessions.context(device.id, rating.session)
+        window = rating.window or (context.window if context else device.window)
+        return self.intake.rating(
+            device,
+            rating,
+            context=context,
+            citizen=self.sessions.take_citizen(window),
+            flags=self.sessions.flags_for(device.id, rating.session),
+        )
+
+    async def prompt_pad(self, device: DeviceSection, session: int, timeout_s: int, text: str) -> None:
+        """Prompt an MQTT rating pad with a `cmd` it answers with a rating carrying the session."""
+        state = self.registry.get(device.id)
+        if state is not None and not state.online:
+            raise PromptFailed(f"{device.kind} {device.id} offline")
+        command = CmdPayload(cmd="prompt", session=session, timeout_s=timeout_s, text=text)
+        if not await self.publish(self.topics.cmd(device.id), command.encode()):
+            raise PromptFailed(
+                f"cannot reach {device.kind} {device.id}: the hub is not connected to the broker"
+            )
+
+    async def cancel_pad(self, device: DeviceSection, session: int) -> None:
+        """Tell a pad its prompt is over."""
+        await self.publish(self.topics.cmd(device.id), CmdPayload(cmd="cancel", session=session).encode())
 
     async def _handle_health(self, device: DeviceSection, topic: str, obj: dict[str, object]) -> None:
         try:
@@ -330,6 +367,8 @@ class MqttGateway:
         if self._last_health.get(device.id) == report:
             return
         self._last_health[device.id] = report
+        if self.health_listener is not None:
+            await self.health_listener(device.id, report)
         await self._store_status(device.id, {"health": report})
 
     async def _handle_state(self, device: DeviceSection, topic: str, obj: dict[str, object]) -> None:
@@ -350,15 +389,27 @@ class MqttGateway:
             await self.intake.store([self.intake.device_status(device_id, status)])
 
     async def _handle_window(self, topic: str, window: str, payload: bytes) -> None:
+        if not topic.endswith("/evaluate"):
+            return
+        request_id: str | None = None
         try:
             obj = decode_object(payload)
+            raw_id = obj.get("request_id")
+            request_id = raw_id if isinstance(raw_id, str) and 0 < len(raw_id) <= 64 else None
             request = parse_device_payload(EvaluateRequest, obj)
         except PayloadError as exc:
             self.metrics.rejects.labels(reason=exc.reason).inc()
             log.warning("mqtt: evaluate request for window %s rejected: %s", window, exc.message)
+            if request_id is not None:
+                failed = SessionUpdate(request_id=request_id, session=0, state="failed", error=exc.message)
+                await self.publish_session(window, failed)
             return
-        if self.window_handler is not None:
-            await self.window_handler(window, request)
+        if self.sessions is not None:
+            await self.sessions.request(window, request)
+
+    async def publish_session(self, window: str, update: SessionUpdate) -> None:
+        """`window/{w}/session`."""
+        await self.publish(self.topics.window_session(window), update.encode())
 
 
 async def _cancel_all(tasks: tuple[asyncio.Task[Any], ...]) -> None:

@@ -9,6 +9,7 @@ from hub.config import DeviceSection, HubConfig
 from hub.metrics import HubMetrics
 from hub.records import Channel, Kind, Record, format_utc, parse_rfc3339
 from hub.schemas import PrintPayload, RatingPayload, ScanPayload
+from hub.sessions import SessionContext
 from hub.store.outbox import DedupKey, Duplicate, Outbox, Rejected, Stored, StoreResult
 
 CHANNEL_BY_DEVICE_KIND = {
@@ -90,21 +91,30 @@ class Intake:
             },
         )
 
-    def rating(self, device: DeviceSection, payload: RatingPayload) -> list[Record]:
-        """Records for an MQTT `rating`."""
+    def rating(
+        self,
+        device: DeviceSection,
+        payload: RatingPayload,
+        context: SessionContext | None = None,
+        citizen: CitizenIdentity | None = None,
+        flags: list[str] | None = None,
+    ) -> list[Record]:
+        """Records for an MQTT `rating`; a session's context fills what the payload leaves out."""
         device_ts = format_utc(parse_rfc3339(payload.ts)) if payload.ts else None
         return self.evaluation(
             device,
             level=payload.level,
             reasons=list(payload.reasons),
             comment=payload.comment,
-            case_no=payload.case_no,
-            item_code=payload.item_code,
-            item_name=payload.item_name,
-            window=payload.window,
-            staff_id=payload.staff_id,
-            session=payload.session,
+            case_no=payload.case_no or (context.case_no if context else None),
+            item_code=payload.item_code or (context.item_code if context else None),
+            item_name=payload.item_name or (context.item_name if context else None),
+            window=payload.window or (context.window if context else None),
+            staff_id=payload.staff_id or (context.staff_id if context else None),
+            session=payload.session or None,
             device_ts=device_ts,
+            citizen=citizen,
+            flags=flags,
         )
 
     def scan(self, device: DeviceSection, payload: ScanPayload) -> list[Record]:

@@ -111,7 +111,7 @@ class EvaluateRequest(_Incoming):
     item_name: Annotated[str, Field(max_length=200)] | None = None
     staff_id: ShortText | None = None
     staff_name: Annotated[str, Field(max_length=64)] | None = None
-    timeout_s: Annotated[int, Field(ge=5, le=3600)] | None = None
+    timeout_s: Annotated[int, Field(ge=1, le=3600)] | None = None
 
 
 class AckPayload(_Outgoing):

@@ -110,6 +110,13 @@ BROKEN = [
         ['device[1].address: address 3 on /dev/ttyS0 is already used by keypad "k1"'],
     ),
     (
+        "keypads on one line with different bauds",
+        GOOD_NODE
+        + '[[device]]\nid = "k1"\nkind = "keypad"\ntransport = "serial"\nport = "/dev/ttyS0"\nwindow = "01"\naddress = 1\n'
+        '[[device]]\nid = "k2"\nkind = "keypad"\ntransport = "serial"\nport = "/dev/ttyS0"\nwindow = "02"\naddress = 2\nbaud = 19200\n',
+        ['device[1].baud: keypads on one line share its baud rate: "k1" on /dev/ttyS0 uses 9600'],
+    ),
+    (
         "not TOML",
         "[node\n",
         ["not valid TOML: Expected ']' at the end of a table declaration (at line 1, column 6)"],

@@ -16,7 +16,7 @@ CREATE TABLE records (
 );
 CREATE INDEX records_pending ON records (priority, seq) WHERE state = 0;
 CREATE INDEX records_pending_seq ON records (seq) WHERE state = 0;
-CREATE INDEX records_pending_kind ON records (kind, seq) WHERE state = 0;
+CREATE INDEX records_kind ON records (kind, seq);
 CREATE INDEX records_case ON records (case_no) WHERE case_no IS NOT NULL;
 CREATE INDEX records_delivered ON records (delivered_at) WHERE state = 1;
 

@@ -103,7 +103,9 @@ class OutboxStats:
         return max(0.0, ((now or datetime.now(UTC)) - moment).total_seconds())
 
 
-EvaluationHook = Callable[[dict[str, Any], list[dict[str, Any]]], None]
+# Called in the writer transaction for each evaluation (its seq already set) with the `data` of the
+# earlier evaluations of the same case_no (none without one); it may change `record.data`.
+EvaluationHook = Callable[[Record, list[dict[str, Any]]], None]
 CommitListener = Callable[[list[Record]], None]
 
 
@@ -161,17 +163,22 @@ class _StoreOp(_Op):
         seq = w.next_seq
         for record in self.records:
             case_no = record.data.get("case_no") if record.kind is Kind.EVALUATION else None
-            if case_no and w.evaluation_hook is not None:
-                previous = [
-                    json.loads(body)["data"]
-                    for (body,) in conn.execute(
-                        "SELECT body FROM records WHERE case_no = ? AND kind = 'evaluation' ORDER BY seq",
-                        (case_no,),
-                    )
-                ]
-                w.evaluation_hook(record.data, previous)
             record.seq = seq
             seq += 1
+            if record.kind is Kind.EVALUATION and w.evaluation_hook is not None:
+                previous: list[dict[str, Any]] = []
+                if case_no:
+                    previous = [
+                        json.loads(body)["data"]
+                        for (body,) in conn.execute(
+                            "SELECT body FROM records WHERE case_no = ? AND kind = 'evaluation' ORDER BY seq",
+                            (case_no,),
+                        )
+                    ]
+                try:
+                    w.evaluation_hook(record, previous)
+                except Exception:
+                    log.exception("outbox: the evaluation hook failed on %s; stored without it", record.id)
             rows.append(
                 (
                     record.seq,
@@ -593,6 +600,30 @@ class Outbox:
         result: list[tuple[int, str, str]] = await self._read(query)
         return result
 
+    async def pending_by_ids(self, record_ids: Sequence[str]) -> list[tuple[int, str, str, str | None]]:
+        """Those of `record_ids` still pending, as (seq, id, body, sealed): alerts first, then oldest.
+
+        The uplink uses it to resend an in-flight batch after a restart (minus what pull delivered
+        meanwhile) and to fetch the sealed identity tokens it opens only inside the TLS request.
+        """
+        ids = list(record_ids)
+
+        def query(conn: sqlite3.Connection) -> list[tuple[int, str, str, str | None]]:
+            rows: list[tuple[int, int, str, str, str | None]] = []
+            for start in range(0, len(ids), 500):
+                chunk = ids[start : start + 500]
+                marks = ",".join("?" * len(chunk))
+                rows += conn.execute(
+                    f"SELECT priority, seq, id, body, sealed FROM records WHERE state = {PENDING}"
+                    f" AND id IN ({marks})",
+                    chunk,
+                ).fetchall()
+            rows.sort(key=lambda row: (row[0], row[1]))
+            return [(int(seq), str(rid), str(body), sealed) for _p, seq, rid, body, sealed in rows]
+
+        result: list[tuple[int, str, str, str | None]] = await self._read(query)
+        return result
+
     async def get_record(self, record_id: str) -> dict[str, Any] | None:
         """One record's wire form by id (any state), or None."""
 
@@ -601,6 +632,18 @@ class Outbox:
             return json.loads(row[0]) if row else None
 
         result: dict[str, Any] | None = await self._read(query)
+        return result
+
+    async def recent_records(self, kind: str, limit: int) -> list[dict[str, Any]]:
+        """The newest records of a kind (any state), oldest first, in wire form."""
+
+        def query(conn: sqlite3.Connection) -> list[dict[str, Any]]:
+            rows = conn.execute(
+                "SELECT body FROM records WHERE kind = ? ORDER BY seq DESC LIMIT ?", (kind, limit)
+            ).fetchall()
+            return [json.loads(body) for (body,) in reversed(rows)]
+
+        result: list[dict[str, Any]] = await self._read(query)
         return result
 
     async def kv_get(self, key: str) -> str | None:

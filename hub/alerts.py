@@ -1,0 +1,62 @@
+"""Open bad-review alerts: listed on /v1/status until someone acknowledges them.
+
+An alert is open from the moment its record is committed until `POST /v1/alerts/{id}/ack`; the
+acknowledgement is kept in the outbox so it survives restarts.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from hub.records import Kind, Record, utc_now
+from hub.store.outbox import Outbox
+
+OPEN_TYPES = frozenset({"bad_review"})
+LOAD_LIMIT = 500
+
+
+class AlertBook:
+    """The alerts waiting for a person: bad reviews the hall must call back within the hour."""
+
+    def __init__(self, outbox: Outbox) -> None:
+        self.outbox = outbox
+        self._open: dict[str, dict[str, Any]] = {}
+
+    async def load(self) -> None:
+        """Rebuild the open list from recent alert records and stored acknowledgements."""
+        for record in await self.outbox.recent_records("alert", LOAD_LIMIT):
+            if (
+                record["data"].get("type") in OPEN_TYPES
+                and await self.outbox.kv_get(_ack_key(record["id"])) is None
+            ):
+                self._open[record["id"]] = record
+
+    def on_commit(self, records: list[Record]) -> None:
+        """Outbox listener: every new bad-review alert is open."""
+        for record in records:
+            if record.kind is Kind.ALERT and record.data.get("type") in OPEN_TYPES:
+                self._open[record.id] = record.to_wire()
+
+    def open_alerts(self) -> list[dict[str, Any]]:
+        """Open alerts, oldest first."""
+        return sorted(self._open.values(), key=lambda r: r["seq"])
+
+    async def acknowledge(self, alert_id: str, by: str | None) -> dict[str, Any] | None:
+        """Close an alert; None if no such alert; idempotent for one already closed."""
+        record = self._open.get(alert_id)
+        existing = await self.outbox.kv_get(_ack_key(alert_id))
+        if record is None and existing is None:
+            stored = await self.outbox.get_record(alert_id)
+            if stored is None or stored["kind"] != "alert":
+                return None
+        if existing is not None:
+            return json.loads(existing)  # type: ignore[no-any-return]
+        ack = {"id": alert_id, "acknowledged_at": utc_now(), "by": by}
+        await self.outbox.kv_set(_ack_key(alert_id), json.dumps(ack, ensure_ascii=False))
+        self._open.pop(alert_id, None)
+        return ack
+
+
+def _ack_key(alert_id: str) -> str:
+    return f"alert_ack:{alert_id}"

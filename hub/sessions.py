@@ -1,0 +1,286 @@
+"""Evaluation sessions (CONTRACTS §2 window topics): one per window, prompted on its rating device.
+
+A window PC asks for an evaluation; the keypad or pad bound to that window is prompted; the state
+changes (`prompted`, `rated`, `expired`, `cancelled`, `failed`) are published on
+`window/{w}/session`. A session that expires stores nothing: a rating is never invented.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from drivers.base import CitizenIdentity
+from hub.config import DeviceSection, HubConfig
+from hub.schemas import EvaluateRequest, SessionUpdate
+from hub.store.outbox import Outbox
+
+log = logging.getLogger(__name__)
+
+SESSION_BLOCK = 100
+RECENT_SESSIONS_KEPT_S = 600.0
+CITIZEN_KEPT_S = 600.0
+MAX_SESSION = 2**32 - 1
+
+
+class PromptFailed(Exception):
+    """The rating device could not be prompted; the message is for the window PC and technicians."""
+
+
+@dataclass(slots=True)
+class Session:
+    """One evaluation request and what the citizen is rating."""
+
+    number: int
+    window: str
+    request: EvaluateRequest
+    device_id: str
+    started: float = field(default_factory=time.monotonic)
+    ratings: int = 0
+    timer: asyncio.TimerHandle | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SessionContext:
+    """The case a rating belongs to, copied onto the Evaluation."""
+
+    session: int
+    window: str
+    case_no: str | None
+    item_code: str | None
+    item_name: str | None
+    staff_id: str | None
+
+
+class PromptPort:
+    """How a session reaches a device: the hub plugs in the keypad driver and the MQTT gateway."""
+
+    prompt: Callable[[DeviceSection, int, int, str], Awaitable[None]]
+    cancel: Callable[[DeviceSection, int], Awaitable[None]]
+
+    def __init__(
+        self,
+        prompt: Callable[[DeviceSection, int, int, str], Awaitable[None]],
+        cancel: Callable[[DeviceSection, int], Awaitable[None]],
+    ) -> None:
+        self.prompt = prompt
+        self.cancel = cancel
+
+
+Publisher = Callable[[str, SessionUpdate], Awaitable[None]]
+
+
+class SessionManager:
+    """Owns the open session of every window, the session counter and the misuse limits."""
+
+    def __init__(self, config: HubConfig, outbox: Outbox, publish: Publisher) -> None:
+        self.config = config
+        self.outbox = outbox
+        self.publish = publish
+        self.ports: dict[str, PromptPort] = {}
+        self._open: dict[str, Session] = {}
+        self._by_number: dict[int, Session] = {}
+        self._recent: dict[int, tuple[float, Session]] = {}
+        self._next = 0
+        self._reserved_until = 0
+        self._lock = asyncio.Lock()
+        self._free: dict[str, deque[float]] = {}
+        self._citizens: dict[str, tuple[float, CitizenIdentity]] = {}
+
+    def bind(self, transport: str, port: PromptPort) -> None:
+        """Register how devices of a transport (`serial`, `mqtt`) are prompted."""
+        self.ports[transport] = port
+
+    async def _new_number(self) -> int:
+        """A session number unique across restarts: the counter is reserved in blocks in the outbox."""
+        if self._next == 0 or self._next >= self._reserved_until:
+            stored = await self.outbox.kv_get("session_next")
+            start = max(int(stored) if stored else 1, self._next, 1)
+            if start + SESSION_BLOCK > MAX_SESSION:
+                start = 1
+            self._reserved_until = start + SESSION_BLOCK
+            await self.outbox.kv_set("session_next", str(self._reserved_until))
+            self._next = start
+        number = self._next
+        self._next += 1
+        return number
+
+    def rating_device(self, window: str) -> DeviceSection | None:
+        """The keypad or pad that serves `window`."""
+        for device in self.config.device:
+            if device.window == window and device.kind in ("keypad", "pad"):
+                return device
+        return None
+
+    async def request(self, window: str, request: EvaluateRequest) -> SessionUpdate:
+        """Start a session (cancelling the window's current one) and prompt its device."""
+        async with self._lock:
+            device = self.rating_device(window)
+            number = await self._new_number()
+            if device is None:
+                update = SessionUpdate(
+                    request_id=request.request_id,
+                    session=number,
+                    state="failed",
+                    error=f"no keypad or rating pad is configured for window {window}",
+                )
+                await self.publish(window, update)
+                return update
+            old = self._open.pop(window, None)
+            session = Session(number=number, window=window, request=request, device_id=device.id)
+            self._open[window] = session
+            self._by_number[number] = session
+        if old is not None:
+            await self._end(old, "cancelled", notify_device=True, error="replaced by a new request")
+        timeout = request.timeout_s or self.config.evaluation.timeout_s
+        text = f"{window}号窗口" + (f" {request.staff_name}" if request.staff_name else "")
+        port = self.ports.get(device.transport)
+        try:
+            if port is None:
+                raise PromptFailed(
+                    f"{device.kind} {device.id} cannot be prompted (transport {device.transport})"
+                )
+            await port.prompt(device, number, timeout, text)
+        except Exception as exc:  # every prompt failure becomes a `failed` session
+            reason = str(exc) or type(exc).__name__
+            await self._end(session, "failed", notify_device=False, error=reason)
+            return SessionUpdate(request_id=request.request_id, session=number, state="failed", error=reason)
+        if self._by_number.get(number) is not session:
+            return SessionUpdate(request_id=request.request_id, session=number, state="cancelled")
+        loop = asyncio.get_running_loop()
+        session.timer = loop.call_later(timeout, lambda: asyncio.ensure_future(self._expire(session)))
+        update = SessionUpdate(request_id=request.request_id, session=number, state="prompted")
+        await self.publish(window, update)
+        return update
+
+    async def _expire(self, session: Session) -> None:
+        if self._by_number.get(session.number) is session:
+            await self._end(session, "expired", notify_device=True)
+
+    async def _end(
+        self,
+        session: Session,
+        state: str,
+        *,
+        notify_device: bool,
+        error: str | None = None,
+        level: int | None = None,
+        record_id: str | None = None,
+    ) -> None:
+        if session.timer is not None:
+            session.timer.cancel()
+        if self._open.get(session.window) is session:
+            del self._open[session.window]
+        self._by_number.pop(session.number, None)
+        self._recent[session.number] = (time.monotonic(), session)
+        self._forget_old()
+        update = SessionUpdate(
+            request_id=session.request.request_id,
+            session=session.number,
+            state=state,  # type: ignore[arg-type]
+            level=level,
+            id=record_id,
+            error=error,
+        )
+        await self.publish(session.window, update)
+        if notify_device:
+            device = self.config.devices_by_id.get(session.device_id)
+            port = self.ports.get(device.transport) if device else None
+            if device is not None and port is not None:
+                with contextlib.suppress(Exception):
+                    await port.cancel(device, session.number)
+
+    def _forget_old(self) -> None:
+        cutoff = time.monotonic() - RECENT_SESSIONS_KEPT_S
+        for number in [n for n, (ended, _s) in self._recent.items() if ended < cutoff]:
+            del self._recent[number]
+
+    def context(self, device_id: str, number: int | None) -> SessionContext | None:
+        """The case context of a session this device was prompted for (open or recently ended)."""
+        if not number:
+            return None
+        session = self._by_number.get(number)
+        if session is None and number in self._recent:
+            session = self._recent[number][1]
+        if session is None or session.device_id != device_id:
+            return None
+        request = session.request
+        return SessionContext(
+            session=number,
+            window=session.window,
+            case_no=request.case_no,
+            item_code=request.item_code,
+            item_name=request.item_name,
+            staff_id=request.staff_id,
+        )
+
+    def flags_for(self, device_id: str, number: int | None) -> list[str]:
+        """`suspect` for presses beyond the misuse limits (N per session, M free ratings a minute)."""
+        limits = self.config.evaluation
+        if number:
+            session = self._by_number.get(number)
+            if session is None and number in self._recent:
+                session = self._recent[number][1]
+            if (
+                session is not None
+                and session.device_id == device_id
+                and session.ratings >= limits.max_per_session
+            ):
+                return ["suspect"]
+            return []
+        window = self._free.setdefault(device_id, deque())
+        now = time.monotonic()
+        while window and window[0] < now - 60:
+            window.popleft()
+        return ["suspect"] if len(window) >= limits.max_free_per_minute else []
+
+    async def rated(self, device_id: str, number: int | None, level: int, record_id: str) -> None:
+        """A rating was stored: count it and, for an open session, report `rated`."""
+        if not number:
+            self._free.setdefault(device_id, deque()).append(time.monotonic())
+            return
+        session = self._by_number.get(number)
+        if session is None and number in self._recent:
+            self._recent[number][1].ratings += 1
+            return
+        if session is None or session.device_id != device_id:
+            return
+        session.ratings += 1
+        await self._end(session, "rated", notify_device=False, level=level, record_id=record_id)
+
+    def remember_citizen(self, window: str, identity: CitizenIdentity) -> None:
+        """A card was read at `window`: the next evaluation there is linked to this citizen."""
+        self._citizens[window] = (time.monotonic(), identity)
+
+    def take_citizen(self, window: str | None) -> CitizenIdentity | None:
+        """The citizen identified at `window` in the last minutes, used once."""
+        if window is None:
+            return None
+        entry = self._citizens.pop(window, None)
+        if entry is None or entry[0] < time.monotonic() - CITIZEN_KEPT_S:
+            return None
+        return entry[1]
+
+    def open_sessions(self) -> list[dict[str, object]]:
+        """Open sessions for the status document."""
+        return [
+            {
+                "window": s.window,
+                "session": s.number,
+                "device_id": s.device_id,
+                "request_id": s.request.request_id,
+                "age_s": round(time.monotonic() - s.started, 1),
+            }
+            for s in self._open.values()
+        ]
+
+    async def close(self) -> None:
+        """Stop timers (shutdown); open sessions are simply forgotten."""
+        for session in list(self._open.values()):
+            if session.timer is not None:
+                session.timer.cancel()
