@@ -9,6 +9,7 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 
 class BrokerError(Exception):
@@ -125,3 +126,36 @@ class MosquittoBroker:
         """Stop and start on the same port with the same persistence."""
         self.stop()
         self.start()
+
+
+class EmbeddedBroker:
+    """The demo's fallback where Mosquitto is absent and cannot be installed: amqtt in-process.
+
+    Fine for a demo (about 4k QoS-1 messages/s), not for a node: no ACL, no persistence.
+    """
+
+    def __init__(self, port: int = 0) -> None:
+        self.port = port or free_port()
+        self._broker: Any = None
+
+    async def start(self) -> None:
+        """Start amqtt on 127.0.0.1:`port`; BrokerError if amqtt is not installed."""
+        try:
+            from amqtt.broker import Broker  # noqa: PLC0415 (optional extra, imported only when needed)
+        except ImportError:
+            raise BrokerError(
+                "neither mosquitto nor the amqtt fallback is installed: run `sudo apt-get install mosquitto`"
+                " or `pip install hallhub[demo-broker]`"
+            ) from None
+        config = {
+            "listeners": {"default": {"type": "tcp", "bind": f"127.0.0.1:{self.port}"}},
+            "plugins": {"amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}},
+        }
+        self._broker = Broker(config)
+        await self._broker.start()
+
+    async def stop(self) -> None:
+        """Shut the broker down."""
+        if self._broker is not None:
+            await self._broker.shutdown()
+            self._broker = None

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import random
 import signal
 import tempfile
@@ -28,11 +29,11 @@ from drivers.idcard.simulator import run_simulated_reader
 from drivers.keypad.simulator import run_simulated_line
 from drivers.qr.simulator import run_simulated_scanner
 from hub.app import Hub
-from hub.broker import BrokerError, MosquittoBroker, free_port, mosquitto_binary
+from hub.broker import EmbeddedBroker, MosquittoBroker, free_port, mosquitto_binary
 from hub.config import HubConfig, Secrets, parse_config
+from hub.records import Record
 from hub.simulate.mqtt_device import NotAcked, SimulatedMqttDevice
 from hub.simulate.window_pc import WindowPcSimulator
-from hub.topics import Topics
 
 NODE_ID = "demo-hall-01"
 PULL_TOKEN = "demo-pull-token"  # noqa: S105 (a fixed token for a loopback-only demo)
@@ -52,6 +53,45 @@ MQTT_DEVICES = [
 
 
 KEYPAD_WINDOWS = {1: "01", 2: "02", 3: "03", 4: "04"}
+
+
+class DemoBroker:
+    """Mosquitto when installed (the node's broker); the embedded amqtt broker otherwise."""
+
+    def __init__(self, workdir: Path, prefer: str = "mosquitto") -> None:
+        self.workdir = workdir
+        self.prefer = prefer
+        self.mosquitto: MosquittoBroker | None = None
+        self.embedded: EmbeddedBroker | None = None
+
+    @property
+    def port(self) -> int:
+        """The loopback port devices and the hub connect to."""
+        if self.mosquitto is not None:
+            return self.mosquitto.port
+        assert self.embedded is not None
+        return self.embedded.port
+
+    async def start(self) -> None:
+        """Start Mosquitto, or amqtt where Mosquitto is absent (or HALLHUB_DEMO_BROKER=amqtt)."""
+        if self.prefer != "amqtt" and mosquitto_binary() is not None:
+            self.mosquitto = MosquittoBroker(workdir=self.workdir)
+            await asyncio.to_thread(self.mosquitto.start)
+            return
+        self.embedded = EmbeddedBroker()
+        await self.embedded.start()
+
+    def describe(self) -> str:
+        """Which broker runs, for the live view."""
+        kind = "mosquitto" if self.mosquitto is not None else "embedded amqtt (fallback: install mosquitto)"
+        return f"{kind} on 127.0.0.1:{self.port}"
+
+    async def stop(self) -> None:
+        """Stop whichever broker runs."""
+        if self.mosquitto is not None:
+            await asyncio.to_thread(self.mosquitto.stop)
+        if self.embedded is not None:
+            await self.embedded.stop()
 
 
 def serial_devices(tty_dir: Path) -> list[dict[str, Any]]:
@@ -105,6 +145,11 @@ class DemoView:
     started: float = field(default_factory=time.monotonic)
     window_pc: WindowPcSimulator | None = None
 
+    def on_commit(self, records: list[Record]) -> None:
+        """Outbox listener: count what the hub just committed."""
+        for record in records:
+            self.on_record(record.to_wire())
+
     def on_record(self, record: dict[str, Any]) -> None:
         """Count one record mirrored by the hub."""
         kind = record["kind"]
@@ -133,12 +178,11 @@ class DemoView:
     def render(self, hub: Hub) -> Group:
         """The live view."""
         elapsed = time.monotonic() - self.started
-        totals = Table(title="Stored by the hub (mirrored on MQTT after commit)", expand=True)
-        for name in ("evaluation", "alert", "scan", "print", "device_status"):
+        totals = Table(title="Committed to the outbox (and mirrored on MQTT)", expand=True)
+        kinds = ("evaluation", "alert", "scan", "card", "print", "device_status")
+        for name in kinds:
             totals.add_column(name, justify="right")
-        totals.add_row(
-            *(str(self.stored[n]) for n in ("evaluation", "alert", "scan", "print", "device_status"))
-        )
+        totals.add_row(*(str(self.stored[n]) for n in kinds))
         levels = Table(title="Ratings by level", expand=True)
         for level in (5, 4, 3, 2, 1):
             levels.add_column(f"{level} {LEVEL_NAMES[level]}", justify="right")
@@ -227,15 +271,6 @@ async def _device_traffic(
             view.sent[device.device_id] += 1
 
 
-async def _watch_mirror(port: int, view: DemoView) -> None:
-    topics = Topics(NODE_ID)
-    async with aiomqtt.Client("127.0.0.1", port, identifier=f"demo-view-{free_port()}") as client:
-        await client.subscribe(f"{topics.root}/events/#", qos=1)
-        async for message in client.messages:
-            payload = message.payload if isinstance(message.payload, bytes) else b"{}"
-            view.on_record(json.loads(payload))
-
-
 async def run_demo(
     *,
     duration_s: float | None,
@@ -245,13 +280,9 @@ async def run_demo(
 ) -> DemoView:
     """Run the whole demo node; returns what the view counted (tests assert on it)."""
     base = workdir or Path(tempfile.mkdtemp(prefix="hallhub-demo-"))
-    if mosquitto_binary() is None:
-        raise BrokerError(
-            "mosquitto is not installed: run ./scripts/demo (it installs it),"
-            " or `sudo apt-get install mosquitto`"
-        )
-    broker = MosquittoBroker(workdir=base / "broker")
-    await asyncio.to_thread(broker.start)
+    broker = DemoBroker(base / "broker", prefer=os.environ.get("HALLHUB_DEMO_BROKER", "mosquitto"))
+    await broker.start()
+    console.print(f"broker: {broker.describe()}")
     tty_dir = base / "tty"
     tty_dir.mkdir(parents=True, exist_ok=True)
     config = demo_config(broker.port, free_port(), base / "data", tty_dir)
@@ -261,6 +292,7 @@ async def run_demo(
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     view = DemoView()
+    hub.outbox.add_listener(view.on_commit)
     rng = random.Random()
     serial = _serial_simulators(tty_dir, rate)
     await asyncio.sleep(0.3)
@@ -284,9 +316,7 @@ async def run_demo(
                 mean_interval_s=6.0 / max(rate, 0.01),
                 timeout_s=20,
             )
-            tasks = [asyncio.create_task(_watch_mirror(broker.port, view))]
-            tasks.append(asyncio.create_task(view.window_pc.run()))
-            tasks += serial
+            tasks = [asyncio.create_task(view.window_pc.run())]
             tasks += [asyncio.create_task(_device_traffic(d, view, rate, rng)) for d in devices]
             deadline = None if duration_s is None else time.monotonic() + duration_s
             with Live(view.render(hub), console=console, refresh_per_second=2, transient=False) as live:
@@ -307,7 +337,7 @@ async def run_demo(
         await asyncio.gather(*serial, return_exceptions=True)
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
-        await asyncio.to_thread(broker.stop)
+        await broker.stop()
     console.print(
         f"demo stopped: {view.stored['evaluation']} evaluations and {view.stored['alert']} alerts stored "
         f"in {base / 'data' / 'outbox.db'}"
