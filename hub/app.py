@@ -16,6 +16,7 @@ from hub import __version__
 from hub.alerts import AlertBook
 from hub.api import HubApi
 from hub.config import HubConfig, Secrets, is_loopback
+from hub.device_alerts import DeviceAlerts
 from hub.devices import DeviceRegistry
 from hub.driver_host import DriverHost
 from hub.gateway import MqttGateway
@@ -24,9 +25,12 @@ from hub.metrics import HubMetrics
 from hub.privacy import NodeIdentifier, load_or_create_secret
 from hub.records import utc_now
 from hub.sessions import PromptPort, SessionManager
+from hub.status_page import status_page_routes
 from hub.store.outbox import Outbox, StoreUnavailable
 from hub.systemd import notify, watchdog_interval_s
 from hub.windows_api import window_and_alert_routes
+from sync.annotate import make_evaluation_hook
+from sync.uplink import Uplink
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +41,18 @@ WRITER_STALL_S = 10.0
 Service = Callable[[], Coroutine[Any, Any, None]]
 
 
+async def cancel_and_wait(tasks: list[asyncio.Task[None]], grace_s: float = 1.0) -> None:
+    """Cancel services and wait until they are gone, cancelling again any that swallowed it
+    (in Python 3.11 `asyncio.wait_for` can), so that shutdown never hangs on one of them."""
+    pending = {task for task in tasks if not task.done()}
+    while pending:
+        for task in pending:
+            task.cancel()
+        _done, pending = await asyncio.wait(pending, timeout=grace_s)
+        for task in pending:
+            log.warning("hub: service %s is still running after cancel; cancelling again", task.get_name())
+
+
 class Hub:
     """One node's hub. `run(stop)` serves until `stop` is set, then shuts down cleanly."""
 
@@ -45,7 +61,11 @@ class Hub:
         self.secrets = secrets
         self.metrics = HubMetrics()
         data_dir = Path(config.node.data_dir)
-        self.outbox = Outbox(data_dir / "outbox.db", max_bytes=config.outbox.max_mb * 2**20)
+        self.outbox = Outbox(
+            data_dir / "outbox.db",
+            max_bytes=config.outbox.max_mb * 2**20,
+            evaluation_hook=make_evaluation_hook(config),
+        )
         self.registry = DeviceRegistry(config.device)
         self.intake = Intake(config, self.outbox, self.metrics)
         self.gateway = MqttGateway(
@@ -71,6 +91,12 @@ class Hub:
         self.last_sync: str | None = None
         self.api_port: int | None = None
         self._runner: web.AppRunner | None = None
+        self.device_alerts = DeviceAlerts(config, self.registry, self.intake)
+        self.gateway.health_listener = self.device_alerts.on_health
+        self.add_service("device-alerts", self.device_alerts.run)
+        self.api.extra_routes += status_page_routes(self)
+        if config.central.url:
+            self.add_service("uplink", Uplink(self).run)
 
     def add_service(self, name: str, service: Service) -> None:
         """Run `service()` beside the core (drivers, sessions, uplink) until shutdown."""
@@ -118,8 +144,7 @@ class Hub:
                 await stop.wait()
                 notify("STOPPING=1")
                 log.info("hub: stopping")
-                for task in others:
-                    task.cancel()
+                await cancel_and_wait(others)
                 await self.gateway.stop()
                 await gateway
         finally:
@@ -164,6 +189,9 @@ class Hub:
                 await asyncio.wait_for(self.outbox.ping(), timeout=WRITER_STALL_S)
             except (TimeoutError, StoreUnavailable) as exc:
                 problems.append(f"outbox writer not answering: {exc or 'timeout'}")
+        if self.outbox.failing_since is not None:
+            failure = self.outbox.last_failure
+            problems.append(f"outbox cannot write: {failure} (devices are not acked and retry)")
         if self.outbox.recovered_from is not None:
             problems.append(
                 f"outbox was damaged and moved aside to {self.outbox.recovered_from}; "
@@ -217,6 +245,7 @@ class Hub:
                 "last_seq": stats.last_seq,
             },
             "alerts": self.alerts.open_alerts(),
+            "device_alerts": self.device_alerts.open_alerts(),
             "sessions": self.sessions.open_sessions(),
             "sync": {
                 "last_sync": self.last_sync,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import socket
 import subprocess
@@ -66,7 +67,16 @@ class MosquittoBroker:
             "max_queued_bytes 268435456",
             "max_inflight_messages 1000",
             "message_size_limit 2097152",
+            # Without it Mosquitto's small writes (PUBACKs, acks) wait for delayed ACKs: ~40 ms a hop.
+            "set_tcp_nodelay true",
             *(["allow_anonymous true"] if anonymous else []),
+            # Started as root, Mosquitto drops to the `mosquitto` user, which cannot write this
+            # private workdir: persistence would silently not happen. This broker is ours alone.
+            *(
+                ["user root"]
+                if os.geteuid() == 0 and not any(x.startswith("user ") for x in self.extra)
+                else []
+            ),
             *self.extra,
         ]
         return "\n".join(lines) + "\n"
@@ -88,6 +98,8 @@ class MosquittoBroker:
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 err = self.process.stderr.read().decode(errors="replace") if self.process.stderr else ""
+                if self.process.stderr is not None:
+                    self.process.stderr.close()
                 log = (
                     (self.workdir / "mosquitto.log").read_text(errors="replace")[-500:]
                     if (self.workdir / "mosquitto.log").exists()

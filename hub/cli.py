@@ -16,6 +16,10 @@ from rich.table import Table
 
 from hub import __version__
 from hub.config import DEFAULT_CONFIG_PATH, ConfigError, HubConfig, load_config, resolve_secrets
+from hub.init_config import init_command
+from hub.provision import device_app
+from sync.central_cli import central_command
+from sync.outbox_cli import outbox_app
 
 app = typer.Typer(
     name="hallhub",
@@ -27,6 +31,10 @@ config_app = typer.Typer(help="Check node config files.", no_args_is_help=True)
 simulate_app = typer.Typer(help="Drive simulated devices against a running hub.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
 app.add_typer(simulate_app, name="simulate")
+app.add_typer(device_app, name="device")
+app.command("init")(init_command)
+app.add_typer(outbox_app, name="outbox")
+app.command("central")(central_command)
 
 console = Console()
 err_console = Console(stderr=True)
@@ -81,11 +89,18 @@ def demo(
         typer.Option(help="Where to keep the demo's broker and outbox (default: a new temp dir)."),
     ] = None,
     rate: Annotated[float, typer.Option(help="Messages per second per simulated device.")] = 0.5,
+    central_fail_rate: Annotated[
+        float,
+        typer.Option(min=0, max=0.9, help="Fraction of uplink requests the demo's central receiver fails."),
+    ] = 0.0,
 ) -> None:
-    """Run a whole node here: private broker, the hub, simulated devices, and a live view."""
+    """Run a whole node here: private broker, the hub, simulated devices, a central receiver, a live view."""
     from hub.broker import BrokerError
     from hub.demo import run_demo
     from hub.logsetup import setup_logging
+    from hub.runner import enable_stack_dumps
+
+    enable_stack_dumps()
 
     base = data_dir
     if base is not None:
@@ -93,7 +108,15 @@ def demo(
     log_file = (base or Path("/tmp")) / "hallhub-demo.log"  # noqa: S108 (the demo's own log)
     setup_logging("INFO", str(log_file))
     try:
-        asyncio.run(run_demo(duration_s=duration, workdir=base, rate=rate, console=console))
+        asyncio.run(
+            run_demo(
+                duration_s=duration,
+                workdir=base,
+                rate=rate,
+                console=console,
+                central_fail_rate=central_fail_rate,
+            )
+        )
     except BrokerError as exc:
         err_console.print(f"[red]error[/] {exc}")
         raise typer.Exit(1) from None
@@ -173,6 +196,29 @@ def status(
             device["id"], device["kind"], device["window"] or "-", online, device["last_seen"] or "-", errors
         )
     console.print(table)
+    from hub.status_page import print_status_extras
+
+    try:
+        ratings = _get_json(url.rstrip("/") + "/v1/ratings/today")
+    except (OSError, ValueError, urllib.error.URLError):
+        ratings = None  # a hub without the ratings route: show the rest
+    print_status_extras(console, doc, ratings)
+
+
+@app.command()
+def doctor(
+    config: ConfigOption = DEFAULT_CONFIG_PATH,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the findings as JSON.")] = False,
+    user: Annotated[
+        str | None,
+        typer.Option(help="Check permissions for this account (default: User= of hallhub.service)."),
+    ] = None,
+    timeout: Annotated[float, typer.Option(min=0.5, max=60, help="Seconds each check may take.")] = 5.0,
+) -> None:
+    """Check config, ports, readers, cameras, broker, central, disk, clock and watchdog (exit 1 on error)."""
+    from hub.doctor import main as doctor_main
+
+    raise typer.Exit(doctor_main(config, as_json=as_json, user=user, timeout_s=timeout))
 
 
 @simulate_app.command("mqtt")

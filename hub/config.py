@@ -108,6 +108,13 @@ class AlertsSection(_Section):
     offline_after_s: Annotated[float, Field(ge=0, le=86_400)] = 300.0
 
 
+class LimitsSection(_Section):
+    """`[limits]` (extension): per-device MQTT rate limit; excess is dropped unacked and counted."""
+
+    device_msgs_per_s: Annotated[float, Field(gt=0, le=100_000)] = 50.0
+    device_burst: Annotated[int, Field(ge=1, le=1_000_000)] = 200
+
+
 class PrivacySection(_Section):
     """`[privacy]`: how citizen identity is referenced."""
 
@@ -157,6 +164,7 @@ class HubConfig(_Section):
     outbox: OutboxSection = Field(default_factory=OutboxSection)
     alerts: AlertsSection = Field(default_factory=AlertsSection)
     privacy: PrivacySection = Field(default_factory=PrivacySection)
+    limits: LimitsSection = Field(default_factory=LimitsSection)
     national: NationalSection = Field(default_factory=NationalSection)
     device: list[DeviceSection] = Field(default_factory=list)
 
@@ -338,7 +346,8 @@ def _cross_checks(config: HubConfig) -> list[ConfigProblem]:
                 problems.append(
                     ConfigProblem(
                         f"{key}.baud",
-                        f'keypads on one line share its baud rate: "{first[1]}" on {device.port} uses {first[0]}',
+                        f'keypads on one line share its baud rate: "{first[1]}" on {device.port}'
+                        f" uses {first[0]}",
                     )
                 )
     return problems

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import os
 import random
@@ -34,9 +35,11 @@ from hub.config import HubConfig, Secrets, parse_config
 from hub.records import Record
 from hub.simulate.mqtt_device import NotAcked, SimulatedMqttDevice
 from hub.simulate.window_pc import WindowPcSimulator
+from sync.receiver import start_receiver
 
 NODE_ID = "demo-hall-01"
 PULL_TOKEN = "demo-pull-token"  # noqa: S105 (a fixed token for a loopback-only demo)
+CENTRAL_TOKEN = "demo-central-token"  # noqa: S105 (the demo's own loopback receiver)
 LEVEL_WEIGHTS = {5: 60, 4: 20, 3: 10, 2: 6, 1: 4}
 LEVEL_NAMES = {5: "非常满意", 4: "满意", 3: "基本满意", 2: "不满意", 1: "非常不满意"}
 ITEMS = [
@@ -117,7 +120,9 @@ def serial_devices(tty_dir: Path) -> list[dict[str, Any]]:
     return devices
 
 
-def demo_config(broker_port: int, api_port: int, data_dir: Path, tty_dir: Path) -> HubConfig:
+def demo_config(
+    broker_port: int, api_port: int, data_dir: Path, tty_dir: Path, central_url: str = ""
+) -> HubConfig:
     """The embedded default node config of the demo."""
     raw: dict[str, Any] = {
         "node": {
@@ -128,6 +133,7 @@ def demo_config(broker_port: int, api_port: int, data_dir: Path, tty_dir: Path) 
         },
         "broker": {"host": "127.0.0.1", "port": broker_port},
         "api": {"listen": f"127.0.0.1:{api_port}", "pull_token": PULL_TOKEN},
+        "central": {"url": central_url, "token": CENTRAL_TOKEN if central_url else "", "batch_max": 200},
         "device": serial_devices(tty_dir) + MQTT_DEVICES,
     }
     return parse_config(raw, "<demo>")
@@ -144,6 +150,7 @@ class DemoView:
     alerts: deque[str] = field(default_factory=lambda: deque(maxlen=5))
     started: float = field(default_factory=time.monotonic)
     window_pc: WindowPcSimulator | None = None
+    central: dict[str, Any] = field(default_factory=dict)
 
     def on_commit(self, records: list[Record]) -> None:
         """Outbox listener: count what the hub just committed."""
@@ -209,7 +216,18 @@ class DemoView:
             f"{elapsed:5.0f} s · broker 127.0.0.1:{hub.config.broker.port} · "
             f"status http://127.0.0.1:{hub.api_port}/v1/status · Ctrl-C to stop"
         )
-        return Group(totals, levels, sessions, devices, events, alerts, footer)
+        received = self.central.get("records_by_kind", {})
+        central = Table(
+            title="Arrived at the central platform (reference receiver, pushed by the hub)", expand=True
+        )
+        for name in (*kinds, "batches", "duplicates"):
+            central.add_column(name, justify="right")
+        central.add_row(
+            *(str(received.get(n, 0)) for n in kinds),
+            str(self.central.get("batches", 0)),
+            str(self.central.get("duplicates", 0)),
+        )
+        return Group(totals, levels, sessions, central, devices, events, alerts, footer)
 
 
 def _serial_simulators(tty_dir: Path, rate: float) -> list[asyncio.Task[Any]]:
@@ -277,6 +295,7 @@ async def run_demo(
     workdir: Path | None,
     rate: float,
     console: Console,
+    central_fail_rate: float = 0.0,
 ) -> DemoView:
     """Run the whole demo node; returns what the view counted (tests assert on it)."""
     base = workdir or Path(tempfile.mkdtemp(prefix="hallhub-demo-"))
@@ -285,8 +304,15 @@ async def run_demo(
     console.print(f"broker: {broker.describe()}")
     tty_dir = base / "tty"
     tty_dir.mkdir(parents=True, exist_ok=True)
-    config = demo_config(broker.port, free_port(), base / "data", tty_dir)
-    hub = Hub(config, Secrets(broker_password="", pull_token=PULL_TOKEN, central_token=""))
+    central = contextlib.AsyncExitStack()
+    receiver = await central.enter_async_context(
+        start_receiver(
+            "127.0.0.1:0", f"sqlite:///{base / 'central.db'}", CENTRAL_TOKEN, fail_rate=central_fail_rate
+        )
+    )
+    console.print(f"central receiver: {receiver.url} (SQLite {base / 'central.db'})")
+    config = demo_config(broker.port, free_port(), base / "data", tty_dir, central_url=receiver.url)
+    hub = Hub(config, Secrets(broker_password="", pull_token=PULL_TOKEN, central_token=CENTRAL_TOKEN))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -320,9 +346,13 @@ async def run_demo(
             tasks += [asyncio.create_task(_device_traffic(d, view, rate, rng)) for d in devices]
             deadline = None if duration_s is None else time.monotonic() + duration_s
             with Live(view.render(hub), console=console, refresh_per_second=2, transient=False) as live:
+                tick = 0
                 while not stop.is_set() and (deadline is None or time.monotonic() < deadline):
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(stop.wait(), 0.5)
+                    tick += 1
+                    if tick % 4 == 0:
+                        view.central = dataclasses.asdict(await receiver.stats())
                     live.update(view.render(hub))
             console.print()
             for task in tasks:
@@ -330,6 +360,7 @@ async def run_demo(
             await asyncio.gather(*tasks, return_exceptions=True)
         stop.set()
         await hub_task
+        view.central = dataclasses.asdict(await receiver.stats())
     finally:
         stop.set()
         for task in serial:
@@ -338,8 +369,10 @@ async def run_demo(
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
         await broker.stop()
+        await central.aclose()
     console.print(
         f"demo stopped: {view.stored['evaluation']} evaluations and {view.stored['alert']} alerts stored "
-        f"in {base / 'data' / 'outbox.db'}"
+        f"in {base / 'data' / 'outbox.db'}; "
+        f"{view.central.get('records_by_kind', {}).get('evaluation', 0)} evaluations arrived centrally"
     )
     return view

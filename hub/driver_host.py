@@ -151,6 +151,10 @@ class DriverHost:
         return Outcome.REJECTED
 
     async def _key(self, device: DeviceSection, event: KeyPressed) -> Outcome:
+        async with self.sessions.lock_for(device.id):
+            return await self._key_locked(device, event)
+
+    async def _key_locked(self, device: DeviceSection, event: KeyPressed) -> Outcome:
         context = self.sessions.context(device.id, event.session)
         window = context.window if context else device.window
         records = self.intake.evaluation(

@@ -3,7 +3,8 @@
 It subscribes with a persistent session (messages published while the hub restarts are delivered
 afterwards), answers each device message only after the outbox has decided, and mirrors every stored
 record on `events/{kind}` and `alerts`. Publishes are pipelined: every message is handled in its own
-task, so many acks are in flight at once.
+task, so many acks are in flight at once, and acks and mirrors are queued at QoS 1 without waiting
+for each PUBACK (`publish_nowait`).
 """
 
 from __future__ import annotations
@@ -13,16 +14,20 @@ import contextlib
 import json
 import logging
 import random
+import socket
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiomqtt
+from paho.mqtt.client import MQTT_ERR_SUCCESS
 
 from hub import __version__
 from hub.config import DeviceSection, HubConfig, Secrets
 from hub.devices import DeviceRegistry
 from hub.intake import Intake
 from hub.metrics import HubMetrics
+from hub.ratelimit import RateLimiter
 from hub.records import Kind, Record
 from hub.schemas import (
     ACKED_LEAVES,
@@ -49,9 +54,11 @@ from hub.topics import Topics
 log = logging.getLogger(__name__)
 
 MAX_CONCURRENT_MESSAGES = 2000
+PENDING_CALLS_WARNING = 4 * MAX_CONCURRENT_MESSAGES  # unconfirmed publishes before aiomqtt warns
 BACKOFF_FIRST_S = 0.5
 BACKOFF_MAX_S = 30.0
 STATE_INTERVAL_S = 15.0
+FAILURE_ALERT_INTERVAL_S = 60.0
 
 # Which device kinds may publish which leaves (a keypad-shaped rating from a QR scanner is a bug).
 LEAVES_BY_KIND = {
@@ -89,6 +96,8 @@ class MqttGateway:
         self._tasks: set[asyncio.Task[None]] = set()
         self._slots = asyncio.Semaphore(MAX_CONCURRENT_MESSAGES)
         self._stop = asyncio.Event()
+        self.limiter = RateLimiter(config.limits.device_msgs_per_s, config.limits.device_burst)
+        self._last_failure_alert = -FAILURE_ALERT_INTERVAL_S
         self._last_health: dict[str, dict[str, Any]] = {}
         self.health_listener: HealthListener | None = None  # hub.device_alerts
         self.connects = 0
@@ -114,8 +123,13 @@ class MqttGateway:
             "clean_session": False,
             "keepalive": broker.keepalive_s,
             "will": aiomqtt.Will(self.topics.hub_state, offline.encode(), qos=1, retain=True),
-            "max_inflight_messages": 1000,
+            # 0 = no client-side cap (paho): with a cap, paho rescans every queued message on each
+            # PUBACK, O(in flight) per ack. In-flight work is bounded by MAX_CONCURRENT_MESSAGES.
+            "max_inflight_messages": 0,
             "timeout": 10.0,
+            # paho leaves Nagle on: an ack written right after a PUBACK then waits for the peer's
+            # delayed ACK (~40 ms a hop). Acks are tiny and latency-bound, so send them at once.
+            "socket_options": [(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
         }
 
     async def run(self) -> None:
@@ -124,6 +138,9 @@ class MqttGateway:
         while not self._stop.is_set():
             try:
                 async with aiomqtt.Client(**self._client_options()) as client:
+                    # aiomqtt logs a WARNING per publish while more than 10 are unconfirmed: under
+                    # load that floods the journal (and cost ~15 % of the hub's CPU when measured).
+                    client.pending_calls_threshold = PENDING_CALLS_WARNING
                     delay = BACKOFF_FIRST_S
                     await self._serve(client)
             except aiomqtt.MqttError as exc:
@@ -209,17 +226,25 @@ class MqttGateway:
             return
         for record in records:
             body = _wire_bytes(record)
-            self._spawn_publish(self.topics.event(str(record.kind)), body)
+            self.publish_nowait(self.topics.event(str(record.kind)), body)
             if record.kind is Kind.ALERT:
-                self._spawn_publish(self.topics.alerts, body)
+                self.publish_nowait(self.topics.alerts, body)
 
-    def _spawn_publish(self, topic: str, payload: bytes) -> None:
-        task = asyncio.create_task(self._publish_quietly(topic, payload))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+    def publish_nowait(self, topic: str, payload: bytes) -> bool:
+        """Queue a QoS-1 publish without waiting for the broker's PUBACK; False if not connected.
 
-    async def _publish_quietly(self, topic: str, payload: bytes) -> None:
-        await self.publish(topic, payload)
+        For acks and event mirrors, whose failure the hub never acts on (a device retries until it
+        hears its ack). Awaiting each PUBACK through aiomqtt costs a task, an event and a scan of all
+        unconfirmed publishes: about a third of the hub's CPU per rating under load (bench/ingest.py).
+        """
+        client = self._client
+        if client is None:
+            return False
+        info = client._client.publish(topic, payload, qos=1)  # the paho client under aiomqtt ~2.5
+        if info.rc != MQTT_ERR_SUCCESS:
+            log.debug("mqtt: publish to %s not queued: rc %s", topic, info.rc)
+            return False
+        return True
 
     async def publish_state(self, *, online: bool) -> None:
         """Retained `hub/state`."""
@@ -238,7 +263,7 @@ class MqttGateway:
 
     async def _ack(self, device_id: str, ack: AckPayload) -> None:
         self.metrics.acks.labels(status=ack.status).inc()
-        await self.publish(self.topics.ack(device_id), ack.encode())
+        self.publish_nowait(self.topics.ack(device_id), ack.encode())
 
     async def _error(self, device_id: str, topic: str, reason: str, message: str) -> None:
         self.metrics.rejects.labels(reason=reason).inc()
@@ -266,6 +291,9 @@ class MqttGateway:
             )
             return
         self.registry.seen(device.id)
+        if not self.limiter.allow(device.id):
+            self._count_limited(device.id)
+            return
         try:
             obj = decode_object(payload)
         except PayloadError as exc:
@@ -291,9 +319,11 @@ class MqttGateway:
                     "wrong_kind", f'a {device.kind} device cannot send "{leaf}" messages', msg_id
                 )
             rating: RatingPayload | None = None
+            records: list[Record] = []
             if leaf == "rating":
                 rating = parse_device_payload(RatingPayload, obj)
-                records = self._rating_records(device, rating)
+                if device.kind != "pad" or self.sessions is None:
+                    records = self._rating_records(device, rating)
             elif leaf == "scan":
                 records = self.intake.scan(device, parse_device_payload(ScanPayload, obj))
             else:
@@ -306,6 +336,21 @@ class MqttGateway:
                 device.id, AckPayload(msg_id=msg_id, id=None, status="rejected", error=exc.message)
             )
             return
+        if rating is not None and device.kind == "pad" and self.sessions is not None:
+            async with self.sessions.lock_for(device.id):
+                await self._store_and_ack(device, leaf, msg_id, self._rating_records(device, rating), rating)
+            return
+        await self._store_and_ack(device, leaf, msg_id, records, rating)
+
+    async def _store_and_ack(
+        self,
+        device: DeviceSection,
+        leaf: str,
+        msg_id: str,
+        records: list[Record],
+        rating: RatingPayload | None,
+    ) -> None:
+        """Commit, then answer the device: stored, duplicate or rejected (no answer if not stored)."""
         try:
             result = await self.intake.store(records, DedupKey(device.id, msg_id))
         except StoreUnavailable as exc:
@@ -316,6 +361,7 @@ class MqttGateway:
                 device.id,
                 exc,
             )
+            await self.announce_store_failure(str(exc))
             return
         if isinstance(result, Stored):
             ack = AckPayload(msg_id=msg_id, id=result.records[0].id, status="stored", error=None)
@@ -328,10 +374,44 @@ class MqttGateway:
             ack = AckPayload(msg_id=msg_id, id=None, status="rejected", error=result.reason)
         await self._ack(device.id, ack)
 
+    def _count_limited(self, device_id: str) -> None:
+        """A message over the device's rate limit: not processed, not acked (it retries), counted."""
+        self.metrics.rejects.labels(reason="rate_limited").inc()
+        self.registry.count_error(device_id, "rate_limited")
+        count = self.limiter.limited[device_id]
+        if count == 1 or count % 1000 == 0:
+            log.warning(
+                "mqtt: %s exceeds %.0f messages/s; %d messages dropped so far (it must retry)",
+                device_id,
+                self.limiter.rate,
+                count,
+            )
+
+    async def announce_store_failure(self, error: str) -> None:
+        """The outbox cannot write (disk full): an alert on MQTT at once, since none can be stored."""
+        now = time.monotonic()
+        if now - self._last_failure_alert < FAILURE_ALERT_INTERVAL_S:
+            return
+        self._last_failure_alert = now
+        alert = {
+            "kind": "alert",
+            "data": {
+                "type": "store_unavailable",
+                "state": "raised",
+                "error": error,
+                "node_id": self.config.node.id,
+                "stored": False,
+            },
+        }
+        await self.publish(self.topics.alerts, json.dumps(alert, ensure_ascii=False).encode())
+
     def _rating_records(self, device: DeviceSection, rating: RatingPayload) -> list[Record]:
-        """A pad's rating joins its session (case, staff, window) and any citizen identified there."""
+        """A rating joins its session (case, staff, window) and any citizen identified there; a pad's
+        presses beyond the misuse limits are flagged (terminals are not rated per window)."""
         if self.sessions is None:
             return self.intake.rating(device, rating)
+        if device.kind != "pad":
+            return self.intake.rating(device, rating, citizen=self.sessions.take_citizen(device.window))
         context = self.sessions.context(device.id, rating.session)
         window = rating.window or (context.window if context else device.window)
         return self.intake.rating(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import faulthandler
 import logging
 import signal
 
@@ -26,5 +27,12 @@ async def serve(hub: Hub) -> None:
 
 
 def run_hub(config: HubConfig, secrets: Secrets) -> None:
-    """Blocking entry point of `hallhub run`."""
+    """Blocking entry point of `hallhub run`; a watchdog SIGABRT leaves every thread's stack in the log."""
+    enable_stack_dumps()
     asyncio.run(serve(Hub(config, secrets)))
+
+
+def enable_stack_dumps() -> None:
+    """Crashes and `kill -USR1 <pid>` print every thread's stack to stderr (the journal)."""
+    faulthandler.enable()
+    faulthandler.register(signal.SIGUSR1, all_threads=True)

@@ -91,6 +91,7 @@ class SessionManager:
         self._lock = asyncio.Lock()
         self._free: dict[str, deque[float]] = {}
         self._citizens: dict[str, tuple[float, CitizenIdentity]] = {}
+        self._device_locks: dict[str, asyncio.Lock] = {}
 
     def bind(self, transport: str, port: PromptPort) -> None:
         """Register how devices of a transport (`serial`, `mqtt`) are prompted."""
@@ -252,6 +253,13 @@ class SessionManager:
             return
         session.ratings += 1
         await self._end(session, "rated", notify_device=False, level=level, record_id=record_id)
+
+    def lock_for(self, device_id: str) -> asyncio.Lock:
+        """Serialises "flag, store, count" per rating device, so concurrent presses are judged in turn."""
+        lock = self._device_locks.get(device_id)
+        if lock is None:
+            lock = self._device_locks[device_id] = asyncio.Lock()
+        return lock
 
     def remember_citizen(self, window: str, identity: CitizenIdentity) -> None:
         """A card was read at `window`: the next evaluation there is linked to this citizen."""

@@ -101,7 +101,9 @@ def parse_timestamp(text: str) -> datetime:
     if not _TIMESTAMP_PATTERN.fullmatch(text):
         raise ValueError(f"must be RFC 3339 UTC with milliseconds, like {_TIMESTAMP_EXAMPLE}")
     try:
-        parsed = datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ")
+        # fromisoformat, not strptime: the pattern is already checked, and it is ~10x faster on
+        # the uplink's and the receiver's hot path (every record's `created_at`).
+        parsed = datetime.fromisoformat(text[:-1])
     except ValueError as exc:
         raise ValueError(f"is not a real date and time ({exc})") from None
     return parsed.replace(tzinfo=UTC)

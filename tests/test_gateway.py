@@ -290,14 +290,17 @@ async def test_every_bad_payload_is_rejected_with_its_field_and_the_hub_carries_
             for sim in sims.values():
                 await sim.__aexit__(None, None, None)
 
-        async with aiohttp.ClientSession() as http:
-            metrics = await (await http.get(f"http://127.0.0.1:{hub.api_port}/metrics")).text()
-        rejects = {
-            line.split('reason="')[1].split('"')[0]: float(line.rsplit(" ", 1)[1])
-            for line in metrics.splitlines()
-            if line.startswith("hallhub_rejects_total{")
-        }
-        # The ghost device's own online/offline state messages are refused too: two more.
+        rejects: dict[str, float] = {}
+        async with aiohttp.ClientSession() as http, asyncio.timeout(10):
+            # The ghost's own online/offline state messages are refused too (two more, the last async).
+            while rejects.get("unknown_device") != 3:
+                metrics = await (await http.get(f"http://127.0.0.1:{hub.api_port}/metrics")).text()
+                rejects = {
+                    line.split('reason="')[1].split('"')[0]: float(line.rsplit(" ", 1)[1])
+                    for line in metrics.splitlines()
+                    if line.startswith("hallhub_rejects_total{")
+                }
+                await asyncio.sleep(0.05)
         assert sum(rejects.values()) == len(INVALID) + 2
         assert rejects["invalid_field"] == 31
         assert rejects["unknown_device"] == 3

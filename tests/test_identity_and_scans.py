@@ -30,8 +30,15 @@ def card() -> SimCard:
     return SimCard(
         "resident",
         {
-            "name": NAME, "sex": "2", "nation": "01", "birth": "19900307", "address": ADDRESS, "id_number": NUMBER,
-            "authority": "济南市公安局历下分局", "valid_from": "20200101", "valid_until": "长期",
+            "name": NAME,
+            "sex": "2",
+            "nation": "01",
+            "birth": "19900307",
+            "address": ADDRESS,
+            "id_number": NUMBER,
+            "authority": "济南市公安局历下分局",
+            "valid_from": "20200101",
+            "valid_until": "长期",
         },
         photo=photo,
     )
@@ -43,13 +50,22 @@ async def until(condition: Any, timeout: float = 15.0) -> None:
             await asyncio.sleep(0.02)
 
 
-async def test_card_scan_and_rating_at_one_window(tmp_path: Path, broker: MosquittoBroker, caplog: pytest.LogCaptureFixture) -> None:
+async def test_card_scan_and_rating_at_one_window(
+    tmp_path: Path, broker: MosquittoBroker, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.DEBUG)
     tty = tmp_path / "tty"
     tty.mkdir()
     keypad = SimulatedKeypad(1)
     devices = [
-        {"id": "kp-07", "kind": "keypad", "transport": "serial", "port": str(tty / "kp"), "address": 1, "window": "07"},
+        {
+            "id": "kp-07",
+            "kind": "keypad",
+            "transport": "serial",
+            "port": str(tty / "kp"),
+            "address": 1,
+            "window": "07",
+        },
         {"id": "id-07", "kind": "idcard", "transport": "serial", "port": str(tty / "id"), "window": "07"},
         {"id": "qr-07", "kind": "qr", "transport": "serial", "port": str(tty / "qr"), "window": "07"},
     ]
@@ -66,7 +82,9 @@ async def test_card_scan_and_rating_at_one_window(tmp_path: Path, broker: Mosqui
                 await until(lambda: all(hub.registry.get(d).online for d in ("kp-07", "id-07", "qr-07")))  # type: ignore[union-attr]
                 reader.place_card(card())
                 cards = await seen.wait_for(f"{ROOT}/events/card", 1, timeout=15)
-                await scanner.scan("https://hcp.example.gov.cn/evaluate?case_no=SD-2026-0042", terminator="crlf")
+                await scanner.scan(
+                    "https://hcp.example.gov.cn/evaluate?case_no=SD-2026-0042", terminator="crlf"
+                )
                 await scanner.scan("483920", terminator="cr")
                 scans = await seen.wait_for(f"{ROOT}/events/scan", 2, timeout=15)
                 assert await keypad.free_rating(4).wait()
@@ -78,11 +96,25 @@ async def test_card_scan_and_rating_at_one_window(tmp_path: Path, broker: Mosqui
     secret = load_or_create_secret(tmp_path / "data" / "secret")
     expected_ref = citizen_ref(NUMBER, secret, "sm3")
     data = cards[0]["data"]
-    assert (data["card_type"], data["citizen_masked"], data["citizen_ref"]) == ("resident", "370102********" + NUMBER[-4:], expected_ref)
-    assert (data["sex"], data["birth_year"], data["valid_until"], data["window"]) == ("female", 1990, "长期", "07")
-    assert [(s["data"]["meaning"], s["data"]["case_no"]) for s in scans] == [("evaluation_url", "SD-2026-0042"), ("pickup_code", None)]
+    assert (data["card_type"], data["citizen_masked"], data["citizen_ref"]) == (
+        "resident",
+        "370102********" + NUMBER[-4:],
+        expected_ref,
+    )
+    assert (data["sex"], data["birth_year"], data["valid_until"], data["window"]) == (
+        "female",
+        1990,
+        "长期",
+        "07",
+    )
+    assert [(s["data"]["meaning"], s["data"]["case_no"]) for s in scans] == [
+        ("evaluation_url", "SD-2026-0042"),
+        ("pickup_code", None),
+    ]
     rating = evaluations[0]["data"]
-    assert (rating["citizen_ref"], rating["citizen_masked"]) == (expected_ref, data["citizen_masked"]), "the card read at the window identifies the rating"
+    assert (rating["citizen_ref"], rating["citizen_masked"]) == (expected_ref, data["citizen_masked"]), (
+        "the card read at the window identifies the rating"
+    )
 
     secrets = [NAME, NUMBER, NUMBER[6:14], ADDRESS]
     places: dict[str, bytes] = {}
@@ -94,5 +126,7 @@ async def test_card_scan_and_rating_at_one_window(tmp_path: Path, broker: Mosqui
     for where, blob in places.items():
         for secret_text in secrets:
             for encoding in ("utf-8", "utf-16-le"):
-                assert secret_text.encode(encoding) not in blob, f"{secret_text!r} ({encoding}) found in {where}"
+                assert secret_text.encode(encoding) not in blob, (
+                    f"{secret_text!r} ({encoding}) found in {where}"
+                )
         assert bytes(range(64, 128)) not in blob, f"photo bytes found in {where}"

@@ -49,8 +49,9 @@ async def hall(
 ) -> AsyncIterator[tuple[Hub, SimulatedLine, Observer]]:
     port = tmp_path / "ttyKP0"
     async with SimulatedLine(port, keypads) as line:
-        devices = keypad_devices(port, windows) + [
-            {"id": "pad-09", "kind": "pad", "transport": "mqtt", "window": "p9"}
+        devices = [
+            *keypad_devices(port, windows),
+            {"id": "pad-09", "kind": "pad", "transport": "mqtt", "window": "p9"},
         ]
         config = node_config(tmp_path / "data", broker.port, devices, **sections)
         async with (
@@ -249,7 +250,7 @@ async def test_two_keypads_on_one_line_and_free_ratings_with_misuse_limits(
     assert by == [
         ("kp-07", 5, "L", []),
         ("kp-08", 3, "R", []),
-        ("kp-07", 1, "L", ["suspect"]),
+        ("kp-07", 1, "L", ["suspect", "repeat"]),
         ("kp-08", 5, None, []),
         ("kp-08", 4, None, []),
         ("kp-08", 1, None, ["suspect"]),

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import socket
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -71,6 +72,7 @@ class SimulatedMqttDevice:
             ),
             "clean_session": True,
             "max_inflight_messages": 1000,
+            "socket_options": [(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
         }
         self._client: aiomqtt.Client | None = None
         self._connected = asyncio.Event()

@@ -37,6 +37,8 @@ class DedupRow(SQLModel, table=True):
     record_id: str
     expires_at: float | None = None
     created_at: float
+    expires_mono: float | None = None
+    boot_id: str | None = None
 
 
 class DeadLetterRow(SQLModel, table=True):

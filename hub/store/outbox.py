@@ -12,9 +12,10 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import sqlite3
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -143,11 +144,12 @@ class _StoreOp(_Op):
         conn = w.conn
         if self.dedup is not None:
             row = conn.execute(
-                "SELECT record_id, expires_at FROM dedup WHERE device_id = ? AND msg_id = ?",
+                "SELECT record_id, expires_at, expires_mono, boot_id FROM dedup"
+                " WHERE device_id = ? AND msg_id = ?",
                 (self.dedup.device_id, self.dedup.msg_id),
             ).fetchone()
             if row is not None:
-                if row[1] is None or row[1] > time.time():
+                if not _expired(row[1], row[2], row[3]):
                     return Duplicate(record_id=row[0])
                 conn.execute(
                     "DELETE FROM dedup WHERE device_id = ? AND msg_id = ?",
@@ -199,11 +201,20 @@ class _StoreOp(_Op):
         )
         if self.dedup is not None and self.records:
             now = time.time()
-            expires = now + self.dedup.window_s if self.dedup.window_s is not None else None
+            window = self.dedup.window_s
             conn.execute(
-                "INSERT INTO dedup (device_id, msg_id, record_id, expires_at, created_at)"
-                " VALUES (?, ?, ?, ?, ?)",
-                (self.dedup.device_id, self.dedup.msg_id, self.records[0].id, expires, now),
+                "INSERT INTO dedup"
+                " (device_id, msg_id, record_id, expires_at, created_at, expires_mono, boot_id)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    self.dedup.device_id,
+                    self.dedup.msg_id,
+                    self.records[0].id,
+                    None if window is None else now + window,
+                    now,
+                    None if window is None else time.monotonic() + window,
+                    BOOT_ID,
+                ),
             )
         w.next_seq = seq
         return Stored(records=self.records)
@@ -247,10 +258,13 @@ class Outbox:
         self._listeners: list[CommitListener] = []
         self._closing = False
         self._alerted = False
+        self._background: set[asyncio.Task[None]] = set()
         self.recovered_from: Path | None = None
         self.salvaged = 0
         self.last_commit_monotonic = time.monotonic()
         self.commits = 0
+        self.failing_since: float | None = None
+        self.last_failure: str | None = None
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -373,6 +387,8 @@ class Outbox:
                     if isinstance(result, Stored):
                         stored.extend(result.records)
             self.last_commit_monotonic = time.monotonic()
+            if self.failing_since is not None and not any(isinstance(r, StoreUnavailable) for r in results):
+                self._recovered(self.failing_since, self.last_failure or "")
             if stored:
                 for listener in self._listeners:
                     try:
@@ -407,6 +423,9 @@ class Outbox:
                 conn.execute("ROLLBACK")
             w.next_seq = next_seq
             error = _classify(exc)
+            self.last_failure = str(error)
+            if self.failing_since is None:
+                self.failing_since = time.time()
             log.error("outbox: commit failed, %d writes not stored: %s", len(batch), exc)
             return [error] * len(batch)
         with contextlib.suppress(sqlite3.Error):
@@ -424,10 +443,32 @@ class Outbox:
                 fill * 100,
                 self.max_bytes // 2**20,
             )
-            asyncio.create_task(self._raise_quota_alert("raised", fill))  # noqa: RUF006 (awaited via store)
+            self._spawn(self._raise_quota_alert("raised", fill))
         elif fill < CLEAR_RATIO and self._alerted:
             self._alerted = False
-            asyncio.create_task(self._raise_quota_alert("cleared", fill))  # noqa: RUF006
+            self._spawn(self._raise_quota_alert("cleared", fill))
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    def _recovered(self, since: float, error: str) -> None:
+        """Writes work again after failing (disk space returned): say so in a stored alert."""
+        self.failing_since = None
+        self.last_failure = None
+        log.warning("outbox: writing again after failures since %s (%s)", time.ctime(since), error)
+        data = {
+            "type": "store_unavailable",
+            "state": "cleared",
+            "error": error,
+            "since": datetime.fromtimestamp(since, UTC).strftime("%Y-%m-%dT%H:%M:%S.000Z"),
+        }
+        self._spawn(self._store_quietly([Record(kind=Kind.ALERT, data=data)]))
+
+    async def _store_quietly(self, records: list[Record]) -> None:
+        with contextlib.suppress(StoreUnavailable):
+            await self.store(records)
 
     async def _raise_quota_alert(self, state: str, fill: float) -> None:
         data = {
@@ -674,13 +715,7 @@ class Outbox:
         """Pending by kind, oldest pending time, dead letters, size against quota."""
 
         def query(conn: sqlite3.Connection) -> OutboxStats:
-            pending: dict[str, int] = {}
-            oldest: str | None = None
-            for kind, count, first in conn.execute(
-                f"SELECT kind, count(*), min(created_at) FROM records WHERE state = {PENDING} GROUP BY kind"
-            ):
-                pending[str(kind)] = int(count)
-                oldest = first if oldest is None or first < oldest else oldest
+            pending, oldest = pending_by_kind(conn)
             dead = conn.execute("SELECT count(*) FROM dead_letters").fetchone()[0]
             last = conn.execute("SELECT max(seq) FROM records").fetchone()[0] or 0
             return OutboxStats(
@@ -696,11 +731,43 @@ class Outbox:
         return result
 
 
+def pending_by_kind(conn: sqlite3.Connection) -> tuple[dict[str, int], str | None]:
+    """Pending records by kind, and the capture time of the oldest (also used read-only by the CLI)."""
+    pending: dict[str, int] = {}
+    oldest: str | None = None
+    for kind, count, first in conn.execute(
+        f"SELECT kind, count(*), min(created_at) FROM records WHERE state = {PENDING} GROUP BY kind"
+    ):
+        pending[str(kind)] = int(count)
+        oldest = first if oldest is None or first < oldest else oldest
+    return pending, oldest
+
+
 def _classify(exc: sqlite3.Error) -> StoreUnavailable:
     text = str(exc)
     if "full" in text:
         return StoreUnavailable(f"disk full: {text}")
     return StoreUnavailable(text)
+
+
+def _read_boot_id() -> str:
+    """This boot's id (Linux); elsewhere a per-process id, so only the wall clock is trusted."""
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text(encoding="ascii").strip()
+    except OSError:
+        return f"process-{os.getpid()}-{time.time_ns()}"
+
+
+BOOT_ID = _read_boot_id()
+
+
+def _expired(expires_at: float | None, expires_mono: float | None, boot_id: str | None) -> bool:
+    """A dedup entry's window is over: by the monotonic clock within this boot, else by the wall."""
+    if expires_at is None:
+        return False
+    if boot_id == BOOT_ID and expires_mono is not None:
+        return time.monotonic() > expires_mono
+    return time.time() > expires_at
 
 
 def _used_bytes(conn: sqlite3.Connection) -> int:

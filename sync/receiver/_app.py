@@ -18,6 +18,7 @@ from sync.wire import (
     KINDS,
     MAX_BATCH_BYTES,
     BatchAnswer,
+    DecodedBatch,
     Record,
     Rejection,
     WireError,
@@ -49,7 +50,10 @@ class Misbehaviour:
     `fail_rate`: fraction of batch requests answered 503 with `Retry-After` or by dropping the
     connection (half each). `slow_ms`: delay before handling each batch. `reject_kind`: kinds
     rejected record by record. `commit_then_drop`: fraction of batches committed and then answered
-    by dropping the connection (the "answer lost" case). `seed` makes the draws repeatable.
+    by dropping the connection (the "answer lost" case). `refuse_ids`: record ids that make the
+    whole batch carrying any of them answer 422, as a platform does with a record it cannot even
+    name (the uplink must split the batch until that record is alone). `seed` makes the draws
+    repeatable.
     """
 
     fail_rate: float = 0.0
@@ -57,6 +61,7 @@ class Misbehaviour:
     reject_kind: frozenset[str] = field(default_factory=frozenset)
     commit_then_drop: float = 0.0
     seed: int | None = None
+    refuse_ids: frozenset[str] = field(default_factory=frozenset)
 
     def __post_init__(self) -> None:
         """Refuse settings that make no sense, naming the switch."""
@@ -261,6 +266,7 @@ class CentralReceiver:
             raise WireError(
                 400, f"Idempotency-Key {key!r} differs from batch_id {batch.batch_id!r}", "batch_id"
             )
+        self._refuse_marked(batch)
 
         rejected = list(batch.rejected)
         fresh: list[Record] = []
@@ -285,6 +291,15 @@ class CentralReceiver:
         c.duplicates += len(duplicate)
         c.rejected += len(rejected)
         return BatchAnswer(accepted=accepted, duplicate=duplicate, rejected=rejected)
+
+    def _refuse_marked(self, batch: DecodedBatch) -> None:
+        """The `refuse_ids` switch: a 422 for the whole batch naming the first marked record."""
+        refused = self._misbehaviour.refuse_ids
+        if not refused:
+            return
+        for record_id in [r.id for r in batch.records] + [r.id for r in batch.rejected]:
+            if record_id in refused:
+                raise WireError(422, f"record {record_id} cannot be processed (refuse_ids switch)", "records")
 
     def _refusal(self, record: Record) -> str | None:
         if record.kind in self._misbehaviour.reject_kind:

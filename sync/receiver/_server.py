@@ -61,6 +61,7 @@ async def start_receiver(
     commit_then_drop: float = 0.0,
     seed: int | None = None,
     retry_after_s: int = 1,
+    refuse_ids: Iterable[str] = (),
 ) -> AsyncIterator[RunningReceiver]:
     """Serve the receiver while the block runs; the parameters are those of `run_receiver`."""
     host, port = parse_listen(listen)
@@ -70,6 +71,7 @@ async def start_receiver(
         reject_kind=frozenset(reject_kind),
         commit_then_drop=commit_then_drop,
         seed=seed,
+        refuse_ids=frozenset(refuse_ids),
     )
     receiver = CentralReceiver(
         open_store(db_url, table),
@@ -106,6 +108,7 @@ async def run_receiver(
     seed: int | None = None,
     retry_after_s: int = 1,
     on_ready: Callable[[RunningReceiver], None] | None = None,
+    refuse_ids: Iterable[str] = (),
 ) -> None:
     """Serve the reference central receiver until cancelled (Ctrl-C under `asyncio.run`).
 
@@ -114,7 +117,8 @@ async def run_receiver(
     - `token`: the bearer token every request must carry.
     - `table`: the table name (created if missing).
     - `max_body_bytes`: larger bodies, compressed or not, get 413.
-    - `fail_rate`, `slow_ms`, `reject_kind`, `commit_then_drop`, `seed`: see `Misbehaviour`.
+    - `fail_rate`, `slow_ms`, `reject_kind`, `commit_then_drop`, `seed`, `refuse_ids`: see
+      `Misbehaviour`.
     - `retry_after_s`: the `Retry-After` of 503 answers.
     - `on_ready`: called once serving, with the bound URL and the receiver (for `stats()`).
     """
@@ -130,6 +134,7 @@ async def run_receiver(
         commit_then_drop=commit_then_drop,
         seed=seed,
         retry_after_s=retry_after_s,
+        refuse_ids=refuse_ids,
     ) as running:
         if on_ready is not None:
             on_ready(running)

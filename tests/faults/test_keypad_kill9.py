@@ -31,7 +31,16 @@ async def test_kill9_after_commit_before_ack(tmp_path: Path, broker: MosquittoBr
     raw = node_raw(
         tmp_path / "data",
         broker.port,
-        [{"id": "kp-07", "kind": "keypad", "transport": "serial", "port": str(port), "address": 1, "window": "07"}],
+        [
+            {
+                "id": "kp-07",
+                "kind": "keypad",
+                "transport": "serial",
+                "port": str(port),
+                "address": 1,
+                "window": "07",
+            }
+        ],
     )
     raw["api"] = {"listen": f"127.0.0.1:{api_port}", "pull_token": PULL_TOKEN}
     hub = HubProcess(write_toml(tmp_path / "node.toml", raw), api_port, tmp_path / "hub.log")

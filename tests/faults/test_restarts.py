@@ -31,13 +31,14 @@ def outbox_rows(db: Path) -> tuple[dict[str, int], dict[tuple[str, str], str]]:
 
 
 async def stream_ratings(
-    sim: SimulatedMqttDevice, count: int, acked: dict[tuple[str, str], list[AckPayload]]
+    sim: SimulatedMqttDevice, count: int, acked: dict[tuple[str, str], list[AckPayload]], pause_s: float = 0.0
 ) -> None:
     """Send `count` ratings one after another, each retried until acked."""
     for n in range(count):
         msg_id = f"{sim.device_id}-{n}"
         ack = await sim.rate(1 + n % 5, msg_id=msg_id)
         acked[(sim.device_id, msg_id)].append(ack)
+        await asyncio.sleep(pause_s)
 
 
 def assert_exactly_once(db: Path, acked: dict[tuple[str, str], list[AckPayload]], expected: int) -> None:
@@ -64,14 +65,17 @@ async def test_broker_down_for_10s_while_devices_retry(tmp_path: Path, broker: M
         async with contextlib.AsyncExitStack() as stack:
             for sim in sims:
                 await stack.enter_async_context(sim)
-            streams = [asyncio.create_task(stream_ratings(sim, 60, acked)) for sim in sims]
-            await asyncio.sleep(0.5)
+            streams = [asyncio.create_task(stream_ratings(sim, 100, acked, pause_s=0.02)) for sim in sims]
+            async with asyncio.timeout(30):
+                while len(acked) < 100:
+                    await asyncio.sleep(0.01)
             broker.stop()
+            assert len(acked) < 400, "the outage falls in the middle of the stream"
             await asyncio.sleep(10)
             broker.start()
             await asyncio.wait_for(asyncio.gather(*streams), 120)
         assert hub.gateway.connects >= 2
-    assert_exactly_once(tmp_path / "data" / "outbox.db", acked, 300)
+    assert_exactly_once(tmp_path / "data" / "outbox.db", acked, 500)
 
 
 async def test_kill9_while_2000_ratings_stream_from_20_devices(

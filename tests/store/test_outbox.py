@@ -224,3 +224,31 @@ async def test_committed_records_survive_without_close(tmp_path: Path) -> None:
     assert reader.execute("SELECT count(*) FROM records").fetchone()[0] == 1
     reader.close()
     await box.close()
+
+
+async def test_a_version_1_store_with_data_migrates_and_keeps_working(tmp_path: Path) -> None:
+    """A store written by schema 1 (before monotonic dedup) opens, migrates, and keeps its answers."""
+    from hub.store.schema import MIGRATIONS
+
+    path = tmp_path / "old.db"
+    conn = open_connection(path)
+    assert migrate(conn, MIGRATIONS[:1]) == 1
+    conn.execute(
+        "INSERT INTO records (seq, id, kind, priority, created_at, device_id, body)"
+        " VALUES (7, 'old-id', 'evaluation', 1, '2026-01-01T00:00:00.000Z', 't1', '{}')"
+    )
+    conn.execute(
+        "INSERT INTO dedup (device_id, msg_id, record_id, expires_at, created_at) VALUES ('t1', 'm1', 'old-id', NULL, 0)"
+    )
+    conn.close()
+    box = Outbox(path)
+    await box.open()
+    assert await box.store([evaluation()], DedupKey("t1", "m1")) == Duplicate(record_id="old-id")
+    fresh = await box.store([evaluation()], DedupKey("kp", "free-seq-1", window_s=60))
+    assert isinstance(fresh, Stored)
+    assert fresh.records[0].seq == 8
+    assert isinstance(await box.store([evaluation()], DedupKey("kp", "free-seq-1", window_s=60)), Duplicate)
+    await box.close()
+    check = sqlite3.connect(path)
+    assert check.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+    check.close()

@@ -111,10 +111,13 @@ def write_toml(path: Path, raw: dict[str, Any]) -> Path:
 class HubProcess:
     """`hallhub run --config PATH` as a child process, for kill -9 and SIGTERM tests."""
 
-    def __init__(self, config_path: Path, api_port: int, log_path: Path) -> None:
+    def __init__(
+        self, config_path: Path, api_port: int, log_path: Path, env: dict[str, str] | None = None
+    ) -> None:
         self.config_path = config_path
         self.api_port = api_port
         self.log_path = log_path
+        self.env = env or {}
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout_s: float = 20.0) -> None:
@@ -124,7 +127,7 @@ class HubProcess:
             [sys.executable, "-m", "hub", "run", "--config", str(self.config_path)],
             stdout=log,
             stderr=subprocess.STDOUT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **self.env},
         )
         log.close()
         deadline = time.monotonic() + timeout_s

@@ -65,9 +65,7 @@ class RecordingSink:
     def of(self, kind: type[E], device_id: str | None = None) -> list[E]:
         """The notified events of one type (and device)."""
         return [
-            e
-            for e in self.events
-            if isinstance(e, kind) and (device_id is None or e.device_id == device_id)
+            e for e in self.events if isinstance(e, kind) and (device_id is None or e.device_id == device_id)
         ]
 
     def outcomes(self) -> list[Outcome]:

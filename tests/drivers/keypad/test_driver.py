@@ -74,16 +74,12 @@ async def test_ping_pong_marks_online(
     info = online.keypads[0]
     assert (info.device_id, info.address, info.online) == ("kp-01", 1, True)
     assert info.firmware == "HKP-SIM 1.0"
-    assert sink.of(DeviceOnline) == [
-        DeviceOnline("kp-01", detail=f"keypad at address 1 on {online.port}")
-    ]
+    assert sink.of(DeviceOnline) == [DeviceOnline("kp-01", detail=f"keypad at address 1 on {online.port}")]
     # The PONG is a frame like any other: the hub acks it.
     await eventually(lambda: any(ack.cmd == Command.PONG for ack in keypad.acks_received))
 
 
-async def test_prompt_cancel_show_are_acked(
-    online: KeypadLineDriver, keypad: SimulatedKeypad
-) -> None:
+async def test_prompt_cancel_show_are_acked(online: KeypadLineDriver, keypad: SimulatedKeypad) -> None:
     await online.prompt("kp-01", 42, 60, "07号窗口 张三")
     assert keypad.prompts == [Prompt(42, 60, "07号窗口 张三")]
     assert keypad.active_prompt == Prompt(42, 60, "07号窗口 张三")
@@ -113,9 +109,7 @@ async def test_bad_arguments(online: KeypadLineDriver) -> None:
         await online.cancel("kp-01", 2**32)
 
 
-async def test_command_retried_then_fails(
-    online: KeypadLineDriver, keypad: SimulatedKeypad
-) -> None:
+async def test_command_retried_then_fails(online: KeypadLineDriver, keypad: SimulatedKeypad) -> None:
     keypad.silent = True
     with pytest.raises(KeypadCommandError) as caught:
         await online.prompt("kp-01", 42, 60, "07号窗口")
@@ -261,9 +255,7 @@ async def test_offline_after_silence_and_back(
     keypad.silent = True
     await eventually(lambda: sink.of(DeviceOffline), timeout_s=3.0)
     assert sink.of(DeviceOffline) == [
-        DeviceOffline(
-            "kp-01", reason=f"no frame from keypad kp-01 (address 1 on {online.port}) for 1 s"
-        )
+        DeviceOffline("kp-01", reason=f"no frame from keypad kp-01 (address 1 on {online.port}) for 1 s")
     ]
     assert online.keypads[0].online is False
     with pytest.raises(KeypadCommandError) as caught:
@@ -419,8 +411,7 @@ async def test_port_held_by_another_program(line: SimulatedLine) -> None:
         async with running(driver, sink):
             await eventually(lambda: sink.of(DeviceOffline))
         assert sink.of(DeviceOffline)[0].reason == (
-            f"cannot open serial port {line.path}: "
-            "port in use by another program (exclusive lock failed)"
+            f"cannot open serial port {line.path}: port in use by another program (exclusive lock failed)"
         )
     finally:
         holder.close()

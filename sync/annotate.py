@@ -1,0 +1,82 @@
+"""The national 好差评 record added to each evaluation as it is stored (CONTRACTS §6a).
+
+`make_evaluation_hook(config)` returns the outbox's `evaluation_hook`. It runs inside the writer's
+transaction, so the earlier evaluations of a case are read and the new one is judged atomically: two
+ratings of one case committed together cannot both count as the first.
+
+- 一次一评: only the earlier ratings of the same case *and the same channel* count. None: the record
+  gets `data.national` with `assessNumber` 1. One, and it was a bad review: `assessNumber` 2 (the
+  re-evaluation after 整改). Anything else is a repeat: `data.flags` gains `"repeat"` and the record
+  has no `data.national`; it is still stored, acknowledged and delivered.
+- An evaluation without a case number (a free rating) always gets `assessNumber` 1.
+- A record that cannot be mapped (an unknown channel, invalid data) is stored without
+  `data.national` and the reason is logged: nothing a citizen entered is thrown away.
+
+The real-name fields (`certkeyGOV`, `userName`) are never written here: the uplink adds them to
+`data.national` only inside the TLS request body (see `sync.uplink`).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from hub.config import HubConfig
+from hub.records import Record
+from hub.store.outbox import EvaluationHook
+from sync.national import NationalMappingError, NationalOptions, assess_number_for, to_national
+
+__all__ = ["REPEAT_FLAG", "make_evaluation_hook", "national_options"]
+
+log = logging.getLogger(__name__)
+
+REPEAT_FLAG = "repeat"
+
+
+def national_options(config: HubConfig) -> NationalOptions:
+    """`NationalOptions` from `[national]`; `area_code` defaults to `node.hall_code`."""
+    section = config.national
+    return NationalOptions(
+        level_order=section.level_order,
+        dept_code=section.dept_code,
+        area_code=section.area_code or config.node.hall_code,
+        pf=section.pf,
+        reasons=section.reasons,
+        timezone=section.timezone,
+    )
+
+
+def _earlier_levels(data: dict[str, Any], previous: list[dict[str, Any]]) -> list[int]:
+    """Levels of the earlier ratings of this case given through the same channel."""
+    channel = data.get("channel")
+    return [
+        earlier["level"]
+        for earlier in previous
+        if earlier.get("channel") == channel
+        and isinstance(earlier.get("level"), int)
+        and not isinstance(earlier.get("level"), bool)
+        and 1 <= earlier["level"] <= 5
+    ]
+
+
+def make_evaluation_hook(config: HubConfig) -> EvaluationHook:
+    """The outbox hook that sets `data.national` or flags a repeat (see the module docstring)."""
+    options = national_options(config)
+    bad_level = config.evaluation.bad_level
+
+    def hook(record: Record, previous: list[dict[str, Any]]) -> None:
+        data = record.data
+        data.pop("national", None)
+        number = assess_number_for(_earlier_levels(data, previous), bad_level) if data.get("case_no") else 1
+        if number is None:
+            flags = list(data["flags"]) if isinstance(data.get("flags"), list) else []
+            if REPEAT_FLAG not in flags:
+                flags.append(REPEAT_FLAG)
+            data["flags"] = flags
+            return
+        try:
+            data["national"] = to_national(record.to_wire(), options, number)
+        except NationalMappingError as exc:
+            log.warning("national: evaluation %s stored without a national record: %s", record.id, exc)
+
+    return hook

@@ -1,0 +1,586 @@
+"""The push uplink (CONTRACTS §6): outbox records to the central platform, exactly once in effect.
+
+One batch is in flight at a time. A batch is up to `central.batch_max` pending records, alerts first
+and then oldest first (`Outbox.next_batch`), posted gzip-compressed with its id as the
+`Idempotency-Key`. Before its first send the batch (id, `sent_at`, record ids) is written to the
+outbox's kv table, so that after a crash or `kill -9` the very same request is sent again; the
+platform upserts by record id, so a repeat costs nothing. A record is marked delivered only from the
+platform's answer.
+
+- 200: accepted and duplicate ids are delivered (`via = "push"`), rejected ids become dead letters.
+- A network error, a timeout, 408, 429, 5xx (or any other unexpected answer): the same batch again
+  after a full-jitter backoff, a random wait in [0, min(300 s, 1 s × 2^(n-1))] after failure n, or
+  exactly `Retry-After` (seconds or an HTTP date, at most 300 s) when the platform sends one.
+- 401, 403: stop pushing, store one `alert` record (`data.type = "uplink_unauthorized"`) per
+  episode, try again every 5 minutes; the token (`central.token_file`) is read afresh for every
+  request, so a fixed token resumes pushing at the next try.
+- 400, 413, 422: the batch was refused whole. Split it in halves (each a new batch id) until the bad
+  record is alone, dead-letter that record with the platform's message, deliver the rest.
+
+Before each retry the batch is checked against the outbox: records delivered meanwhile by pull
+(`/v1/records/ack`) are left out, and a batch whose records changed gets a new id (a different
+request must not reuse an idempotency key). Every timer is an `asyncio.sleep`, i.e. monotonic time.
+
+With `privacy.identity = "encrypted"` a record may carry a sealed identity; the uplink opens it right
+before sending and adds `certkeyGOV`/`userName` to `data.national` inside the request body only. The
+outbox erases the sealed token when the record is delivered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import email.utils
+import enum
+import json
+import logging
+import random
+import ssl
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Final, Protocol
+
+import aiohttp
+from pydantic import ValidationError
+
+from hub.config import HubConfig, Secrets
+from hub.metrics import HubMetrics
+from hub.privacy import SealedIdentity, SecretFileError, UnsealError, derive_seal_key, load_or_create_secret
+from hub.records import Kind, Record, utc_now
+from hub.store.outbox import Outbox, StoreUnavailable
+from sync import wire
+
+__all__ = [
+    "AUTH_RETRY_S",
+    "BACKOFF_BASE_S",
+    "BACKOFF_MAX_S",
+    "INFLIGHT_KEY",
+    "UNAUTHORIZED_KEY",
+    "Uplink",
+    "UplinkHost",
+    "full_jitter",
+    "parse_retry_after",
+]
+
+log = logging.getLogger(__name__)
+
+AUTH_RETRY_S: Final = 300.0
+BACKOFF_BASE_S: Final = 1.0
+BACKOFF_MAX_S: Final = 300.0
+IDLE_POLL_S: Final = 5.0
+INFLIGHT_KEY: Final = "uplink.inflight"
+UNAUTHORIZED_KEY: Final = "uplink.unauthorized"
+SPLIT_STATUSES: Final = frozenset({400, 413, 422})
+AUTH_STATUSES: Final = frozenset({401, 403})
+_MAX_MESSAGE: Final = 500
+
+
+class UplinkHost(Protocol):
+    """What the uplink needs from the hub (`hub.app.Hub` provides it)."""
+
+    config: HubConfig
+    secrets: Secrets
+    outbox: Outbox
+    metrics: HubMetrics
+    last_sync: str | None
+
+
+class UplinkSetupError(Exception):
+    """TLS files or the node secret cannot be used; the message names the config key and the fix."""
+
+
+def full_jitter(attempt: int, base_s: float, cap_s: float, rng: random.Random) -> float:
+    """The wait before retry `attempt` (1, 2, …): uniform in [0, min(cap, base × 2^(attempt-1))]."""
+    exponent = min(max(attempt, 1) - 1, 62)
+    return rng.uniform(0.0, min(cap_s, base_s * 2.0**exponent))
+
+
+def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:
+    """Seconds to wait from a `Retry-After` header (delay-seconds or an HTTP date); None if unusable."""
+    if value is None or not value.strip():
+        return None
+    text = value.strip()
+    if text.isascii() and text.isdecimal():
+        return float(int(text))
+    try:
+        moment = email.utils.parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return max(0.0, (moment - (now or datetime.now(UTC))).total_seconds())
+
+
+@dataclass(slots=True)
+class _Batch:
+    """One request as it will be sent (and re-sent byte for byte): id, time, ids, gzip body."""
+
+    batch_id: str
+    sent_at: str
+    ids: list[str]
+    body: bytes
+
+    def inflight_json(self) -> str:
+        """What the kv table keeps of it: enough to rebuild the same request after a restart."""
+        return json.dumps({"batch_id": self.batch_id, "sent_at": self.sent_at, "ids": self.ids})
+
+
+class _Kind(enum.Enum):
+    ANSWERED = "answered"
+    REFUSED = "refused"
+    UNAUTHORIZED = "unauthorized"
+    RETRY = "retry"
+
+
+@dataclass(slots=True)
+class _Result:
+    """What one POST came to."""
+
+    kind: _Kind
+    status: int | None = None
+    message: str = ""
+    retry_after_s: float | None = None
+    answer: wire.BatchAnswer | None = None
+    token: str = field(default="", repr=False)
+
+
+class Uplink:
+    """The push service: `Uplink(hub).run()` until cancelled.
+
+    The keyword arguments exist for tests and tuning: `auth_retry_s` (5 minutes by contract),
+    `backoff_base_s` and `backoff_max_s` (1 s and 300 s), `idle_poll_s` (how often an idle uplink
+    looks for records queued by another process, e.g. `hallhub outbox retry`), `rng` (jitter).
+    """
+
+    def __init__(
+        self,
+        host: UplinkHost,
+        *,
+        auth_retry_s: float = AUTH_RETRY_S,
+        backoff_base_s: float = BACKOFF_BASE_S,
+        backoff_max_s: float = BACKOFF_MAX_S,
+        idle_poll_s: float = IDLE_POLL_S,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.host = host
+        self.config = host.config
+        self.outbox = host.outbox
+        self.metrics = host.metrics
+        self.auth_retry_s = auth_retry_s
+        self.backoff_base_s = backoff_base_s
+        self.backoff_max_s = backoff_max_s
+        self.idle_poll_s = idle_poll_s
+        self._rng = rng or random.Random()
+        central = self.config.central
+        self.url = central.url.rstrip("/") + wire.batch_path(self.config.node.id)
+        self.batch_max = central.batch_max
+        self._wake = asyncio.Event()
+        self._seal_key: bytes | None = None
+        self._unauthorized: bool | None = None
+
+    # -- set-up ----------------------------------------------------------------------------------
+
+    def _ssl_context(self) -> ssl.SSLContext | None:
+        """The system CAs, or only `central.ca_file`; the client certificate if configured."""
+        central = self.config.central
+        if not central.url.startswith("https://"):
+            return None
+        try:
+            context = ssl.create_default_context(cafile=central.ca_file or None)
+        except (OSError, ssl.SSLError) as exc:
+            raise UplinkSetupError(
+                f"central.ca_file: cannot load {central.ca_file}: {exc} (a PEM file of the platform's CA)"
+            ) from exc
+        if central.cert_file:
+            try:
+                context.load_cert_chain(central.cert_file, central.key_file or None)
+            except (OSError, ssl.SSLError) as exc:
+                raise UplinkSetupError(
+                    f"central.cert_file/key_file: cannot load {central.cert_file}: {exc} "
+                    "(PEM certificate and its private key, readable by the hallhub user)"
+                ) from exc
+        elif central.key_file:
+            raise UplinkSetupError("central.key_file is set without central.cert_file: set both or neither")
+        return context
+
+    def _load_seal_key(self) -> bytes | None:
+        if self.config.privacy.identity != "encrypted":
+            return None
+        try:
+            return derive_seal_key(load_or_create_secret(self.config.node.secret_file))
+        except SecretFileError as exc:
+            raise UplinkSetupError(f"node.secret_file: {exc}") from exc
+
+    def _token(self) -> str:
+        """The bearer token: `central.token_file` read afresh, else `central.token`."""
+        central = self.config.central
+        if central.token_file:
+            try:
+                return Path(central.token_file).read_text(encoding="utf-8").strip()
+            except OSError as exc:
+                log.error("uplink: central.token_file %s: %s", central.token_file, exc.strerror)
+                return ""
+        return self.host.secrets.central_token or central.token
+
+    def _on_commit(self, records: list[Record]) -> None:
+        self._wake.set()
+
+    # -- the service -----------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Push until cancelled. Problems are logged and retried: the uplink never stops the hub."""
+        self.outbox.add_listener(self._on_commit)
+        context = await self._set_up()
+        timeout = aiohttp.ClientTimeout(total=self.config.central.timeout_s)
+        connector = aiohttp.TCPConnector(ssl=context if context is not None else True, limit=4)
+        async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
+            log.info("uplink: pushing to %s, batches of up to %d", self.url, self.batch_max)
+            failures = 0
+            while True:
+                try:
+                    await self._cycle(session)
+                    failures = 0
+                except StoreUnavailable as exc:
+                    failures += 1
+                    log.error("uplink: outbox unavailable (%s); trying again", exc)
+                    await asyncio.sleep(self._backoff(failures))
+                except Exception:
+                    failures += 1
+                    log.exception("uplink: unexpected failure; trying again")
+                    await asyncio.sleep(self._backoff(failures))
+
+    async def _set_up(self) -> ssl.SSLContext | None:
+        """The TLS context and seal key; a bad file is logged and tried again every `auth_retry_s`."""
+        while True:
+            try:
+                context = self._ssl_context()
+                self._seal_key = self._load_seal_key()
+            except UplinkSetupError as exc:
+                log.error("uplink: %s; push paused, trying again in %.0f s", exc, self.auth_retry_s)
+                await asyncio.sleep(self.auth_retry_s)
+            else:
+                return context
+
+    async def _cycle(self, session: aiohttp.ClientSession) -> None:
+        """Deliver the in-flight batch if there is one, else the next; wait when nothing is pending."""
+        batch = await self._restore_inflight()
+        if batch is None:
+            self._wake.clear()
+            batch = await self._fresh_batch()
+        if batch is None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.idle_poll_s)
+            return
+        await self._deliver(session, batch)
+
+    def _backoff(self, attempt: int) -> float:
+        return full_jitter(attempt, self.backoff_base_s, self.backoff_max_s, self._rng)
+
+    # -- building batches ------------------------------------------------------------------------
+
+    async def _fresh_batch(self, exclude: frozenset[str] = frozenset()) -> _Batch | None:
+        """The next batch from the queue, leaving out `exclude` (a batch still waiting for its answer)."""
+        rows = await self.outbox.next_batch(self.batch_max + len(exclude))
+        if exclude:
+            rows = [row for row in rows if row[1] not in exclude][: self.batch_max]
+        if not rows:
+            return None
+        if self._seal_key is not None:
+            return await self._build(await self.outbox.pending_by_ids([rid for _s, rid, _b in rows]))
+        return await self._build([(seq, rid, body, None) for seq, rid, body in rows])
+
+    async def _restore_inflight(self) -> _Batch | None:
+        """The batch in flight when the hub last stopped, as it was sent, minus what is delivered."""
+        saved = await self.outbox.kv_get(INFLIGHT_KEY)
+        if saved is None:
+            return None
+        try:
+            state = json.loads(saved)
+            batch_id, sent_at, ids = str(state["batch_id"]), str(state["sent_at"]), list(state["ids"])
+        except (ValueError, KeyError, TypeError):
+            log.error("uplink: unreadable in-flight batch in the outbox; starting afresh")
+            await self.outbox.kv_set(INFLIGHT_KEY, None)
+            return None
+        batch = await self._refresh(_Batch(batch_id, sent_at, [str(i) for i in ids], b""), force_build=True)
+        if batch is None:
+            await self.outbox.kv_set(INFLIGHT_KEY, None)
+        else:
+            log.info("uplink: resending in-flight batch %s (%d records)", batch.batch_id, len(batch.ids))
+        return batch
+
+    async def _refresh(self, batch: _Batch, *, force_build: bool = False) -> _Batch | None:
+        """The batch with only its still-pending records; a new id if that changed its content."""
+        rows = await self.outbox.pending_by_ids(batch.ids)
+        if not rows:
+            return None
+        if len(rows) == len(batch.ids) and not force_build:
+            return batch
+        if len(rows) == len(batch.ids):
+            return await self._build(rows, batch.batch_id, batch.sent_at)
+        log.info(
+            "uplink: %d of batch %s delivered meanwhile (pull); sending the rest as a new batch",
+            len(batch.ids) - len(rows),
+            batch.batch_id,
+        )
+        return await self._build(rows)
+
+    async def _build(
+        self,
+        rows: list[tuple[int, str, str, str | None]],
+        batch_id: str | None = None,
+        sent_at: str | None = None,
+    ) -> _Batch | None:
+        """Encode rows as one request; a record that is not valid on the wire is dead-lettered here."""
+        records: list[wire.Record] = []
+        for _seq, record_id, body, sealed in rows:
+            try:
+                raw = json.loads(body)
+                if sealed and self._seal_key is not None:
+                    self._add_identity(raw, sealed)
+                records.append(wire.Record.model_validate(raw))
+            except (ValueError, ValidationError) as exc:
+                log.error("uplink: record %s is not valid on the wire, dead-lettered: %s", record_id, exc)
+                await self.outbox.dead_letter(record_id, f"not sent, invalid record: {exc}")
+        if not records:
+            return None
+        if len(records) != len(rows):
+            batch_id = sent_at = None
+        moment = wire.parse_timestamp(sent_at) if sent_at else None
+        batch = wire.new_batch(self.config.node.id, records, batch_id=batch_id, sent_at=moment)
+        return _Batch(batch.batch_id, batch.sent_at, [r.id for r in records], wire.encode_batch(batch))
+
+    def _add_identity(self, raw: dict[str, Any], sealed: str) -> None:
+        """Open the sealed identity into `data.national` of this in-memory copy only."""
+        assert self._seal_key is not None
+        data = raw.get("data")
+        national = data.get("national") if isinstance(data, dict) else None
+        if not isinstance(data, dict) or not isinstance(national, dict):
+            return
+        try:
+            fields = SealedIdentity.unseal(sealed, self._seal_key).national_fields()
+        except UnsealError as exc:
+            log.warning("uplink: record %s sent without its identity fields: %s", raw.get("id"), exc)
+            return
+        data["national"] = {**national, **fields}
+
+    # -- delivering ------------------------------------------------------------------------------
+
+    async def _deliver(self, session: aiohttp.ClientSession, first: _Batch) -> None:
+        """Send batches until the queue is empty, splitting one where the platform refuses it whole.
+
+        While a batch is out, the next one is read and encoded (CPU beside the network wait), and
+        the answer's delivery marks are committed together with the next batch's in-flight record:
+        a steady drain costs one outbox commit per batch.
+        """
+        work = [first]
+        persisted: set[str] = set()
+        tidy = False
+        while work:
+            queued = work.pop()
+            if queued.batch_id not in persisted:
+                await self.outbox.kv_set(INFLIGHT_KEY, queued.inflight_json())
+            tidy = False
+            prefetch = None
+            if not work:
+                prefetch = asyncio.create_task(
+                    self._fresh_batch(frozenset(queued.ids)), name="uplink-prefetch"
+                )
+            try:
+                result, batch, tries = await self._send_until_answered(session, queued)
+                follow = await prefetch if prefetch is not None and tries == 1 else None
+            finally:
+                if prefetch is not None:
+                    _discard(prefetch)
+            if batch is None:
+                if follow is not None:
+                    work.append(follow)
+                continue
+            if result.kind is _Kind.ANSWERED and result.answer is not None:
+                if follow is None and not work:
+                    follow = await self._fresh_batch(frozenset(batch.ids))
+                await self._apply(batch, result.answer, follow)
+                if follow is not None:
+                    work.append(follow)
+                    persisted.add(follow.batch_id)
+                tidy = follow is None
+            elif len(batch.ids) == 1:
+                reason = f"refused by the platform ({result.status}): {result.message}"
+                log.warning("uplink: record %s dead-lettered: %s", batch.ids[0], reason)
+                await self.outbox.dead_letter(batch.ids[0], reason)
+            else:
+                log.warning(
+                    "uplink: batch %s of %d refused whole (%s: %s); splitting it",
+                    batch.batch_id,
+                    len(batch.ids),
+                    result.status,
+                    result.message,
+                )
+                work.extend(reversed(await self._halves(batch)))
+        if not tidy:
+            await self.outbox.kv_set(INFLIGHT_KEY, None)
+
+    async def _halves(self, batch: _Batch) -> list[_Batch]:
+        middle = len(batch.ids) // 2
+        halves = []
+        for part in (batch.ids[:middle], batch.ids[middle:]):
+            half = await self._build(await self.outbox.pending_by_ids(part))
+            if half is not None:
+                halves.append(half)
+        return halves
+
+    async def _send_until_answered(
+        self, session: aiohttp.ClientSession, batch: _Batch
+    ) -> tuple[_Result, _Batch | None, int]:
+        """POST until 200 or a whole-batch refusal: (result, the batch as last sent or None if moot,
+        how many requests it took)."""
+        attempt = tries = 0
+        current: _Batch | None = batch
+        while current is not None:
+            attempt += 1
+            tries += 1
+            result = await self._post(session, current)
+            if result.kind in (_Kind.ANSWERED, _Kind.REFUSED):
+                return result, current, tries
+            if result.kind is _Kind.UNAUTHORIZED:
+                if self._token() != result.token:
+                    log.info("uplink: the token changed since that request; trying it now")
+                    continue
+                await self._pause_unauthorized(result)
+                attempt = 0
+            else:
+                self.metrics.sync.labels(result="failed").inc()
+                delay = (
+                    min(self.backoff_max_s, result.retry_after_s)
+                    if result.retry_after_s is not None
+                    else self._backoff(attempt)
+                )
+                log.warning(
+                    "uplink: batch %s not delivered (%s); retry %d in %.1f s",
+                    current.batch_id,
+                    result.message,
+                    attempt,
+                    delay,
+                )
+                await asyncio.sleep(delay)
+            refreshed = await self._refresh(current)
+            if refreshed is not None and refreshed.batch_id != current.batch_id:
+                await self.outbox.kv_set(INFLIGHT_KEY, refreshed.inflight_json())
+            current = refreshed
+        return _Result(_Kind.RETRY), None, tries
+
+    async def _post(self, session: aiohttp.ClientSession, batch: _Batch) -> _Result:
+        token = self._token()
+        headers = wire.batch_headers(token, batch.batch_id)
+        try:
+            async with session.post(self.url, data=batch.body, headers=headers) as response:
+                status = response.status
+                text = await response.text(errors="replace")
+                retry_after = parse_retry_after(response.headers.get("Retry-After"))
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            detail = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            return _Result(_Kind.RETRY, message=detail)
+        message = _error_message(text)
+        if status == 200:
+            try:
+                return _Result(_Kind.ANSWERED, status, answer=wire.decode_answer(text))
+            except ValueError as exc:
+                return _Result(_Kind.RETRY, status, message=f"unreadable answer: {exc}")
+        if status in AUTH_STATUSES:
+            return _Result(_Kind.UNAUTHORIZED, status, message=message, token=token)
+        if status in SPLIT_STATUSES:
+            self.metrics.sync.labels(result="refused").inc()
+            return _Result(_Kind.REFUSED, status, message=message)
+        if status not in (408, 429) and status < 500:
+            log.error("uplink: unexpected HTTP %d from %s: %s", status, self.url, message)
+        return _Result(_Kind.RETRY, status, message=f"HTTP {status}: {message}", retry_after_s=retry_after)
+
+    async def _apply(self, batch: _Batch, answer: wire.BatchAnswer, follow: _Batch | None) -> None:
+        """Record the platform's answer (delivered, dead letters) and the next batch's in-flight
+        record in one group commit; then the sync time and metrics."""
+        sent = set(batch.ids)
+        delivered = [i for i in (*answer.accepted, *answer.duplicate) if i in sent]
+        rejected = [r for r in answer.rejected if r.id in sent]
+        for reject in rejected:
+            log.warning("uplink: record %s rejected by the platform: %s", reject.id, reject.error)
+        # Queued in one loop tick, these land in the writer's same transaction.
+        marked, _ = await asyncio.gather(
+            self.outbox.mark_delivered(delivered, via="push"),
+            asyncio.gather(
+                *(self.outbox.dead_letter(r.id, f"rejected by the platform: {r.error}") for r in rejected),
+                self.outbox.kv_set(INFLIGHT_KEY, follow.inflight_json() if follow is not None else None),
+            ),
+        )
+        missing = len(sent) - len(set(delivered)) - len({r.id for r in rejected})
+        if missing > 0:
+            log.warning(
+                "uplink: the answer to batch %s left out %d records; they stay queued",
+                batch.batch_id,
+                missing,
+            )
+        self.metrics.records_delivered.labels(via="push").inc(marked)
+        self.metrics.sync.labels(result="ok").inc()
+        self.metrics.last_sync.set(time.time())
+        self.host.last_sync = utc_now()
+        if await self._was_unauthorized():
+            self._unauthorized = False
+            await self.outbox.kv_set(UNAUTHORIZED_KEY, None)
+            log.warning("uplink: the platform accepts the token again; pushing resumed")
+
+    # -- 401/403 ---------------------------------------------------------------------------------
+
+    async def _was_unauthorized(self) -> bool:
+        if self._unauthorized is None:
+            self._unauthorized = await self.outbox.kv_get(UNAUTHORIZED_KEY) is not None
+        return self._unauthorized
+
+    async def _pause_unauthorized(self, result: _Result) -> None:
+        """Raise the node alert once per episode, then wait `auth_retry_s` before trying again."""
+        self.metrics.sync.labels(result="unauthorized").inc()
+        if not await self._was_unauthorized():
+            alert = Record(
+                kind=Kind.ALERT,
+                data={
+                    "type": "uplink_unauthorized",
+                    "status": result.status,
+                    "error": result.message,
+                    "url": self.url,
+                    "node_id": self.config.node.id,
+                    "retry_every_s": self.auth_retry_s,
+                },
+            )
+            await self.outbox.store([alert])
+            episode = json.dumps({"status": result.status, "since": utc_now()})
+            await self.outbox.kv_set(UNAUTHORIZED_KEY, episode)
+            self._unauthorized = True
+        where = (
+            f"central.token_file {self.config.central.token_file}"
+            if self.config.central.token_file
+            else "central.token"
+        )
+        log.error(
+            "uplink: the platform answered %s (%s): push paused; fix %s, next try in %.0f s",
+            result.status,
+            result.message,
+            where,
+            self.auth_retry_s,
+        )
+        await asyncio.sleep(self.auth_retry_s)
+
+
+def _discard(task: asyncio.Task[Any]) -> None:
+    """Cancel a task whose result is not wanted, or consume its failure so none goes unreported."""
+    if not task.done():
+        task.cancel()
+    elif not task.cancelled() and task.exception() is not None:
+        log.debug("uplink: unused prefetch failed: %s", task.exception())
+
+
+def _error_message(text: str) -> str:
+    """The `error` of a JSON error body, else the start of the body."""
+    with contextlib.suppress(ValueError):
+        document = json.loads(text)
+        if isinstance(document, dict) and isinstance(document.get("error"), str):
+            return str(document["error"])[:_MAX_MESSAGE]
+    return text.strip()[:_MAX_MESSAGE] or "(empty body)"

@@ -1,0 +1,232 @@
+"""Floods and malformed input at volume: the hub rejects and counts, never crashes, serves the rest."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import socket
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import aiomqtt
+
+from drivers.keypad.codec import Key, encode_frame, make_frame
+from drivers.keypad.simulator import SimulatedKeypad, SimulatedLine
+from hub.app import Hub
+from hub.broker import MosquittoBroker
+from hub.simulate.mqtt_device import SimulatedMqttDevice
+from tests.support.hub import NODE_ID, node_config, running_hub, terminals
+
+ROOT = f"hall/v1/{NODE_ID}"
+
+
+def metric(text: str, name: str) -> float:
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name))
+
+
+async def scrape(hub: Hub) -> str:
+    async with aiohttp.ClientSession() as http:
+        return await (await http.get(f"http://127.0.0.1:{hub.api_port}/metrics")).text()
+
+
+async def test_a_device_flooding_1000_messages_a_second_does_not_starve_others(
+    tmp_path: Path, broker: MosquittoBroker
+) -> None:
+    config = node_config(tmp_path / "data", broker.port, terminals(2))
+    async with running_hub(config) as hub:
+        async with (
+            aiomqtt.Client("127.0.0.1", broker.port, identifier="flooder") as flooder,
+            SimulatedMqttDevice(
+                "127.0.0.1", broker.port, NODE_ID, "terminal-01", retry_interval_s=1.0, max_attempts=3
+            ) as normal,
+        ):
+
+            async def flood() -> None:
+                for second in range(3):
+                    for n in range(1000):
+                        body = json.dumps({"msg_id": f"f{second}-{n}", "level": 5})
+                        await flooder.publish(f"{ROOT}/dev/terminal-00/rating", body, qos=0)
+                    await asyncio.sleep(0.05)
+
+            flooding = asyncio.create_task(flood())
+            acks = [await normal.rate(4, msg_id=f"n{n}") for n in range(20)]
+            await flooding
+        assert [a.status for a in acks] == ["stored"] * 20, "the normal device was served throughout"
+        text = await scrape(hub)
+        limited = metric(text, 'hallhub_rejects_total{reason="rate_limited"}')
+        stored = (await hub.outbox.stats()).pending_by_kind["evaluation"]
+        assert limited > 0, "the flooder's excess was counted"
+        assert stored - 20 + limited <= 3000
+        status = await hub.status()
+        flooder_state = next(d for d in status["devices"] if d["id"] == "terminal-00")
+        assert flooder_state["errors"]["rate_limited"] == limited
+
+
+def mutate(rng: random.Random, valid: bytes) -> bytes:
+    """One malformed or odd payload: flipped bits, cuts, junk, wrong types, huge or deep values."""
+    choice = rng.randrange(8)
+    data = bytearray(valid)
+    if choice == 0 and data:
+        for _ in range(rng.randint(1, 4)):
+            data[rng.randrange(len(data))] ^= 1 << rng.randrange(8)
+        return bytes(data)
+    if choice == 1:
+        return bytes(data[: rng.randrange(len(data) + 1)])
+    if choice == 2:
+        return rng.randbytes(rng.randint(0, 64))
+    if choice == 3:
+        wrong: list[Any] = [None, True, -1, 1e308, "5", [], {}, "x" * 70, [1, 2], {"a": 1}]
+        body = json.loads(valid)
+        body[rng.choice([*body.keys(), "extra"])] = rng.choice(wrong)
+        return json.dumps(body).encode()
+    if choice == 4:
+        return b"[" * rng.randint(1, 3000) + b"]" * rng.randint(0, 3000)
+    if choice == 5:
+        return json.dumps({"msg_id": "m" * rng.randint(0, 80), "level": rng.randint(-3, 9)}).encode()
+    if choice == 6:
+        return "评价".encode("gbk") + bytes(data)
+    return valid
+
+
+async def test_100000_mutated_mqtt_payloads(tmp_path: Path, broker: MosquittoBroker) -> None:
+    rng = random.Random(20261122)
+    devices = [*terminals(4), {"id": "qr-00", "kind": "qr", "transport": "mqtt"}]
+    config = node_config(
+        tmp_path / "data",
+        broker.port,
+        devices,
+        limits={"device_msgs_per_s": 100000.0, "device_burst": 100000},
+    )
+    valid = {
+        "rating": json.dumps(
+            {"msg_id": "v", "level": 3, "reasons": ["R1"], "comment": "好", "ts": "2026-11-22T09:30:00+08:00"}
+        ).encode(),
+        "scan": json.dumps({"msg_id": "v", "data": "https://x/?case_no=1", "symbology": "QRCode"}).encode(),
+        "print": json.dumps({"msg_id": "v", "job_id": "j", "state": "done", "pages": 1}).encode(),
+        "health": json.dumps({"paper": "low", "jam": False, "temp_c": 30}).encode(),
+        "state": json.dumps({"online": True, "fw": "1"}).encode(),
+    }
+    sent = 0
+    async with running_hub(config) as hub:
+        async with aiomqtt.Client(
+            "127.0.0.1", broker.port, identifier="fuzzer", max_inflight_messages=1000
+        ) as fuzzer:
+            for batch in range(100):
+                publishes = []
+                for _ in range(1000):
+                    leaf = rng.choice(list(valid))
+                    device = "qr-00" if leaf == "scan" else f"terminal-{rng.randrange(4):02d}"
+                    if rng.random() < 0.02:
+                        device = "ghost"
+                    publishes.append(
+                        fuzzer.publish(f"{ROOT}/dev/{device}/{leaf}", mutate(rng, valid[leaf]), qos=1)
+                    )
+                await asyncio.gather(*publishes)
+                sent += len(publishes)
+                assert batch < 100
+        async with asyncio.timeout(120):
+            while True:
+                text = await scrape(hub)
+                handled = (
+                    metric(text, "hallhub_rejects_total")
+                    + metric(text, 'hallhub_acks_total{status="stored"}')
+                    + metric(text, 'hallhub_acks_total{status="duplicate"}')
+                    + metric(text, 'hallhub_acks_total{status="rejected"}')
+                )
+                if handled >= sent * 0.5 and len(hub.gateway._tasks) == 0:
+                    break
+                await asyncio.sleep(0.5)
+        async with SimulatedMqttDevice("127.0.0.1", broker.port, NODE_ID, "terminal-00") as terminal:
+            assert (await terminal.rate(5, msg_id="after-fuzz")).status == "stored"
+        assert await hub.problems() == []
+    assert sent == 100_000
+    rejects = metric(text, "hallhub_rejects_total")
+    assert rejects > 30_000, "most mutated payloads were refused and counted"
+
+
+async def test_serial_noise_mutated_frames_and_a_key_flood(tmp_path: Path, broker: MosquittoBroker) -> None:
+    rng = random.Random(7)
+    left, right = SimulatedKeypad(1), SimulatedKeypad(2)
+    port = tmp_path / "ttyKP0"
+    devices = [
+        {
+            "id": "kp-01",
+            "kind": "keypad",
+            "transport": "serial",
+            "port": str(port),
+            "address": 1,
+            "window": "01",
+        },
+        {
+            "id": "kp-02",
+            "kind": "keypad",
+            "transport": "serial",
+            "port": str(port),
+            "address": 2,
+            "window": "02",
+        },
+    ]
+    config = node_config(tmp_path / "data", broker.port, devices, evaluation={"max_free_per_minute": 6})
+    async with SimulatedLine(port, [left, right]) as line, running_hub(config) as hub:
+        async with asyncio.timeout(10):
+            while not (hub.registry.get("kp-01").online and hub.registry.get("kp-02").online):  # type: ignore[union-attr]
+                await asyncio.sleep(0.05)
+        valid = encode_frame(make_frame(9, 1, Key(0, 5, ())))
+        for n in range(20_000):
+            frame = bytearray(valid)
+            frame[rng.randrange(len(frame))] ^= 1 << rng.randrange(8)
+            line.inject(bytes(frame) + rng.randbytes(rng.randint(0, 3)))
+            if n % 500 == 0:
+                await asyncio.sleep(0.01)
+        presses = [right.free_rating(1 + n % 5) for n in range(30)]
+        assert all([await p.wait() for p in presses])
+        assert await left.free_rating(4).wait(), "the other keypad on the line is served"
+        text = await scrape(hub)
+        await asyncio.sleep(0.2)
+        records = (await hub.outbox.pending_page(0, 1000, "evaluation"))[0]
+    flags = [json.loads(r)["data"]["flags"] for r in records if json.loads(r)["data"]["device_id"] == "kp-02"]
+    assert len(flags) == 30
+    assert flags.count(["suspect"]) == 24, "beyond 6 free ratings a minute, presses are kept but flagged"
+    assert metric(text, "hallhub_frames_dropped_total") > 1000
+
+
+def raw_http(port: int, request: bytes) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(request)
+        sock.shutdown(socket.SHUT_WR)
+        chunks = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def test_broken_http_requests(tmp_path: Path, broker: MosquittoBroker) -> None:
+    rng = random.Random(3)
+    config = node_config(tmp_path / "data", broker.port, terminals(1))
+    async with running_hub(config) as hub:
+        port = hub.api_port
+        assert port is not None
+        statuses: list[bytes] = []
+        broken = [
+            b"GET /v1/records HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer \xff\xfe\r\n\r\n",
+            b"POST /v1/records/ack HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999999\r\n\r\n{}",
+            b"POST /v1/records/ack HTTP/1.1\r\nHost: x\r\nContent-Length: -5\r\n\r\n",
+            b"POST /v1/windows/01/evaluate HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+            b"GARBAGE\r\n\r\n",
+            b"GET /" + b"a" * 20000 + b" HTTP/1.1\r\nHost: x\r\n\r\n",
+            b"GET /healthz HTTP/1.1\r\n" + b"X-Pad: " + b"y" * 20000 + b"\r\n\r\n",
+        ]
+        for _ in range(300):
+            junk = rng.randbytes(rng.randint(1, 300))
+            broken.append(
+                b"POST /v1/records/ack HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(junk) + junk
+            )
+        for request in broken:
+            answer = await asyncio.to_thread(raw_http, port, request)
+            statuses.append(answer.split(b" ", 2)[1] if answer.startswith(b"HTTP/") else b"closed")
+        assert b"500" not in statuses
+        assert set(statuses) <= {b"400", b"401", b"404", b"405", b"413", b"431", b"closed"}
+        async with aiohttp.ClientSession() as http:
+            assert (await http.get(f"http://127.0.0.1:{port}/healthz")).status == 200
