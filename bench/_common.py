@@ -401,20 +401,26 @@ class CpuMeter:
     def __init__(self, pids: dict[str, int]) -> None:
         self.procs = {name: psutil.Process(pid) for name, pid in pids.items()}
         self._start: dict[str, float] = {}
+        self._start_split: dict[str, tuple[float, float]] = {}
         self._system_start: Any = None
         self._wall_start = 0.0
         self.start()
 
     @staticmethod
     def _cpu(proc: psutil.Process) -> float:
+        return sum(CpuMeter._split(proc))
+
+    @staticmethod
+    def _split(proc: psutil.Process) -> tuple[float, float]:
         with contextlib.suppress(psutil.Error):
             times = proc.cpu_times()
-            return float(times.user + times.system)
-        return math.nan
+            return float(times.user), float(times.system)
+        return math.nan, math.nan
 
     def start(self) -> None:
         """Start (or restart) the interval."""
-        self._start = {name: self._cpu(proc) for name, proc in self.procs.items()}
+        self._start_split = {name: self._split(proc) for name, proc in self.procs.items()}
+        self._start = {name: sum(split) for name, split in self._start_split.items()}
         self._system_start = psutil.cpu_times()
         self._wall_start = time.monotonic()
 
@@ -423,9 +429,14 @@ class CpuMeter:
         wall = time.monotonic() - self._wall_start
         result: dict[str, Any] = {"wall_s": round(wall, 3), "processes": {}}
         for name, proc in self.procs.items():
-            used = self._cpu(proc) - self._start[name]
+            user, system = self._split(proc)
+            user -= self._start_split[name][0]
+            system -= self._start_split[name][1]
+            used = user + system
             result["processes"][name] = {
                 "cpu_s": round(used, 3),
+                "user_s": round(user, 3),
+                "system_s": round(system, 3),
                 "percent_of_one_core": round(used / wall * 100, 1) if wall else math.nan,
             }
         end = psutil.cpu_times()
@@ -457,7 +468,7 @@ def busy_cores(sample_s: float = 2.0) -> float:
     return max(0.0, (total - idle) / total * cores) if total > 0 else 0.0
 
 
-def wait_for_quiet(max_busy_cores: float = 0.3, max_wait_s: float = 60.0) -> float:
+def wait_for_quiet(max_busy_cores: float = 0.3, max_wait_s: float = 30.0) -> float:
     """Wait (at most `max_wait_s`) until other work keeps under `max_busy_cores` busy; the last load.
 
     The machine is shared: figures taken while others run tests are noisy. This only waits; the load

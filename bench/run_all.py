@@ -1,14 +1,14 @@
 """Run the benchmark suite one benchmark at a time, print one summary, and compare with the baseline.
 
-By default it runs baselines, ingest, footprint and camera_decode (never two at once: they would
-share the same 2 cores), then prints every figure found in `bench/results/*.json` next to the last
+By default it runs baselines, ingest, footprint, roundtrip and camera_decode (never two at once:
+they would share the same 2 cores), then prints every figure found in `bench/results/*.json` next to the last
 recorded figures in `bench/results/baseline.json`, and says clearly which got worse by more than
 20 %. A worse figure is reported, never turned into a failing exit code (a benchmark that crashes
 is: exit 1). `--update-baseline` records this run's figures as the new baseline.
 
 Run from the repository root:  .venv/bin/python bench/run_all.py [--update-baseline]
-Other benchmark scripts in bench/ (for example drain, keypad, idcard) run with `--with NAME`; the
-figures of any result file present are summarised either way.
+Other benchmark scripts in bench/ (drain, keypad, idcard) run with `--with NAME`; the figures of
+any result file present are summarised either way.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from _common import (
 )
 
 BENCH = Path(__file__).resolve().parent
-DEFAULT_SUITE = ("baselines", "ingest", "footprint", "camera_decode")
+DEFAULT_SUITE = ("baselines", "ingest", "footprint", "roundtrip", "camera_decode")
 NOT_BENCHMARKS = frozenset({"_common", "loadgen", "run_all"})
 TIMEOUT_S = 600
 

@@ -72,12 +72,16 @@ class HubApi:
         header = request.headers.get("Authorization", "")
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token:
-            self.hub.metrics.rejects.labels(reason="http_unauthorized").inc()
-            return json_error(401, "missing bearer token (Authorization: Bearer <api.pull_token>)")
+            return self._refuse(request, "missing bearer token (Authorization: Bearer <api.pull_token>)")
         if not hmac.compare_digest(token.encode(), self.pull_token.encode()):
-            self.hub.metrics.rejects.labels(reason="http_unauthorized").inc()
-            return json_error(401, "wrong token")
+            return self._refuse(request, "wrong token")
         return None
+
+    def _refuse(self, request: web.Request, reason: str) -> web.Response:
+        """401, counted and logged once per request (never the token itself)."""
+        self.hub.metrics.rejects.labels(reason="http_unauthorized").inc()
+        log.warning("api: %s %s from %s refused: %s", request.method, request.path, request.remote, reason)
+        return json_error(401, reason)
 
     async def healthz(self, _request: web.Request) -> web.Response:
         """200 ok, or 503 with the problems found."""

@@ -71,11 +71,13 @@ async def test_pull_pages_in_order_with_kind_filter_and_ack(api: tuple[Hub, aioh
     ],
 )
 async def test_pull_needs_the_token(
-    api: tuple[Hub, aiohttp.ClientSession], headers: dict[str, str], message: str
+    api: tuple[Hub, aiohttp.ClientSession], headers: dict[str, str], message: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     _, http = api
     status, body = await get_json(http, "/v1/records", headers=headers)
     assert (status, body) == (401, {"error": message})
+    refused = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
+    assert refused == [f"api: GET /v1/records from 127.0.0.1 refused: {message}"], "logged once, no token"
     async with http.post("/v1/records/ack", json={"upto": 1}, headers=headers) as response:
         assert response.status == 401
 

@@ -174,11 +174,11 @@ async def test_serial_noise_mutated_frames_and_a_key_flood(tmp_path: Path, broke
             while not (hub.registry.get("kp-01").online and hub.registry.get("kp-02").online):  # type: ignore[union-attr]
                 await asyncio.sleep(0.05)
         valid = encode_frame(make_frame(9, 1, Key(0, 5, ())))
-        for n in range(20_000):
+        for n in range(100_000):
             frame = bytearray(valid)
             frame[rng.randrange(len(frame))] ^= 1 << rng.randrange(8)
             line.inject(bytes(frame) + rng.randbytes(rng.randint(0, 3)))
-            if n % 500 == 0:
+            if n % 1000 == 0:
                 await asyncio.sleep(0.01)
         presses = [right.free_rating(1 + n % 5) for n in range(30)]
         assert all([await p.wait() for p in presses])

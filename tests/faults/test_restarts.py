@@ -10,6 +10,8 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
+import pytest
+
 from hub.broker import MosquittoBroker
 from hub.schemas import AckPayload
 from hub.simulate.mqtt_device import SimulatedMqttDevice
@@ -52,7 +54,10 @@ def assert_exactly_once(db: Path, acked: dict[tuple[str, str], list[AckPayload]]
         assert dedup[key] in ids
 
 
-async def test_broker_down_for_10s_while_devices_retry(tmp_path: Path, broker: MosquittoBroker) -> None:
+@pytest.mark.parametrize("how", ["stopped", "killed"])
+async def test_broker_down_for_10s_while_devices_retry(
+    tmp_path: Path, broker: MosquittoBroker, how: str
+) -> None:
     config = node_config(tmp_path / "data", broker.port, devices=terminals(5))
     acked: dict[tuple[str, str], list[AckPayload]] = defaultdict(list)
     async with running_hub(config) as hub:
@@ -69,7 +74,10 @@ async def test_broker_down_for_10s_while_devices_retry(tmp_path: Path, broker: M
             async with asyncio.timeout(30):
                 while len(acked) < 100:
                     await asyncio.sleep(0.01)
-            broker.stop()
+            if how == "killed":
+                broker.kill()
+            else:
+                broker.stop()
             assert len(acked) < 400, "the outage falls in the middle of the stream"
             await asyncio.sleep(10)
             broker.start()
