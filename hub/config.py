@@ -6,6 +6,7 @@ checks what depends on several keys (a serial device needs a port, one rating de
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import tomllib
 from collections.abc import Sequence
@@ -168,9 +169,9 @@ class HubConfig(_Section):
     national: NationalSection = Field(default_factory=NationalSection)
     device: list[DeviceSection] = Field(default_factory=list)
 
-    @property
+    @functools.cached_property
     def devices_by_id(self) -> dict[str, DeviceSection]:
-        """Configured devices keyed by id."""
+        """Configured devices keyed by id (built once: the gateway looks one up per message)."""
         return {device.id: device for device in self.device}
 
     @property

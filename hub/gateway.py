@@ -505,4 +505,6 @@ async def _cancel_all(tasks: tuple[asyncio.Task[Any], ...]) -> None:
 
 
 def _wire_bytes(record: Record) -> bytes:
-    return json.dumps(record.to_wire(), ensure_ascii=False, separators=(",", ":")).encode()
+    """The record as committed (the outbox already encoded it once)."""
+    text = record.wire_json or json.dumps(record.to_wire(), ensure_ascii=False, separators=(",", ":"))
+    return text.encode()

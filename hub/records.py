@@ -67,6 +67,7 @@ class Record:
     created_at: str = field(default_factory=utc_now)
     seq: int = 0
     sealed: str | None = field(default=None, repr=False)  # SM4-sealed identity; never on the wire
+    wire_json: str = field(default="", repr=False)  # the committed wire JSON, set by the outbox
 
     def to_wire(self) -> dict[str, Any]:
         """The record as the contracts carry it (MQTT events, pull API, uplink)."""

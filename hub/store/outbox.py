@@ -181,6 +181,7 @@ class _StoreOp(_Op):
                     w.evaluation_hook(record, previous)
                 except Exception:
                     log.exception("outbox: the evaluation hook failed on %s; stored without it", record.id)
+            record.wire_json = _dumps(record.to_wire())
             rows.append(
                 (
                     record.seq,
@@ -190,7 +191,7 @@ class _StoreOp(_Op):
                     record.created_at,
                     record.data.get("device_id"),
                     case_no,
-                    _dumps(record.to_wire()),
+                    record.wire_json,
                     record.sealed,
                 )
             )
