@@ -21,13 +21,14 @@ def test_demo_runs_and_stores_evaluations(tmp_path: Path, broker: str) -> None:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        start_new_session=True,  # a hung demo is killed with its broker and simulators
     )
     try:
         stdout, stderr = process.communicate(timeout=90)
     except subprocess.TimeoutExpired:
         process.send_signal(signal.SIGUSR1)  # every thread's stack to stderr, to see where it hangs
         time.sleep(1)
-        process.kill()
+        os.killpg(process.pid, signal.SIGKILL)
         stdout, stderr = process.communicate()
         log = (tmp_path / "hallhub-demo.log").read_text() if (tmp_path / "hallhub-demo.log").exists() else ""
         raise AssertionError(f"demo did not stop:\n{stderr[-6000:]}\n--- log ---\n{log[-3000:]}") from None
