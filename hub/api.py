@@ -73,7 +73,9 @@ class HubApi:
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token:
             return self._refuse(request, "missing bearer token (Authorization: Bearer <api.pull_token>)")
-        if not hmac.compare_digest(token.encode(), self.pull_token.encode()):
+        # A header may carry any bytes; aiohttp hands undecodable ones back as surrogates.
+        offered = token.encode("utf-8", "surrogatepass")
+        if not hmac.compare_digest(offered, self.pull_token.encode()):
             return self._refuse(request, "wrong token")
         return None
 
