@@ -3,41 +3,104 @@
 from __future__ import annotations
 
 import asyncio
+import functools
+import importlib
 import json
 import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, Final
 
 import typer
-from rich.console import Console
-from rich.table import Table
+from typer.core import TyperGroup
+from typer.main import get_group
 
 from hub import __version__
 from hub.config import DEFAULT_CONFIG_PATH, ConfigError, HubConfig, load_config, resolve_secrets
-from hub.init_config import init_command
-from hub.provision import device_app
-from sync.central_cli import central_command
-from sync.outbox_cli import outbox_app
+
+if TYPE_CHECKING:
+    from rich.console import Console
+    from typer._click import Command, Context
+
+# Subcommands that `hallhub run` never uses are imported only when one of them is asked for (invoked,
+# listed in help, or completed), for memory: their modules pull in rich tables, live views and
+# progress bars, provisioning and the receiver's CLI. name -> (module, attribute): a Typer is added
+# as a group, a function as a command. Help lists them where they were always listed: `init` and
+# `central` first, `device` and `outbox` last.
+_LAZY_FIRST: Final = {
+    "init": ("hub.init_config", "init_command"),
+    "central": ("sync.central_cli", "central_command"),
+}
+_LAZY_LAST: Final = {"device": ("hub.provision", "device_app"), "outbox": ("sync.outbox_cli", "outbox_app")}
+_LAZY: Final = {**_LAZY_FIRST, **_LAZY_LAST}
+
+
+class _LazyGroup(TyperGroup):
+    """The root command group: loads the subcommands in `_LAZY` on first use."""
+
+    def list_commands(self, ctx: Context) -> list[str]:
+        eager = [name for name in super().list_commands(ctx) if name not in _LAZY]
+        return [*_LAZY_FIRST, *eager, *_LAZY_LAST]
+
+    def get_command(self, ctx: Context, cmd_name: str) -> Command | None:
+        if cmd_name in _LAZY and cmd_name not in self.commands:
+            self.commands[cmd_name] = _load_command(cmd_name)
+        return super().get_command(ctx, cmd_name)
+
+    def resolve_command(self, ctx: Context, args: list[str]) -> tuple[str | None, Command | None, list[str]]:
+        if args and self.get_command(ctx, args[0]) is None:
+            for name in _LAZY:  # so that "Did you mean ...?" still considers every command
+                self.get_command(ctx, name)
+        return super().resolve_command(ctx, args)
+
+
+def _load_command(name: str) -> Command:
+    """Build the command `name` exactly as `app.add_typer` / `app.command` would have."""
+    module, attribute = _LAZY[name]
+    target = getattr(importlib.import_module(module), attribute)
+    holder = typer.Typer(
+        add_completion=False,
+        rich_markup_mode=app.rich_markup_mode,
+        suggest_commands=app.suggest_commands,
+        pretty_exceptions_short=app.pretty_exceptions_short,
+    )
+    if isinstance(target, typer.Typer):
+        holder.add_typer(target, name=name)
+    else:
+        holder.command(name)(target)
+    return get_group(holder).commands[name]
+
 
 app = typer.Typer(
     name="hallhub",
     help="Edge hub for service halls: window devices in, durable outbox, sync to the central platform.",
     no_args_is_help=True,
     add_completion=False,
+    cls=_LazyGroup,
 )
 config_app = typer.Typer(help="Check node config files.", no_args_is_help=True)
 simulate_app = typer.Typer(help="Drive simulated devices against a running hub.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
 app.add_typer(simulate_app, name="simulate")
-app.add_typer(device_app, name="device")
-app.command("init")(init_command)
-app.add_typer(outbox_app, name="outbox")
-app.command("central")(central_command)
 
-console = Console()
-err_console = Console(stderr=True)
+
+@functools.cache
+def _out() -> Console:
+    """The console for output, made on first use: `hallhub run` prints nothing and never loads rich
+    (for memory)."""
+    from rich.console import Console
+
+    return Console()
+
+
+@functools.cache
+def _err() -> Console:
+    """The console for errors (stderr), made on first use like `_out`."""
+    from rich.console import Console
+
+    return Console(stderr=True)
+
 
 ConfigOption = Annotated[
     Path, typer.Option("--config", "-c", help="Node config file (TOML).", show_default=True)
@@ -49,14 +112,14 @@ def _load_or_exit(path: Path) -> HubConfig:
         return load_config(path)
     except ConfigError as exc:
         for line in exc.lines():
-            err_console.print(f"[red]error[/] {line}", highlight=False)
+            _err().print(f"[red]error[/] {line}", highlight=False)
         raise typer.Exit(1) from None
 
 
 @app.command()
 def version() -> None:
     """Print the hallhub version."""
-    console.print(__version__)
+    _out().print(__version__)
 
 
 @app.command()
@@ -74,7 +137,7 @@ def run(
         secrets = resolve_secrets(cfg, str(config))
     except ConfigError as exc:
         for line in exc.lines():
-            err_console.print(f"[red]error[/] {line}", highlight=False)
+            _err().print(f"[red]error[/] {line}", highlight=False)
         raise typer.Exit(1) from None
     run_hub(cfg, secrets)
 
@@ -113,14 +176,14 @@ def demo(
                 duration_s=duration,
                 workdir=base,
                 rate=rate,
-                console=console,
+                console=_out(),
                 central_fail_rate=central_fail_rate,
             )
         )
     except BrokerError as exc:
-        err_console.print(f"[red]error[/] {exc}")
+        _err().print(f"[red]error[/] {exc}")
         raise typer.Exit(1) from None
-    console.print(f"log: {log_file}")
+    _out().print(f"log: {log_file}")
 
 
 @config_app.command("check")
@@ -128,14 +191,16 @@ def config_check(path: Annotated[Path, typer.Argument(help="The config file to c
     """Validate a config file: print every error (exit 1) or a summary of the node (exit 0)."""
     cfg = _load_or_exit(path)
     node = cfg.node
-    console.print(
+    _out().print(
         f"[green]ok[/] {path}: node [bold]{node.id}[/] (hall {node.hall_code}), data in {node.data_dir}"
     )
-    console.print(
+    _out().print(
         f"broker {cfg.broker.host}:{cfg.broker.port} · api {cfg.api.listen} · "
         f"push {'to ' + cfg.central.url if cfg.central.url else 'off'} · "
         f"pull {'on' if (cfg.api.pull_token or cfg.api.pull_token_file) else 'off'}"
     )
+    from rich.table import Table
+
     table = Table(title=f"{len(cfg.device)} devices")
     for column in ("id", "kind", "transport", "window", "port / source"):
         table.add_column(column)
@@ -144,7 +209,7 @@ def config_check(path: Annotated[Path, typer.Argument(help="The config file to c
         if device.kind == "keypad":
             where += f" @{device.address or 1}"
         table.add_row(device.id, device.kind, device.transport, device.window or "-", where)
-    console.print(table)
+    _out().print(table)
 
 
 def _get_json(url: str, timeout: float = 5.0) -> Any:
@@ -169,23 +234,25 @@ def status(
     try:
         doc = _get_json(url.rstrip("/") + "/v1/status")
     except (OSError, ValueError, urllib.error.URLError) as exc:
-        err_console.print(f"[red]error[/] cannot reach the hub at {url}: {exc} (is `hallhub run` active?)")
+        _err().print(f"[red]error[/] cannot reach the hub at {url}: {exc} (is `hallhub run` active?)")
         raise typer.Exit(1) from None
     if as_json:
         sys.stdout.write(json.dumps(doc, ensure_ascii=False, indent=2) + "\n")
         return
     node, broker, outbox = doc["node"], doc["broker"], doc["outbox"]
-    console.print(f"node [bold]{node['id']}[/] (hall {node['hall_code']}) · hallhub {node['version']}")
-    console.print(
+    _out().print(f"node [bold]{node['id']}[/] (hall {node['hall_code']}) · hallhub {node['version']}")
+    _out().print(
         f"broker {broker['host']}:{broker['port']} "
         + ("[green]connected[/]" if broker["connected"] else "[red]not connected[/]")
     )
-    console.print(
+    _out().print(
         f"outbox: {outbox['pending']} pending {outbox['pending_by_kind']}"
         f" · oldest {outbox['oldest_pending_age_s']} s"
         f" · {outbox['dead_letters']} dead letters · {outbox['used_bytes'] // 2**20} of"
         f" {outbox['max_bytes'] // 2**20} MB"
     )
+    from rich.table import Table
+
     table = Table(title="devices")
     for column in ("id", "kind", "window", "online", "last seen", "errors"):
         table.add_column(column)
@@ -195,14 +262,14 @@ def status(
         table.add_row(
             device["id"], device["kind"], device["window"] or "-", online, device["last_seen"] or "-", errors
         )
-    console.print(table)
+    _out().print(table)
     from hub.status_page import print_status_extras
 
     try:
         ratings = _get_json(url.rstrip("/") + "/v1/ratings/today")
     except (OSError, ValueError, urllib.error.URLError):
         ratings = None  # a hub without the ratings route: show the rest
-    print_status_extras(console, doc, ratings)
+    print_status_extras(_out(), doc, ratings)
 
 
 @app.command()
@@ -256,9 +323,9 @@ def simulate_mqtt(
                 try:
                     ack = await sim.rate(**random_rating(rng))
                 except NotAcked as exc:
-                    err_console.print(f"[red]{exc}[/]")
+                    _err().print(f"[red]{exc}[/]")
                     continue
-                console.print(f"{n + 1}/{count} {ack.status} {ack.id or ''} {ack.error or ''}")
+                _out().print(f"{n + 1}/{count} {ack.status} {ack.id or ''} {ack.error or ''}")
                 await asyncio.sleep(1 / rate)
 
     asyncio.run(go())
@@ -277,13 +344,13 @@ def simulate_keypad(
     """Serve HKP/1 keypads on a pseudo-terminal: answer prompts with random keys, retry until acked."""
     from drivers.keypad.simulator import run_simulated_line
 
-    console.print(f"simulated keypads {address} at {port} (set the keypad devices' port to it)")
+    _out().print(f"simulated keypads {address} at {port} (set the keypad devices' port to it)")
     summary = asyncio.run(
         run_simulated_line(
             port, address, duration_s=duration, max_presses=presses, free_ratings_per_min=free_per_min
         )
     )
-    console.print(f"done: {summary}")
+    _out().print(f"done: {summary}")
 
 
 @simulate_app.command("idcard")
@@ -296,7 +363,7 @@ def simulate_idcard(
     """Serve a SAM ID-card reader on a pseudo-terminal, placing fictitious demo cards in turn."""
     from drivers.idcard.simulator import run_simulated_reader
 
-    console.print(f"simulated ID card reader at {port}")
+    _out().print(f"simulated ID card reader at {port}")
     asyncio.run(run_simulated_reader(port, placements=placements, dwell_s=dwell, gap_s=gap))
 
 
@@ -310,7 +377,7 @@ def simulate_qr(
     """Serve a serial QR scanner on a pseudo-terminal and scan the given codes."""
     from drivers.qr.simulator import run_simulated_scanner
 
-    console.print(f"simulated QR scanner at {port}")
+    _out().print(f"simulated QR scanner at {port}")
     asyncio.run(run_simulated_scanner(port, code, interval_s=interval, rounds=rounds, start_delay_s=2.0))
 
 
@@ -334,7 +401,7 @@ def simulate_window(
         await asyncio.sleep(5)
 
     asyncio.run(go())
-    console.print(f"{pc.requests} requests; session states: {dict(pc.states)}")
+    _out().print(f"{pc.requests} requests; session states: {dict(pc.states)}")
 
 
 def main() -> None:

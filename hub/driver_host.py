@@ -11,7 +11,7 @@ import contextlib
 import logging
 from collections.abc import Callable, Coroutine
 from itertools import groupby
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from drivers.base import (
     CitizenIdentifier,
@@ -23,11 +23,10 @@ from drivers.base import (
     FrameDropped,
     Outcome,
 )
-from drivers.idcard.driver import CardRead, IdCardReaderDriver
-from drivers.keypad.driver import KeypadLineDriver, KeyPressed
+from drivers.idcard.events import CardRead
+from drivers.keypad.events import KeyPressed
 from drivers.pcsc.events import CardIdentified, ReaderAttached, ReaderDetached
 from drivers.qr.events import CodeScanned
-from drivers.qr.serial import SerialScannerDriver
 from hub.config import DeviceSection, HubConfig
 from hub.devices import DeviceRegistry
 from hub.intake import Intake
@@ -36,6 +35,13 @@ from hub.records import Kind, Record
 from hub.scans import ScanClassifier
 from hub.sessions import PromptPort, SessionManager
 from hub.store.outbox import DedupKey, Duplicate, Rejected, Stored, StoreUnavailable
+
+if TYPE_CHECKING:
+    from drivers.keypad.driver import KeypadLineDriver
+
+# The drivers themselves (pyserial, tenacity, pyscard, OpenCV) are imported in `runners` only for
+# the devices configured, for memory: a node with only MQTT devices loads none of them. Their
+# events are recognised through the drivers' light `events` modules above.
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +75,8 @@ class DriverHost:
         """(name, coroutine function) for every driver the config asks for."""
         runners: list[tuple[str, Runner]] = []
         keypads = sorted((d for d in self.config.device if d.kind == "keypad"), key=lambda d: d.port or "")
+        if keypads:
+            from drivers.keypad.driver import KeypadLineDriver  # noqa: PLC0415 (lazy, for memory)
         for port, group in groupby(keypads, key=lambda d: d.port or ""):
             members = list(group)
             line = KeypadLineDriver(port, members[0].baud or 9600, {d.address or 1: d.id for d in members})
@@ -78,10 +86,14 @@ class DriverHost:
         for device in self.config.device:
             driver: Any = None
             if device.kind == "idcard":
+                from drivers.idcard.driver import IdCardReaderDriver  # noqa: PLC0415 (lazy, for memory)
+
                 driver = IdCardReaderDriver(
                     device.id, device.port or "", device.baud or 115200, identifier=self.identifier
                 )
             elif device.kind == "qr" and device.transport == "serial":
+                from drivers.qr.serial import SerialScannerDriver  # noqa: PLC0415 (lazy, for memory)
+
                 driver = SerialScannerDriver(
                     device.id,
                     device.port or "",

@@ -25,6 +25,7 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import importlib
 import json
 import logging
 import os
@@ -32,15 +33,22 @@ import secrets
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Final, Literal
-
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives import hmac as crypto_hmac
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from typing import TYPE_CHECKING, Final, Literal, get_args
 
 from drivers.base import CitizenIdentity
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives import hashes
+
+# `cryptography` (with its libcrypto, ~7 MB resident) is imported inside the functions that use it,
+# for memory: a hub whose devices never read an ID number and that seals nothing never loads it.
+_CRYPTO_MODULES: Final = (
+    "cryptography.exceptions",
+    "cryptography.hazmat.primitives.hashes",
+    "cryptography.hazmat.primitives.hmac",
+    "cryptography.hazmat.primitives.ciphers",
+    "cryptography.hazmat.primitives.kdf.hkdf",
+)
 
 __all__ = [
     "MIN_SECRET_BYTES",
@@ -58,6 +66,7 @@ __all__ = [
     "derive_seal_key",
     "load_or_create_secret",
     "mask_id_number",
+    "preload_crypto",
 ]
 
 logger = logging.getLogger(__name__)
@@ -139,13 +148,27 @@ def mask_id_number(number: str) -> str:
     return normalised[:head] + "*" * hidden + (normalised[length - tail :] if tail else "")
 
 
+def preload_crypto() -> None:
+    """Import what this module uses of `cryptography` now rather than on first use.
+
+    For a node with card readers, at start-up: the first card read then does not wait for it.
+    """
+    for module in _CRYPTO_MODULES:
+        importlib.import_module(module)
+
+
+def _check_algorithm(algorithm: HmacAlgorithm) -> None:
+    """Refuse a hash name other than those `privacy.hmac` allows."""
+    if algorithm not in get_args(HmacAlgorithm):
+        raise ValueError(f'privacy.hmac must be "sm3" or "sha256", not {algorithm!r}')
+
+
 def _hash_for(algorithm: HmacAlgorithm) -> hashes.HashAlgorithm:
     """Map the configured name (`privacy.hmac`) to the hash."""
-    if algorithm == "sm3":
-        return hashes.SM3()
-    if algorithm == "sha256":
-        return hashes.SHA256()
-    raise ValueError(f'privacy.hmac must be "sm3" or "sha256", not {algorithm!r}')
+    from cryptography.hazmat.primitives import hashes  # noqa: PLC0415 (lazy, for memory: see imports)
+
+    _check_algorithm(algorithm)
+    return hashes.SM3() if algorithm == "sm3" else hashes.SHA256()
 
 
 def _check_secret(secret: bytes) -> None:
@@ -160,6 +183,8 @@ def citizen_ref(number: str, secret: bytes, algorithm: HmacAlgorithm = "sm3") ->
     Surrounding whitespace is stripped first, so a number typed at a window PC and the same number
     read from a card give the same reference.
     """
+    from cryptography.hazmat.primitives import hmac as crypto_hmac  # noqa: PLC0415 (lazy, for memory)
+
     _check_secret(secret)
     mac = crypto_hmac.HMAC(secret, _hash_for(algorithm))
     mac.update(_normalise(number).encode("utf-8"))
@@ -168,6 +193,9 @@ def citizen_ref(number: str, secret: bytes, algorithm: HmacAlgorithm = "sm3") ->
 
 def derive_seal_key(secret: bytes) -> bytes:
     """Derive the 16-byte SM4 seal key from the node secret: HKDF-SM3, info `SEAL_KEY_INFO`."""
+    from cryptography.hazmat.primitives import hashes  # noqa: PLC0415 (lazy, for memory)
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF  # noqa: PLC0415
+
     _check_secret(secret)
     hkdf = HKDF(algorithm=hashes.SM3(), length=_SM4_KEY_BYTES, salt=None, info=SEAL_KEY_INFO)
     return hkdf.derive(secret)
@@ -196,6 +224,8 @@ class SealedIdentity:
 
     def seal(self, key: bytes) -> str:
         """Encrypt the fields under `key` (16 bytes) with a fresh random nonce."""
+        from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes  # noqa: PLC0415 (memory)
+
         _check_seal_key(key)
         plaintext = json.dumps(self.national_fields(), ensure_ascii=False, separators=(",", ":")).encode(
             "utf-8"
@@ -210,6 +240,9 @@ class SealedIdentity:
     @classmethod
     def unseal(cls, token: str, key: bytes) -> SealedIdentity:
         """Decrypt and authenticate a token made by `seal`; raise `UnsealError` on any problem."""
+        from cryptography.exceptions import InvalidTag  # noqa: PLC0415 (lazy, for memory)
+        from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes  # noqa: PLC0415
+
         _check_seal_key(key)
         if not token.startswith(_SEAL_PREFIX):
             raise UnsealError("not a sealed identity token (unknown version prefix)")
@@ -258,7 +291,7 @@ class NodeIdentifier:
         seal_key: bytes | None = None,
     ) -> None:
         _check_secret(secret)
-        _hash_for(hmac)
+        _check_algorithm(hmac)
         if identity_mode not in ("none", "encrypted"):
             raise ValueError(f'privacy.identity must be "none" or "encrypted", not {identity_mode!r}')
         self._secret = bytes(secret)
@@ -388,6 +421,9 @@ def check_national_crypto() -> None:
     SM3 of "abc" (GB/T 32905) and SM4 with key = plaintext = 0123…3210 (GB/T 32907). Meant for
     start-up and `hallhub doctor`: some OpenSSL builds leave the SM algorithms out.
     """
+    from cryptography.hazmat.primitives import hashes  # noqa: PLC0415 (lazy, for memory)
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes  # noqa: PLC0415
+
     try:
         digest = hashes.Hash(hashes.SM3())
         digest.update(b"abc")

@@ -28,15 +28,12 @@ import asyncio
 import logging
 import random
 from collections import Counter
-from dataclasses import dataclass
 from typing import Final
 
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_random_exponential
 
 from drivers.base import (
     CitizenIdentifier,
-    CitizenIdentity,
-    DeviceEvent,
     DeviceOffline,
     DeviceOnline,
     EventSink,
@@ -44,8 +41,9 @@ from drivers.base import (
     Outcome,
 )
 from drivers.idcard.codec import Command, ProtocolError, Response, Status, decode_card_data
+from drivers.idcard.events import CardRead
 from drivers.idcard.protocol import ReaderLostError, ReaderTimeoutError, SamLink
-from drivers.idcard.textblock import CardType, Sex, TextBlockError, decode_text_block
+from drivers.idcard.textblock import TextBlockError, decode_text_block
 
 __all__ = ["MIN_POLL_INTERVAL_S", "CardRead", "IdCardReaderDriver", "SamFaultError"]
 
@@ -60,21 +58,6 @@ BAD_ANSWER: Final = "bad_answer"
 """Drop label for an answer frame too short to carry the status bytes."""
 
 _FATAL_STATUSES: Final = frozenset({Status.SAM_SELF_TEST_FAILED, Status.SAM_UNAUTHORISED})
-
-
-@dataclass(frozen=True, slots=True)
-class CardRead(DeviceEvent):
-    """An ID card was placed on the reader (the hub stores it as a record of kind `card`).
-
-    Only what may be kept: the card type, the masked number, keyed reference and optional sealed
-    fields (`identity`), sex, year of birth and the end of validity (ISO date or `长期`).
-    """
-
-    card_type: CardType
-    identity: CitizenIdentity
-    sex: Sex
-    birth_year: int
-    valid_until: str
 
 
 class SamFaultError(Exception):

@@ -2,16 +2,26 @@
 
 The hub uses `KeypadLineDriver` (one per serial port) and receives `KeyPressed` plus the common
 events of `drivers.base`; the codec and the simulator are importable from their own modules.
+
+The driver (pyserial, tenacity) is imported on first use, for memory: a hub without keypads still
+recognises `KeyPressed` (from `drivers.keypad.events`) but never loads the serial side.
 """
 
-from drivers.keypad.driver import (
-    FREE_RATING_DEDUP_WINDOW_S,
-    KeypadCommandError,
-    KeypadInfo,
-    KeypadLineDriver,
-    KeypadTimings,
-    KeyPressed,
-)
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from drivers.keypad.events import KeyPressed
+from drivers.lazy import lazy_attributes
+
+if TYPE_CHECKING:
+    from drivers.keypad.driver import (
+        FREE_RATING_DEDUP_WINDOW_S,
+        KeypadCommandError,
+        KeypadInfo,
+        KeypadLineDriver,
+        KeypadTimings,
+    )
 
 __all__ = [
     "FREE_RATING_DEDUP_WINDOW_S",
@@ -21,3 +31,14 @@ __all__ = [
     "KeypadLineDriver",
     "KeypadTimings",
 ]
+
+__getattr__ = lazy_attributes(
+    __name__,
+    {
+        "FREE_RATING_DEDUP_WINDOW_S": "drivers.keypad.driver",
+        "KeypadCommandError": "drivers.keypad.driver",
+        "KeypadInfo": "drivers.keypad.driver",
+        "KeypadLineDriver": "drivers.keypad.driver",
+        "KeypadTimings": "drivers.keypad.driver",
+    },
+)

@@ -54,6 +54,7 @@ from drivers.keypad.codec import (
     make_frame,
     silence_for_baud,
 )
+from drivers.keypad.events import KeyPressed
 from drivers.keypad.protocol import HkpProtocol, open_serial
 
 __all__ = [
@@ -72,23 +73,6 @@ FREE_RATING_DEDUP_WINDOW_S: Final = 60.0
 _HUB_TO_KEYPAD: Final = frozenset({Command.PING, Command.PROMPT, Command.CANCEL, Command.SHOW})
 _RETRYABLE_NAKS: Final = frozenset({NakCode.BAD_CRC, NakCode.BUSY})
 _CLOSE_TIMEOUT_S: Final = 1.0
-
-
-@dataclass(frozen=True, slots=True)
-class KeyPressed(DeviceEvent):
-    """A rating key pressed on a keypad (HKP/1 KEY); submit it, ack the keypad once stored.
-
-    `dedup_key` identifies repeats per device: session and level for a prompted rating (no time
-    window), the frame SEQ for a free rating (session 0), which repeats only within
-    `dedup_window_s`.
-    """
-
-    session: int
-    level: int
-    reasons: tuple[str, ...]
-    seq: int
-    dedup_key: str
-    dedup_window_s: float | None
 
 
 class KeypadCommandError(Exception):

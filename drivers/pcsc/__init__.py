@@ -1,7 +1,15 @@
-"""PC/SC card readers over pcscd: reader and card events, contactless UIDs, 社会保障卡 identities."""
+"""PC/SC card readers over pcscd: reader and card events, contactless UIDs, 社会保障卡 identities.
 
+`PcscDriver` (pyscard, and through it pcscd's client library) is imported on first use, for
+memory: the hub recognises the events below on any node but loads pyscard only for a PC/SC reader.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from drivers.lazy import lazy_attributes
 from drivers.pcsc.atr import DEFAULT_SSC_ATR_PATTERNS
-from drivers.pcsc.driver import PcscDriver
 from drivers.pcsc.events import (
     CardIdentified,
     CardInserted,
@@ -10,6 +18,9 @@ from drivers.pcsc.events import (
     ReaderAttached,
     ReaderDetached,
 )
+
+if TYPE_CHECKING:
+    from drivers.pcsc.driver import PcscDriver
 
 __all__ = [
     "DEFAULT_SSC_ATR_PATTERNS",
@@ -21,3 +32,8 @@ __all__ = [
     "ReaderAttached",
     "ReaderDetached",
 ]
+
+__getattr__ = lazy_attributes(
+    __name__,
+    {"PcscDriver": "drivers.pcsc.driver"},
+)

@@ -1,0 +1,113 @@
+"""`hallhub run` loads heavy optional modules only for the devices and features configured.
+
+The idle hub's memory target (≤ 60 MB RSS with 50 MQTT devices, `bench/footprint.py`) is met by
+importing lazily: `cryptography` only for card readers or sealed identities, pyserial, tenacity and
+pyscard only for serial and PC/SC devices, rich and the other subcommands' modules only for those
+commands, the uplink only with push on. These tests keep that from regressing silently.
+
+Each check runs `hallhub run` in a fresh interpreter (what this test process has imported says
+nothing), up to building the `Hub` for the config: the run command's parsing, config and secrets,
+and every driver, service and route the config asks for, without serving.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from tests.support.hub import node_raw, terminals, write_toml
+
+REPO = Path(__file__).resolve().parent.parent
+
+PROBE = """
+import json
+import sys
+
+import hub.runner
+from hub.app import Hub
+
+
+def build_only(config, secrets):
+    Hub(config, secrets)
+    print(json.dumps(sorted(sys.modules)))
+
+
+hub.runner.run_hub = build_only
+sys.argv = ["hallhub", "run", "--config", sys.argv[1], "--log-level", "WARNING"]
+from hub.cli import main
+
+main()
+"""
+
+CARD_AND_SERIAL = ("cryptography", "serial", "serial_asyncio", "tenacity", "crc", "smartcard")
+"""Loaded only for ID-card, keypad, serial QR and PC/SC devices (or sealed identities)."""
+
+OTHER_COMMANDS = (
+    "rich",
+    "hub.init_config",
+    "hub.provision",
+    "hub.demo",
+    "hub.doctor",
+    "hub.simulate",
+    "sync.outbox_cli",
+    "sync.central_cli",
+    "sync.receiver",
+)
+"""Loaded only by subcommands other than `run` (tables, live views, provisioning, the receiver)."""
+
+DRIVERS = ("drivers.keypad.driver", "drivers.idcard.driver", "drivers.qr.serial", "drivers.pcsc.driver")
+
+
+def modules_loaded_by_run(tmp_path: Path, devices: list[dict[str, Any]], **sections: Any) -> set[str]:
+    """`sys.modules` of a fresh `hallhub run --config ...` once its Hub is built."""
+    config = write_toml(tmp_path / "node.toml", node_raw(tmp_path / "data", 1883, devices, **sections))
+    result = subprocess.run(
+        [sys.executable, "-c", PROBE, str(config)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    loaded = set(json.loads(result.stdout.strip().splitlines()[-1]))
+    assert {"hub.app", "hub.gateway", "hub.driver_host", "aiohttp.web", "pydantic"} <= loaded
+    return loaded
+
+
+def test_run_with_only_mqtt_devices_loads_no_heavy_optional_module(tmp_path: Path) -> None:
+    devices = [*terminals(2), *terminals(50, "pad"), {"id": "qr-00", "kind": "qr", "transport": "mqtt"}]
+    loaded = modules_loaded_by_run(tmp_path, devices)
+    heavy = (*CARD_AND_SERIAL, *OTHER_COMMANDS, *DRIVERS, "sync.uplink", "cv2", "numpy")
+    assert sorted(loaded & set(heavy)) == []
+    assert "rich.table" not in loaded
+
+
+def test_run_loads_the_drivers_and_crypto_its_devices_need(tmp_path: Path) -> None:
+    """The counter-check: the same probe does see the lazy imports when the config asks for them."""
+    devices = [
+        *terminals(1, "pad"),
+        {
+            "id": "kp-01",
+            "kind": "keypad",
+            "transport": "serial",
+            "port": "/dev/null",
+            "address": 1,
+            "window": "w7",
+        },
+        {"id": "id-01", "kind": "idcard", "transport": "serial", "port": "/dev/null", "window": "w1"},
+        {"id": "qr-01", "kind": "qr", "transport": "serial", "port": "/dev/null"},
+        {"id": "pc-01", "kind": "pcsc", "transport": "pcsc"},
+    ]
+    loaded = modules_loaded_by_run(tmp_path, devices, central={"url": "https://central.invalid/hallhub"})
+    assert sorted({*CARD_AND_SERIAL, *DRIVERS, "sync.uplink"} - loaded) == []
+    assert sorted(loaded & set(OTHER_COMMANDS)) == []
+
+
+def test_sealed_identities_load_crypto_without_card_readers(tmp_path: Path) -> None:
+    loaded = modules_loaded_by_run(tmp_path, terminals(2, "pad"), privacy={"identity": "encrypted"})
+    assert "cryptography" in loaded
+    assert "smartcard" not in loaded
