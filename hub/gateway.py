@@ -2,15 +2,19 @@
 
 It subscribes with a persistent session (messages published while the hub restarts are delivered
 afterwards), answers each device message only after the outbox has decided, and mirrors every stored
-record on `events/{kind}` and `alerts`. Publishes are pipelined: every message is handled in its own
-task, so many acks are in flight at once, and acks and mirrors are queued at QoS 1 without waiting
-for each PUBACK (`publish_nowait`).
+record on `events/{kind}` and `alerts`. Publishes are pipelined: many messages are in the outbox's
+queue at once, and acks and mirrors are queued at QoS 1 without waiting for each PUBACK.
+
+The common case, a terminal's rating, scan or print report, is handled at once in paho's message
+callback and answered from the commit's callback (`hub.mqtt_io`); everything else (pads in sessions,
+windows, health, state, errors) runs in a task of its own.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import random
@@ -20,13 +24,13 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiomqtt
-from paho.mqtt.client import MQTT_ERR_SUCCESS
 
 from hub import __version__
 from hub.config import DeviceSection, HubConfig, Secrets
 from hub.devices import DeviceRegistry
 from hub.intake import Intake
 from hub.metrics import HubMetrics
+from hub.mqtt_io import FastPahoClient, use_fast_io
 from hub.ratelimit import RateLimiter
 from hub.records import Kind, Record
 from hub.schemas import (
@@ -48,17 +52,20 @@ from hub.schemas import (
     usable_msg_id,
 )
 from hub.sessions import PromptFailed, SessionManager
-from hub.store.outbox import DedupKey, Duplicate, Rejected, Stored, StoreUnavailable
+from hub.store.outbox import DedupKey, Duplicate, Rejected, Stored, StoreResult, StoreUnavailable
 from hub.topics import Topics
 
 log = logging.getLogger(__name__)
 
-MAX_CONCURRENT_MESSAGES = 2000
+# Device messages being handled or stored at once. Beyond it a message is dropped unanswered (and
+# counted): its device retries, and the hub's memory stays bounded however hard it is flooded.
+MAX_CONCURRENT_MESSAGES = 5000
 PENDING_CALLS_WARNING = 4 * MAX_CONCURRENT_MESSAGES  # unconfirmed publishes before aiomqtt warns
 BACKOFF_FIRST_S = 0.5
 BACKOFF_MAX_S = 30.0
 STATE_INTERVAL_S = 15.0
 FAILURE_ALERT_INTERVAL_S = 60.0
+TOPIC_CACHE_SIZE = 10_000  # encoded topics kept (a node has tens of devices, each a few topics)
 
 # Which device kinds may publish which leaves (a keypad-shaped rating from a QR scanner is a bug).
 LEAVES_BY_KIND = {
@@ -92,15 +99,18 @@ class MqttGateway:
         self.state_provider = state_provider
         self.sessions: SessionManager | None = None
         self._client: aiomqtt.Client | None = None
+        self._paho: FastPahoClient | None = None
+        self._storing: set[asyncio.Future[StoreResult]] = set()
+        self._topic_bytes: dict[str, bytes] = {}
         self._connected = asyncio.Event()
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._slots = asyncio.Semaphore(MAX_CONCURRENT_MESSAGES)
+        self._tasks: set[asyncio.Future[None]] = set()
         self._stop = asyncio.Event()
         self.limiter = RateLimiter(config.limits.device_msgs_per_s, config.limits.device_burst)
         self._last_failure_alert = -FAILURE_ALERT_INTERVAL_S
         self._last_health: dict[str, dict[str, Any]] = {}
         self.health_listener: HealthListener | None = None  # hub.device_alerts
         self.connects = 0
+        self.overloaded = 0
 
     @property
     def connected(self) -> bool:
@@ -137,7 +147,12 @@ class MqttGateway:
         delay = BACKOFF_FIRST_S
         while not self._stop.is_set():
             try:
-                async with aiomqtt.Client(**self._client_options()) as client:
+                client = aiomqtt.Client(**self._client_options())
+                fast = use_fast_io(client)
+                fast.message_handler = self._take_message
+                # Before connecting: what the broker kept for this session arrives right after CONNACK.
+                self._paho = fast
+                async with client:
                     # aiomqtt logs a WARNING per publish while more than 10 are unconfirmed: under
                     # load that floods the journal (and cost ~15 % of the hub's CPU when measured).
                     client.pending_calls_threshold = PENDING_CALLS_WARNING
@@ -152,6 +167,7 @@ class MqttGateway:
                 )
             finally:
                 self._client = None
+                self._paho = None
                 self._connected.clear()
                 self.metrics.mqtt_connected.set(0)
             if self._stop.is_set():
@@ -188,23 +204,26 @@ class MqttGateway:
         await self.publish_state(online=False)
 
     async def _read(self, client: aiomqtt.Client) -> None:
+        """Ends with an MqttError when the connection goes; messages come to `_take_message` instead."""
         async for message in client.messages:
-            await self._slots.acquire()
             payload = message.payload if isinstance(message.payload, bytes) else str(message.payload).encode()
-            task = asyncio.create_task(self._handle(str(message.topic), payload))
-            self._tasks.add(task)
-            task.add_done_callback(self._finished)
+            self._take_message(str(message.topic), payload)
 
-    def _finished(self, task: asyncio.Task[None]) -> None:
+    def _spawn(self, coro: Awaitable[None]) -> None:
+        """Run a message handler in a task of its own, tracked for `drain`."""
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._spawned_done)
+
+    def _spawned_done(self, task: asyncio.Future[None]) -> None:
         self._tasks.discard(task)
-        self._slots.release()
         if not task.cancelled() and task.exception() is not None:
             log.error("mqtt: message handler failed", exc_info=task.exception())
 
     async def drain(self) -> None:
         """Wait for in-flight message handlers (used at shutdown, before the writer is flushed)."""
-        if self._tasks:
-            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+        while self._tasks or self._storing:
+            await asyncio.gather(*list(self._tasks), *list(self._storing), return_exceptions=True)
 
     # -- publishing ----------------------------------------------------------------------------
 
@@ -222,7 +241,7 @@ class MqttGateway:
 
     def mirror(self, records: list[Record]) -> None:
         """Outbox listener: publish each stored record on events/{kind}, alerts also on alerts."""
-        if self._client is None:
+        if self._paho is None:
             return
         for record in records:
             body = _wire_bytes(record)
@@ -237,12 +256,16 @@ class MqttGateway:
         hears its ack). Awaiting each PUBACK through aiomqtt costs a task, an event and a scan of all
         unconfirmed publishes: about a third of the hub's CPU per rating under load (bench/ingest.py).
         """
-        client = self._client
-        if client is None:
+        fast = self._paho
+        if fast is None:
             return False
-        info = client._client.publish(topic, payload, qos=1)  # the paho client under aiomqtt ~2.5
-        if info.rc != MQTT_ERR_SUCCESS:
-            log.debug("mqtt: publish to %s not queued: rc %s", topic, info.rc)
+        encoded = self._topic_bytes.get(topic)
+        if encoded is None:
+            encoded = topic.encode()
+            if len(self._topic_bytes) < TOPIC_CACHE_SIZE:
+                self._topic_bytes[topic] = encoded
+        if not fast.publish_quick(encoded, payload):
+            log.debug("mqtt: publish to %s not queued: not connected", topic)
             return False
         return True
 
@@ -262,6 +285,9 @@ class MqttGateway:
                 await asyncio.wait_for(self._stop.wait(), STATE_INTERVAL_S)
 
     async def _ack(self, device_id: str, ack: AckPayload) -> None:
+        self._ack_now(device_id, ack)
+
+    def _ack_now(self, device_id: str, ack: AckPayload) -> None:
         self.metrics.acks.labels(status=ack.status).inc()
         self.publish_nowait(self.topics.ack(device_id), ack.encode())
 
@@ -272,6 +298,117 @@ class MqttGateway:
         await self.publish(self.topics.error(device_id), ErrorPayload(error=message, topic=topic).encode())
 
     # -- handling ------------------------------------------------------------------------------
+
+    def _take_message(self, topic: str, payload: bytes) -> None:
+        """paho's message callback: a terminal's acked message at once, anything else in a task."""
+        parsed = self.topics.parse(topic)
+        if parsed is None:
+            return
+        area, name, leaf = parsed
+        if len(self._tasks) + len(self._storing) >= MAX_CONCURRENT_MESSAGES:
+            self._count_overload(name)
+            return
+        device = self.config.devices_by_id.get(name) if area == "dev" else None
+        if device is None or leaf not in ACKED_LEAVES or (device.kind == "pad" and self.sessions is not None):
+            self._spawn(self._handle(topic, payload))
+            return
+        self._handle_acked_now(device, topic, leaf, payload)
+
+    def _count_overload(self, name: str) -> None:
+        """A message beyond MAX_CONCURRENT_MESSAGES: not processed, not answered (it retries), counted."""
+        self.metrics.rejects.labels(reason="overloaded").inc()
+        self.overloaded += 1
+        if self.overloaded == 1 or self.overloaded % 1000 == 0:
+            log.warning(
+                "mqtt: %d messages in progress; %d dropped unanswered so far (latest from %s; they retry)",
+                MAX_CONCURRENT_MESSAGES,
+                self.overloaded,
+                name,
+            )
+
+    def _handle_acked_now(self, device: DeviceSection, topic: str, leaf: str, payload: bytes) -> None:
+        """`_handle` + `_handle_acked` without a task: validate, queue the store, ack from its callback."""
+        obj = self._admit(device, topic, payload)
+        if obj is None:
+            return
+        msg_id = usable_msg_id(obj)
+        if msg_id is None:
+            self._spawn(
+                self._error(device.id, topic, "no_msg_id", "msg_id: expected text of 1 to 64 characters")
+            )
+            return
+        try:
+            records, rating = self._records_for(device, leaf, msg_id, obj)
+        except PayloadError as exc:
+            self._reject(device, leaf, msg_id, exc)
+            return
+        if rating is not None and rating.session and self.sessions is not None:
+            self._spawn(self._store_and_ack(device, leaf, msg_id, records, rating))
+            return
+        future = self.intake.store_soon(records, DedupKey(device.id, msg_id))
+        self._storing.add(future)
+        future.add_done_callback(functools.partial(self._stored, device, leaf, msg_id, rating))
+
+    def _admit(self, device: DeviceSection, topic: str, payload: bytes) -> dict[str, object] | None:
+        """A message from a configured device: seen, within its rate limit, a JSON object; else None."""
+        self.registry.seen(device.id)
+        if not self.limiter.allow(device.id):
+            self._count_limited(device.id)
+            return None
+        try:
+            return decode_object(payload)
+        except PayloadError as exc:
+            self._spawn(self._error(device.id, topic, exc.reason, exc.message))
+            return None
+
+    def _records_for(
+        self, device: DeviceSection, leaf: str, msg_id: str, obj: dict[str, object]
+    ) -> tuple[list[Record], RatingPayload | None]:
+        """The records of an acked message from a device outside sessions; PayloadError if invalid."""
+        if device.kind not in LEAVES_BY_KIND[leaf]:
+            raise PayloadError("wrong_kind", f'a {device.kind} device cannot send "{leaf}" messages', msg_id)
+        if leaf == "rating":
+            rating = parse_device_payload(RatingPayload, obj)
+            return self._rating_records(device, rating), rating
+        if leaf == "scan":
+            return self.intake.scan(device, parse_device_payload(ScanPayload, obj)), None
+        return self.intake.print_job(device, parse_device_payload(PrintPayload, obj)), None
+
+    def _reject(self, device: DeviceSection, leaf: str, msg_id: str, exc: PayloadError) -> None:
+        """An invalid acked message: counted, logged and answered `rejected`."""
+        self.metrics.rejects.labels(reason=exc.reason).inc()
+        self.registry.count_error(device.id, exc.reason)
+        log.warning("mqtt: %s %s from %s rejected: %s", leaf, msg_id, device.id, exc.message)
+        self._ack_now(device.id, AckPayload(msg_id=msg_id, id=None, status="rejected", error=exc.message))
+
+    def _stored(
+        self,
+        device: DeviceSection,
+        leaf: str,
+        msg_id: str,
+        rating: RatingPayload | None,
+        future: asyncio.Future[StoreResult],
+    ) -> None:
+        """The commit's callback for `_handle_acked_now`: answer the device (nothing if not stored)."""
+        self._storing.discard(future)
+        if future.cancelled():
+            return
+        error = future.exception()
+        if error is not None:
+            self.intake.count_failure()
+            if not isinstance(error, StoreUnavailable):
+                log.error("mqtt: storing %s %s from %s failed", leaf, msg_id, device.id, exc_info=error)
+                return
+            log.error(
+                "mqtt: %s %s from %s not stored (%s); the device will retry", leaf, msg_id, device.id, error
+            )
+            self._spawn(self.announce_store_failure(str(error)))
+            return
+        result = future.result()
+        self.intake.count(result)
+        if rating is not None and self.sessions is not None and isinstance(result, Stored):
+            self.sessions.count_free(device.id)
+        self._ack_now(device.id, _ack_for(msg_id, result))
 
     async def _handle(self, topic: str, payload: bytes) -> None:
         parsed = self.topics.parse(topic)
@@ -290,14 +427,8 @@ class MqttGateway:
                 f'device "{name}" is not configured on node "{self.config.node.id}"',
             )
             return
-        self.registry.seen(device.id)
-        if not self.limiter.allow(device.id):
-            self._count_limited(device.id)
-            return
-        try:
-            obj = decode_object(payload)
-        except PayloadError as exc:
-            await self._error(device.id, topic, exc.reason, exc.message)
+        obj = self._admit(device, topic, payload)
+        if obj is None:
             return
         if leaf in ACKED_LEAVES:
             await self._handle_acked(device, topic, leaf, obj)
@@ -363,16 +494,9 @@ class MqttGateway:
             )
             await self.announce_store_failure(str(exc))
             return
-        if isinstance(result, Stored):
-            ack = AckPayload(msg_id=msg_id, id=result.records[0].id, status="stored", error=None)
-            if rating is not None and self.sessions is not None:
-                await self.sessions.rated(device.id, rating.session, rating.level, result.records[0].id)
-        elif isinstance(result, Duplicate):
-            ack = AckPayload(msg_id=msg_id, id=result.record_id, status="duplicate", error=None)
-        else:
-            assert isinstance(result, Rejected)
-            ack = AckPayload(msg_id=msg_id, id=None, status="rejected", error=result.reason)
-        await self._ack(device.id, ack)
+        if isinstance(result, Stored) and rating is not None and self.sessions is not None:
+            await self.sessions.rated(device.id, rating.session, rating.level, result.records[0].id)
+        await self._ack(device.id, _ack_for(msg_id, result))
 
     def _count_limited(self, device_id: str) -> None:
         """A message over the device's rate limit: not processed, not acked (it retries), counted."""
@@ -502,6 +626,16 @@ async def _cancel_all(tasks: tuple[asyncio.Task[Any], ...]) -> None:
     for task in tasks:
         if not task.cancelled():
             task.exception()
+
+
+def _ack_for(msg_id: str, result: StoreResult) -> AckPayload:
+    """The ack that answers a stored, duplicate or refused message."""
+    if isinstance(result, Stored):
+        return AckPayload(msg_id=msg_id, id=result.records[0].id, status="stored", error=None)
+    if isinstance(result, Duplicate):
+        return AckPayload(msg_id=msg_id, id=result.record_id, status="duplicate", error=None)
+    assert isinstance(result, Rejected)
+    return AckPayload(msg_id=msg_id, id=None, status="rejected", error=result.reason)
 
 
 def _wire_bytes(record: Record) -> bytes:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from drivers.base import CitizenIdentity
@@ -154,6 +155,15 @@ class Intake:
         except Exception:
             self.metrics.store_failures.inc()
             raise
+        self.count(result)
+        return result
+
+    def store_soon(self, records: list[Record], dedup: DedupKey | None = None) -> asyncio.Future[StoreResult]:
+        """`store` for callbacks: the caller passes the future's outcome to `count` or `count_failure`."""
+        return self.outbox.store_soon(records, dedup)
+
+    def count(self, result: StoreResult) -> None:
+        """Count a store's outcome in the metrics."""
         if isinstance(result, Stored):
             for record in result.records:
                 self.metrics.records_stored.labels(kind=str(record.kind)).inc()
@@ -161,4 +171,7 @@ class Intake:
             self.metrics.duplicates.inc()
         elif isinstance(result, Rejected):
             self.metrics.rejects.labels(reason="outbox_full").inc()
-        return result
+
+    def count_failure(self) -> None:
+        """Count a store that could not commit."""
+        self.metrics.store_failures.inc()

@@ -196,6 +196,8 @@ def decode_object(payload: bytes) -> dict[str, object]:
         raise PayloadError(
             "not_json", f"payload is not JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
         ) from None
+    except RecursionError:
+        raise PayloadError("not_json", "payload is not JSON the hub reads: nested too deeply") from None
     if not isinstance(value, dict):
         raise PayloadError("not_object", f"payload must be a JSON object, got {type(value).__name__}")
     return value

@@ -243,7 +243,7 @@ class SessionManager:
     async def rated(self, device_id: str, number: int | None, level: int, record_id: str) -> None:
         """A rating was stored: count it and, for an open session, report `rated`."""
         if not number:
-            self._free.setdefault(device_id, deque()).append(time.monotonic())
+            self.count_free(device_id)
             return
         session = self._by_number.get(number)
         if session is None and number in self._recent:
@@ -253,6 +253,10 @@ class SessionManager:
             return
         session.ratings += 1
         await self._end(session, "rated", notify_device=False, level=level, record_id=record_id)
+
+    def count_free(self, device_id: str) -> None:
+        """A rating outside any session was stored (for the free-rating misuse limit)."""
+        self._free.setdefault(device_id, deque()).append(time.monotonic())
 
     def lock_for(self, device_id: str) -> asyncio.Lock:
         """Serialises "flag, store, count" per rating device, so concurrent presses are judged in turn."""

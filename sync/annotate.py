@@ -19,12 +19,18 @@ The real-name fields (`certkeyGOV`, `userName`) are never written here: the upli
 from __future__ import annotations
 
 import logging
+from datetime import UTC, datetime
 from typing import Any
 
 from hub.config import HubConfig
 from hub.records import Record
 from hub.store.outbox import EvaluationHook
-from sync.national import NationalMappingError, NationalOptions, assess_number_for, to_national
+from sync.national import (
+    NationalMappingError,
+    NationalOptions,
+    assess_number_for,
+    national_for_new_evaluation,
+)
 
 __all__ = ["REPEAT_FLAG", "make_evaluation_hook", "national_options"]
 
@@ -75,8 +81,9 @@ def make_evaluation_hook(config: HubConfig) -> EvaluationHook:
             data["flags"] = flags
             return
         try:
-            data["national"] = to_national(record.to_wire(), options, number)
-        except NationalMappingError as exc:
+            created_at = datetime.fromisoformat(record.created_at[:-1]).replace(tzinfo=UTC)
+            data["national"] = national_for_new_evaluation(record.id, created_at, data, options, number)
+        except (NationalMappingError, ValueError) as exc:
             log.warning("national: evaluation %s stored without a national record: %s", record.id, exc)
 
     return hook

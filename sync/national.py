@@ -16,10 +16,12 @@ Decisions that the contract leaves to us, stated once here:
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from importlib import resources
 from types import MappingProxyType
 from typing import Any, Final, Literal
@@ -34,6 +36,7 @@ __all__ = [
     "NationalMappingError",
     "NationalOptions",
     "assess_number_for",
+    "national_for_new_evaluation",
     "national_record_schema",
     "to_national",
 ]
@@ -124,34 +127,71 @@ def to_national(record: Mapping[str, Any], options: NationalOptions, assess_numb
         data = evaluation_data(checked)
     except RecordError as exc:
         raise NationalMappingError(f"not a valid record: {exc.message}") from None
-    if "repeat" in data.flags:
-        raise NationalMappingError(
-            f"record {checked.id} is a repeat rating (flags: repeat) and has no national record"
-        )
-    if data.channel not in options.pf:
-        raise NationalMappingError(f"channel {data.channel!r} has no pf code; add it to national.pf")
+    return _map(checked.id, parse_timestamp(checked.created_at), data.model_dump(), options, assess_number)
 
-    satisfaction = data.level if options.level_order == "5_best" else 6 - data.level
+
+def national_for_new_evaluation(
+    record_id: str,
+    created_at: datetime,
+    data: Mapping[str, Any],
+    options: NationalOptions,
+    assess_number: int,
+) -> dict[str, Any]:
+    """`to_national` for an evaluation the hub has just built from validated input, in the writer.
+
+    The hub's own `data` is not validated again (that was a third of the writer's time per rating
+    under load); what the mapping itself depends on is still checked.
+    """
+    if assess_number not in (1, 2):
+        raise NationalMappingError(f"assess_number must be 1 or 2, got {assess_number!r}")
+    level = data.get("level")
+    if isinstance(level, bool) or not isinstance(level, int) or not 1 <= level <= 5:
+        raise NationalMappingError(f"not a valid record: data.level: must be an integer 1-5, got {level!r}")
+    return _map(record_id, created_at, data, options, assess_number)
+
+
+def _map(
+    record_id: str,
+    created_at: datetime,
+    data: Mapping[str, Any],
+    options: NationalOptions,
+    assess_number: int,
+) -> dict[str, Any]:
+    flags = data.get("flags") or ()
+    if "repeat" in flags:
+        raise NationalMappingError(
+            f"record {record_id} is a repeat rating (flags: repeat) and has no national record"
+        )
+    channel = data.get("channel")
+    if not isinstance(channel, str) or channel not in options.pf:
+        raise NationalMappingError(f"channel {channel!r} has no pf code; add it to national.pf")
+    level: int = data["level"]
+    satisfaction = level if options.level_order == "5_best" else 6 - level
     codes: list[str] = []
-    for reason in data.reasons:
+    for reason in data.get("reasons") or ():
         code = options.reasons.get(reason)
         if code is not None and code not in codes:
             codes.append(code)
-    local = parse_timestamp(checked.created_at).astimezone(ZoneInfo(options.timezone))
+    local = created_at.astimezone(_zone(options.timezone))
     return {
-        "projectNo": data.case_no,
-        "taskCode": data.item_code,
-        "taskName": data.item_name,
+        "projectNo": data.get("case_no"),
+        "taskCode": data.get("item_code"),
+        "taskName": data.get("item_name"),
         "deptCode": options.dept_code,
-        "areaCode": options.area_code or data.hall_code,
-        "pf": options.pf[data.channel],
+        "areaCode": options.area_code or data.get("hall_code"),
+        "pf": options.pf[channel],
         "satisfaction": satisfaction,
         "evalDetail": ",".join(codes) if codes else None,
-        "writingEvaluation": data.comment,
+        "writingEvaluation": data.get("comment"),
         "assessTime": local.strftime(_ASSESS_TIME_FORMAT),
         "assessNumber": assess_number,
         "userProp": options.user_prop,
     }
+
+
+@functools.cache
+def _zone(name: str) -> ZoneInfo:
+    return ZoneInfo(name)
 
 
 def national_record_schema() -> dict[str, Any]:

@@ -373,3 +373,30 @@ async def test_messages_sent_while_the_hub_is_down_are_delivered_after(
                 await asyncio.sleep(0.05)
             assert sorted(a.msg_id for a in terminal.log.acks) == sorted(f"offline-{n}" for n in range(20))
             assert (await hub.outbox.stats()).pending_by_kind["evaluation"] == 20
+
+
+async def test_beyond_the_in_flight_bound_messages_wait_for_their_retry(
+    tmp_path: Path, broker: MosquittoBroker, monkeypatch: Any
+) -> None:
+    """Over MAX_CONCURRENT_MESSAGES a message is dropped unanswered and counted; its retry is stored."""
+    monkeypatch.setattr("hub.gateway.MAX_CONCURRENT_MESSAGES", 3)
+    config = node_config(tmp_path / "data", broker.port)
+    async with running_hub(config) as hub, device(broker, "terminal-00") as terminal:
+        terminal.retry_interval_s = 0.5
+        acks = await asyncio.gather(*(terminal.rate(4, msg_id=f"burst-{n}") for n in range(40)))
+        assert {ack.status for ack in acks} == {"stored"}
+        assert hub.gateway.overloaded > 0, "40 at once over a bound of 3: some must have waited"
+        assert (await hub.outbox.stats()).pending_by_kind["evaluation"] == 40
+        async with aiohttp.ClientSession() as http:
+            metrics = await (await http.get(f"http://127.0.0.1:{hub.api_port}/metrics")).text()
+    assert f'hallhub_rejects_total{{reason="overloaded"}} {float(hub.gateway.overloaded)}' in metrics
+
+
+def test_json_nested_too_deeply_is_a_clear_rejection_not_a_crash() -> None:
+    import pytest
+
+    from hub.schemas import PayloadError, decode_object
+
+    with pytest.raises(PayloadError, match="nested too deeply") as caught:
+        decode_object(b'{"a":' + b"[" * 8000 + b"]" * 8000 + b"}")
+    assert caught.value.reason == "not_json"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
+import time
 import urllib.request
 from pathlib import Path
 
@@ -19,12 +20,19 @@ async def fill(broker: MosquittoBroker, count: int, prefix: str = "m") -> None:
             assert (await terminal.rate(3, msg_id=f"{prefix}{n}", comment="评" * 200)).status == "stored"
 
 
-def health(api_port: int) -> tuple[int, dict[str, object]]:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{api_port}/healthz", timeout=5) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read())
+def health(api_port: int, settle_s: float = 10.0) -> tuple[int, dict[str, object]]:
+    """/healthz once the hub is healthy, or its last answer after `settle_s` (the API can answer
+    503 for the few milliseconds between READY and the broker connection)."""
+    deadline = time.monotonic() + settle_s
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{api_port}/healthz", timeout=5) as response:
+                return response.status, json.loads(response.read())
+        except urllib.error.HTTPError as exc:
+            answer = exc.code, json.loads(exc.read())
+        if time.monotonic() >= deadline:
+            return answer
+        time.sleep(0.05)
 
 
 async def test_torn_wal_tail_is_dropped_and_the_rest_kept(tmp_path: Path, broker: MosquittoBroker) -> None:
@@ -70,7 +78,7 @@ async def test_damaged_file_is_moved_aside_reported_and_salvaged(
         raw[middle * 4096 + 8 : middle * 4096 + 16] = b"\xde\xad\xbe\xef" * 2
         db.write_bytes(bytes(raw))
         hub.start()
-        status, body = health(api_port)
+        status, body = health(api_port, settle_s=0)
         assert status == 503
         problems = body["problems"]
         assert isinstance(problems, list)

@@ -11,7 +11,7 @@ from sqlmodel import SQLModel
 
 from hub.records import Kind, Record
 from hub.store import models
-from hub.store.outbox import DedupKey, Duplicate, Outbox, Rejected, Stored
+from hub.store.outbox import DedupKey, Duplicate, Outbox, Rejected, Stored, StoreUnavailable
 from hub.store.schema import SCHEMA_VERSION, SchemaError, migrate, open_connection
 
 
@@ -252,3 +252,29 @@ async def test_a_version_1_store_with_data_migrates_and_keeps_working(tmp_path: 
     check = sqlite3.connect(path)
     assert check.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
     check.close()
+
+
+async def test_repeats_within_one_commit_are_duplicates_of_the_first(outbox: Outbox) -> None:
+    results = await asyncio.gather(*(outbox.store([evaluation()], DedupKey("t1", "burst")) for _ in range(5)))
+    first = results[0]
+    assert isinstance(first, Stored)
+    assert results[1:] == [Duplicate(record_id=first.records[0].id)] * 4
+    assert outbox.commits <= 2, "the five writes should have shared a commit"
+    assert (await outbox.stats()).pending == 1
+
+
+async def test_a_failing_write_fails_alone_in_its_batch(
+    outbox: Outbox, caplog: pytest.LogCaptureFixture
+) -> None:
+    clash = evaluation()
+    assert isinstance(await outbox.store([clash]), Stored)
+    writes = [[evaluation()], [clash], [evaluation()]]  # the second reuses a stored record id
+    results = await asyncio.gather(*(outbox.store(w) for w in writes), return_exceptions=True)
+    assert isinstance(results[0], Stored)
+    assert isinstance(results[2], Stored)
+    assert isinstance(results[1], StoreUnavailable)
+    assert "UNIQUE constraint failed: records.id" in str(results[1])
+    assert "retrying them one by one" in caplog.text
+    assert (await outbox.stats()).pending == 3
+    seqs = [r.records[0].seq for r in (results[0], results[2]) if isinstance(r, Stored)]
+    assert seqs == [2, 3], "no seq is skipped by the failed attempt"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -167,3 +168,19 @@ async def test_the_hub_sets_national_on_what_devices_send(tmp_path: Path) -> Non
     assert stored is not None
     assert stored["data"]["national"]["assessNumber"] == 1
     assert [name for name, _ in hub.services if name == "uplink"] == ["uplink"], "push is on with central.url"
+
+
+async def test_ratings_of_one_case_committed_together_are_judged_in_order(tmp_path: Path) -> None:
+    config = _config(tmp_path)
+    async with open_outbox(config) as outbox:
+        intake = Intake(config, outbox, HubMetrics())
+        batches = [
+            intake.evaluation(config.devices_by_id["pad-01"], level=level, reasons=[], case_no="CASE-T")
+            for level in (1, 4, 5)
+        ]
+        results = await asyncio.gather(*(outbox.store(records) for records in batches))
+        assert all(isinstance(result, Stored) for result in results)
+        data = [(await outbox.get_record(records[0].id) or {})["data"] for records in batches]
+        assert outbox.commits <= 2, "the three writes should have shared a commit"
+    assert [d.get("national", {}).get("assessNumber") for d in data] == [1, 2, None]
+    assert data[2]["flags"] == ["repeat"]
