@@ -71,7 +71,10 @@ async def test_pull_pages_in_order_with_kind_filter_and_ack(api: tuple[Hub, aioh
     ],
 )
 async def test_pull_needs_the_token(
-    api: tuple[Hub, aiohttp.ClientSession], headers: dict[str, str], message: str, caplog: pytest.LogCaptureFixture
+    api: tuple[Hub, aiohttp.ClientSession],
+    headers: dict[str, str],
+    message: str,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     _, http = api
     status, body = await get_json(http, "/v1/records", headers=headers)

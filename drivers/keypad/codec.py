@@ -430,9 +430,7 @@ class Status:
     @property
     def faults(self) -> tuple[str, ...]:
         """Names of the set flags, e.g. ("display_fault", "tamper"); unnamed bits as `bit<n>`."""
-        return tuple(
-            _FLAG_NAMES.get(bit, f"bit{bit}") for bit in range(8) if self.flags & (1 << bit)
-        )
+        return tuple(_FLAG_NAMES.get(bit, f"bit{bit}") for bit in range(8) if self.flags & (1 << bit))
 
 
 _FLAG_NAMES: Final = {

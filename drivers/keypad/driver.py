@@ -78,9 +78,7 @@ _CLOSE_TIMEOUT_S: Final = 1.0
 class KeypadCommandError(Exception):
     """A command did not reach a keypad or was refused; `str(err)` is for technicians."""
 
-    def __init__(
-        self, device_id: str, command: str, reason: str, *, nak_code: int | None = None
-    ) -> None:
+    def __init__(self, device_id: str, command: str, reason: str, *, nak_code: int | None = None) -> None:
         super().__init__(reason)
         self.device_id = device_id
         self.command = command
@@ -207,16 +205,12 @@ class KeypadLineDriver:
         self.baud = baud
         self._timings = timings if timings is not None else KeypadTimings()
         self._silence_s = (
-            self._timings.silence_s
-            if self._timings.silence_s is not None
-            else silence_for_baud(baud)
+            self._timings.silence_s if self._timings.silence_s is not None else silence_for_baud(baud)
         )
         self._serial_options: dict[str, Any] = {"exclusive": True, **(serial_options or {})}
         self._by_address = {a: _Keypad(a, d) for a, d in sorted(keypads.items())}
         self._by_id = {kp.device_id: kp for kp in self._by_address.values()}
-        self.device_id = (
-            line_id if line_id is not None else next(iter(self._by_address.values())).device_id
-        )
+        self.device_id = line_id if line_id is not None else next(iter(self._by_address.values())).device_id
         self._sink: EventSink | None = None
         self._proto: HkpProtocol | None = None
         self._opened_at = 0.0
@@ -496,8 +490,7 @@ class KeypadLineDriver:
         raise KeypadCommandError(
             kp.device_id,
             name,
-            f"keypad {kp.device_id}{state} did not answer {name} after {_count(tries, 'try')}"
-            f"{detail}",
+            f"keypad {kp.device_id}{state} did not answer {name} after {_count(tries, 'try')}{detail}",
             nak_code=last_nak.code if last_nak is not None else None,
         )
 
@@ -549,9 +542,7 @@ class KeypadLineDriver:
         kp = self._by_address.get(frame.addr)
         command = frame.command
         if command in _HUB_TO_KEYPAD:
-            _LOG.debug(
-                "ignoring %s to address %d heard on the line", frame.command_name, frame.addr
-            )
+            _LOG.debug("ignoring %s to address %d heard on the line", frame.command_name, frame.addr)
             return
         if kp is None:
             _LOG.info("frame from unconfigured address %d on %s", frame.addr, self.port)

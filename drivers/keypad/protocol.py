@@ -57,11 +57,7 @@ class HkpProtocol(asyncio.Protocol):
     @property
     def is_open(self) -> bool:
         """True between `connection_made` and `connection_lost` while not closing."""
-        return (
-            self._transport is not None
-            and not self._transport.is_closing()
-            and not self._closed.done()
-        )
+        return self._transport is not None and not self._transport.is_closing() and not self._closed.done()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         """Keep the transport for writing."""

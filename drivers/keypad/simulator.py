@@ -280,9 +280,7 @@ class SimulatedKeypad:
             return None
         return shown.prompt
 
-    def press(
-        self, level: int, reasons: Sequence[str] = (), session: int | None = None
-    ) -> KeyPress:
+    def press(self, level: int, reasons: Sequence[str] = (), session: int | None = None) -> KeyPress:
         """Press a rating key: send KEY, resend it until acked (at most `max_sends` times).
 
         `session` defaults to the active prompt's session, or 0 (a free rating) without one.
