@@ -67,8 +67,10 @@ MessageHandler = Callable[[str, bytes], None]
 class FastPahoClient(paho.Client):
     """A paho client with buffered reads, coalesced writes and a lean QoS 0/1 message path."""
 
-    _unparsed: bytes = b""
-    _unparsed_sock: Any = None
+    _partial: list[bytes] | None = None  # the start of a packet not yet whole, as it arrived
+    _partial_size = 0
+    _partial_needs = 0  # bytes to hold before parsing again
+    _partial_sock: Any = None
     _quick_mids: set[int] | None = None
     _io_loop: asyncio.AbstractEventLoop | None = None
     _io_thread = 0
@@ -81,8 +83,8 @@ class FastPahoClient(paho.Client):
         """Read what the socket has and handle every complete packet in it."""
         if self._sock is None:
             return MQTTErrorCode.MQTT_ERR_NO_CONN
-        if self._sock is not self._unparsed_sock:  # a new connection: nothing left over belongs to it
-            self._unparsed, self._unparsed_sock = b"", self._sock
+        if self._sock is not self._partial_sock:  # a new connection: nothing left over belongs to it
+            self._partial, self._partial_sock = None, self._sock
         try:
             data = self._sock_recv(READ_SIZE)
         except BlockingIOError:
@@ -94,24 +96,41 @@ class FastPahoClient(paho.Client):
             return self._loop_rc_handle(MQTTErrorCode.MQTT_ERR_CONN_LOST)
         with self._msgtime_mutex:
             self._last_bytes_received = paho.time_func()
-        buffer = self._unparsed + data if self._unparsed else data
+        if self._partial is not None:
+            # Pieces of a large packet are kept as they come and joined once it is whole: joining
+            # on every read would copy a megabyte packet ~16 times over in 64 KiB reads.
+            self._partial.append(data)
+            self._partial_size += len(data)
+            if self._partial_size < self._partial_needs:
+                return MQTTErrorCode.MQTT_ERR_SUCCESS
+            data, self._partial = b"".join(self._partial), None
+        return self._handle_buffer(data)
+
+    def _handle_buffer(self, buffer: bytes) -> MQTTErrorCode:
+        """Handle every whole packet in `buffer`; keep the start of an incomplete last one."""
         pos, end = 0, len(buffer)
         while pos < end:
             frame = _frame_at(buffer, pos)
-            if frame is None:
+            if frame is None:  # even the length is not all here
+                self._keep_partial(buffer[pos:], end - pos + 1)
                 break
-            if frame[1] < 0:
+            command, start, stop = frame
+            if start < 0:
                 self._easy_log(paho.MQTT_LOG_ERR, "malformed packet: remaining length over 4 bytes")
                 return self._loop_rc_handle(MQTTErrorCode.MQTT_ERR_PROTOCOL)
-            command, start, stop = frame
+            if stop > end:
+                self._keep_partial(buffer[pos:], stop - pos)
+                break
             rc = self._handle_packet(command, buffer[start:stop])
             if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
                 return self._loop_rc_handle(rc)
             if self._sock is None:  # the packet closed the connection
                 return MQTTErrorCode.MQTT_ERR_SUCCESS
             pos = stop
-        self._unparsed = buffer[pos:] if pos < end else b""
         return MQTTErrorCode.MQTT_ERR_SUCCESS
+
+    def _keep_partial(self, start: bytes, needs: int) -> None:
+        self._partial, self._partial_size, self._partial_needs = [start], len(start), needs
 
     def _handle_packet(self, command: int, body: bytes) -> MQTTErrorCode:
         kind = command & 0xF0
@@ -253,9 +272,10 @@ class FastPahoClient(paho.Client):
 
 
 def _frame_at(buffer: bytes, pos: int) -> tuple[int, int, int] | None:
-    """(command byte, body start, body end) of the packet at `pos`; None if it is not all here yet.
+    """(command byte, body start, body end) of the packet at `pos`; None if its length is not all here.
 
-    A remaining length of more than four bytes (a protocol error) gives a body start of -1.
+    The body may end beyond the buffer (the packet is not all here yet). A remaining length of more
+    than four bytes (a protocol error) gives a body start of -1.
     """
     end = len(buffer)
     length, shift, index = 0, 0, pos + 1
@@ -264,11 +284,10 @@ def _frame_at(buffer: bytes, pos: int) -> tuple[int, int, int] | None:
         index += 1
         length |= (byte & 0x7F) << shift
         if not byte & 0x80:
-            stop = index + length
-            return (buffer[pos], index, stop) if stop <= end else None
+            return buffer[pos], index, index + length
         shift += 7
         if shift >= 7 * _MAX_LENGTH_BYTES:
-            return (buffer[pos], -1, -1)
+            return buffer[pos], -1, -1
     return None
 
 

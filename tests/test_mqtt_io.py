@@ -35,11 +35,13 @@ def test_every_paho_internal_it_relies_on_is_there() -> None:
     assert not missing, f"paho {paho.__name__} no longer has {missing}: re-check hub/mqtt_io.py"
 
 
-def test_frames_are_found_only_when_complete() -> None:
+def test_a_frame_is_known_once_its_length_is_here() -> None:
     packet = _publish_packet("a/b", b"x" * 200, 7)  # a two-byte remaining length
     assert _frame_at(packet, 0) == (0x32, 3, len(packet))
-    for cut in range(len(packet)):
-        assert _frame_at(packet[:cut], 0) is None
+    for cut in range(3):
+        assert _frame_at(packet[:cut], 0) is None, "the remaining length is not all here"
+    for cut in range(3, len(packet)):
+        assert _frame_at(packet[:cut], 0) == (0x32, 3, len(packet)), "the body ends beyond the buffer"
     assert _frame_at(b"\x30\xff\xff\xff\xff\x01", 0) == (0x30, -1, -1), "5 length bytes: malformed"
 
 
@@ -74,6 +76,24 @@ def test_packets_split_anywhere_are_reassembled(
     assert got == [(f"n/dev/t{i}/rating", f'{{"n":{i}}}'.encode()) for i in range(50)]
     pubacks = [bytes(p["packet"]) for p in client._out_packet]
     assert pubacks == [b"\x40\x02" + (i + 1).to_bytes(2, "big") for i in range(50)], "one PUBACK each"
+
+
+def test_a_packet_larger_than_many_reads_is_handled_once_whole(
+    wired_client: tuple[FastPahoClient, socket.socket, list[tuple[str, bytes]]],
+) -> None:
+    client, broker_side, got = wired_client
+    big = bytes(range(256)) * 8192  # 2 MiB: the demo broker's message size limit
+    stream = _publish_packet("n/dev/big", big, 9) + _publish_packet("n/dev/small", b"{}", 10)
+    broker_side.setblocking(False)
+    sent = 0
+    while len(got) < 2:
+        with contextlib.suppress(BlockingIOError):
+            sent += broker_side.send(stream[sent : sent + 100_000])
+        assert client.loop_read() == MQTTErrorCode.MQTT_ERR_SUCCESS
+        if len(got) == 0:
+            assert client._partial is not None, "the start of the big packet is kept"
+    assert got == [("n/dev/big", big), ("n/dev/small", b"{}")]
+    assert client._partial is None
 
 
 def test_a_burst_in_one_read_is_all_handled(
