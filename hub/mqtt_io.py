@@ -51,6 +51,7 @@ PAHO_HOOKS = (
     "_handle_pubackcomp",
     "_send_puback",
     "_mid_generate",
+    "_out_messages",
     "_loop_rc_handle",
     "_call_socket_register_write",
     "_in_packet",
@@ -187,6 +188,17 @@ class FastPahoClient(paho.Client):
         return MQTTErrorCode.MQTT_ERR_SUCCESS
 
     # -- writing ------------------------------------------------------------------------------
+
+    def _mid_generate(self) -> int:
+        """paho's next packet id, skipping ids still waiting for a PUBACK.
+
+        Quick publishes are matched here and paho's own in `_out_messages`; after the 16-bit id
+        wraps, one id in both would let one PUBACK answer the wrong publish.
+        """
+        while True:
+            mid = super()._mid_generate()
+            if not (self._quick_mids and mid in self._quick_mids) and mid not in self._out_messages:
+                return mid
 
     def publish_quick(self, topic: bytes, payload: bytes) -> bool:
         """Queue a QoS-1 PUBLISH; `topic` is already UTF-8. False if not connected."""

@@ -96,6 +96,18 @@ def test_a_packet_larger_than_many_reads_is_handled_once_whole(
     assert client._partial is None
 
 
+def test_packet_ids_still_waiting_for_a_puback_are_not_reused(
+    wired_client: tuple[FastPahoClient, socket.socket, list[tuple[str, bytes]]],
+) -> None:
+    client, _, _ = wired_client
+    client._state = paho._ConnectionState.MQTT_CS_CONNECTED
+    assert client.publish_quick(b"a", b"1")
+    waiting = next(iter(client._quick_mids or ()))
+    client._last_mid = waiting - 1 if waiting > 1 else 65535  # as if the ids had wrapped around
+    assert client.publish_quick(b"a", b"2")
+    assert client._quick_mids == {waiting, waiting + 1}, "the waiting id was skipped"
+
+
 def test_a_burst_in_one_read_is_all_handled(
     wired_client: tuple[FastPahoClient, socket.socket, list[tuple[str, bytes]]],
 ) -> None:
