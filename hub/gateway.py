@@ -288,7 +288,7 @@ class MqttGateway:
         self._ack_now(device_id, ack)
 
     def _ack_now(self, device_id: str, ack: AckPayload) -> None:
-        self.metrics.acks.labels(status=ack.status).inc()
+        self.metrics.inc(self.metrics.acks, ack.status)
         self.publish_nowait(self.topics.ack(device_id), ack.encode())
 
     async def _error(self, device_id: str, topic: str, reason: str, message: str) -> None:

@@ -8,7 +8,7 @@ from typing import Any
 from drivers.base import CitizenIdentity
 from hub.config import DeviceSection, HubConfig
 from hub.metrics import HubMetrics
-from hub.records import Channel, Kind, Record, format_utc, parse_rfc3339
+from hub.records import Channel, Kind, Record, normalized_utc
 from hub.schemas import PrintPayload, RatingPayload, ScanPayload
 from hub.sessions import SessionContext
 from hub.store.outbox import DedupKey, Duplicate, Outbox, Rejected, Stored, StoreResult
@@ -101,7 +101,7 @@ class Intake:
         flags: list[str] | None = None,
     ) -> list[Record]:
         """Records for an MQTT `rating`; a session's context fills what the payload leaves out."""
-        device_ts = format_utc(parse_rfc3339(payload.ts)) if payload.ts else None
+        device_ts = normalized_utc(payload.ts) if payload.ts else None
         return self.evaluation(
             device,
             level=payload.level,
@@ -166,7 +166,7 @@ class Intake:
         """Count a store's outcome in the metrics."""
         if isinstance(result, Stored):
             for record in result.records:
-                self.metrics.records_stored.labels(kind=str(record.kind)).inc()
+                self.metrics.inc(self.metrics.records_stored, record.kind)
         elif isinstance(result, Duplicate):
             self.metrics.duplicates.inc()
         elif isinstance(result, Rejected):

@@ -10,6 +10,7 @@ class HubMetrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        self._children: dict[tuple[int, str], Counter] = {}
         r = self.registry
         self.records_stored = Counter(
             "hallhub_records_stored", "Records committed to the outbox", ["kind"], registry=r
@@ -52,6 +53,14 @@ class HubMetrics:
             "Unix time of the last successful sync",
             registry=r,
         )
+
+    def inc(self, metric: Counter, label: str) -> None:
+        """`metric.labels(label).inc()`, with the child kept: `labels` costs ~3 µs, paid per rating."""
+        key = (id(metric), label)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(label)
+        child.inc()
 
     def render(self) -> bytes:
         """The text exposition format."""

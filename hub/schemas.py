@@ -51,7 +51,10 @@ class RatingPayload(_Incoming):
 
     msg_id: MsgId
     level: Annotated[int, Field(ge=1, le=5)]
-    reasons: Annotated[list[Annotated[str, Field(min_length=1, max_length=32)]], Field(max_length=16)] = []
+    # A factory, not `= []`: pydantic deep-copies a mutable default for every message.
+    reasons: Annotated[
+        list[Annotated[str, Field(min_length=1, max_length=32)]], Field(max_length=16, default_factory=list)
+    ]
     comment: Annotated[str, Field(max_length=500)] | None = None
     case_no: ShortText | None = None
     item_code: ShortText | None = None

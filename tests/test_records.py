@@ -8,7 +8,7 @@ import time
 import uuid
 from datetime import UTC, datetime, timedelta, timezone
 
-from hub.records import format_utc, new_record_id, utc_now
+from hub.records import format_utc, new_record_id, normalized_utc, utc_now
 
 UTC_MS = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
 
@@ -53,3 +53,11 @@ def test_times_are_utc_with_milliseconds() -> None:
     east8 = datetime(2026, 1, 2, 3, 4, 5, 678_900, tzinfo=timezone(timedelta(hours=8)))
     assert format_utc(east8) == "2026-01-01T19:04:05.678Z"
     assert format_utc(datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)) == "2026-01-02T03:04:05.000Z"
+
+
+def test_device_times_are_normalized_to_utc_with_milliseconds() -> None:
+    assert normalized_utc("2026-11-22T09:30:00.123Z") == "2026-11-22T09:30:00.123Z"
+    assert normalized_utc("2026-11-22T17:30:00.123+08:00") == "2026-11-22T09:30:00.123Z"
+    assert normalized_utc("2026-11-22T09:30:00Z") == "2026-11-22T09:30:00.000Z"
+    assert normalized_utc("2026-11-22t09:30:00.5z") == "2026-11-22T09:30:00.500Z"
+    assert normalized_utc("2026-01-01T00:30:00.000+01:00") == "2025-12-31T23:30:00.000Z"
