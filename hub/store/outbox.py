@@ -907,15 +907,23 @@ class Outbox:
 
 
 def pending_by_kind(conn: sqlite3.Connection) -> tuple[dict[str, int], str | None]:
-    """Pending records by kind, and the capture time of the oldest (also used read-only by the CLI)."""
-    pending: dict[str, int] = {}
-    oldest: str | None = None
-    for kind, count, first in conn.execute(
-        f"SELECT kind, count(*), min(created_at) FROM records WHERE state = {PENDING} GROUP BY kind"
-    ):
-        pending[str(kind)] = int(count)
-        oldest = first if oldest is None or first < oldest else oldest
-    return pending, oldest
+    """Pending records by kind, and the capture time of the first in the queue (also used by the CLI).
+
+    Read from the counts the schema's triggers keep, at the same cost whatever the backlog; a
+    store not yet migrated (the CLI after an upgrade, before the hub has started) is counted.
+    """
+    try:
+        counts = conn.execute("SELECT kind, n FROM pending_counts WHERE n > 0").fetchall()
+    except sqlite3.OperationalError as exc:
+        if "no such table" not in str(exc):
+            raise
+        counts = conn.execute(
+            f"SELECT kind, count(*) FROM records WHERE state = {PENDING} GROUP BY kind"
+        ).fetchall()
+    first = conn.execute(
+        f"SELECT created_at FROM records WHERE state = {PENDING} ORDER BY seq LIMIT 1"
+    ).fetchone()
+    return {str(kind): int(n) for kind, n in counts}, None if first is None else str(first[0])
 
 
 def _classify(exc: sqlite3.Error) -> StoreUnavailable:

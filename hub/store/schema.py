@@ -60,6 +60,16 @@ def migrate(conn: sqlite3.Connection, migrations: list[str] | None = None) -> in
 
 
 def _statements(script: str) -> list[str]:
-    """Split a migration file into statements (they contain no semicolons in literals)."""
+    """Split a migration file into statements; a trigger's body (BEGIN ... END) stays one statement."""
     lines = [line for line in script.splitlines() if not line.strip().startswith("--")]
-    return [part.strip() for part in "\n".join(lines).split(";") if part.strip()]
+    statements: list[str] = []
+    pending = ""
+    for part in "\n".join(lines).split(";"):
+        pending += part + ";"
+        if sqlite3.complete_statement(pending):
+            if pending.strip(" \n;"):
+                statements.append(pending.strip())
+            pending = ""
+    if pending.strip(" \n;"):
+        statements.append(pending.strip())
+    return statements

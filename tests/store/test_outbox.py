@@ -11,8 +11,8 @@ from sqlmodel import SQLModel
 
 from hub.records import Kind, Record
 from hub.store import models
-from hub.store.outbox import DedupKey, Duplicate, Outbox, Rejected, Stored, StoreUnavailable
-from hub.store.schema import SCHEMA_VERSION, SchemaError, migrate, open_connection
+from hub.store.outbox import DedupKey, Duplicate, Outbox, Rejected, Stored, StoreUnavailable, pending_by_kind
+from hub.store.schema import MIGRATIONS, SCHEMA_VERSION, SchemaError, migrate, open_connection
 
 
 def evaluation(level: int = 5, **data: object) -> Record:
@@ -192,7 +192,6 @@ def test_a_later_migration_applies_to_an_old_store(tmp_path: Path) -> None:
     migrate(conn)
     conn.execute("INSERT INTO kv (key, value) VALUES ('kept', 'yes')")
     extra = "ALTER TABLE kv ADD COLUMN note TEXT;\nCREATE INDEX kv_note ON kv (note);"
-    from hub.store.schema import MIGRATIONS
 
     assert migrate(conn, [*MIGRATIONS, extra]) == SCHEMA_VERSION + 1
     assert conn.execute("SELECT value, note FROM kv").fetchall() == [("yes", None)]
@@ -250,7 +249,7 @@ async def test_a_version_1_store_with_data_migrates_and_keeps_working(tmp_path: 
     assert isinstance(await box.store([evaluation()], DedupKey("kp", "free-seq-1", window_s=60)), Duplicate)
     await box.close()
     check = sqlite3.connect(path)
-    assert check.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+    assert check.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
     check.close()
 
 
@@ -278,3 +277,74 @@ async def test_a_failing_write_fails_alone_in_its_batch(
     assert (await outbox.stats()).pending == 3
     seqs = [r.records[0].seq for r in (results[0], results[2]) if isinstance(r, Stored)]
     assert seqs == [2, 3], "no seq is skipped by the failed attempt"
+
+
+def _counted(path: Path) -> dict[str, int]:
+    """Pending by kind, counted the slow way, as the truth to compare with."""
+    conn = sqlite3.connect(path)
+    try:
+        rows = conn.execute("SELECT kind, count(*) FROM records WHERE state = 0 GROUP BY kind").fetchall()
+    finally:
+        conn.close()
+    return {str(kind): int(n) for kind, n in rows}
+
+
+async def test_pending_counts_stay_exact_through_every_kind_of_write(tmp_path: Path) -> None:
+    path = tmp_path / "o.db"
+    box = Outbox(path)
+    await box.open()
+    try:
+
+        async def check() -> None:
+            assert (await box.stats()).pending_by_kind == _counted(path)
+
+        stored = [await box.store([evaluation(n=n)], DedupKey("t1", f"m{n}")) for n in range(6)]
+        stored.append(await box.store([Record(kind=Kind.SCAN, data={"data": "x"})]))
+        stored.append(await box.store([Record(kind=Kind.DEVICE_STATUS, data={"online": True})]))
+        ids = [r.records[0].id for r in stored if isinstance(r, Stored)]
+        await check()
+        assert (await box.stats()).pending_by_kind == {"evaluation": 6, "scan": 1, "device_status": 1}
+        assert await box.mark_delivered(ids[:2], via="push") == 2
+        await check()
+        assert await box.ack_upto(3) == 1
+        await check()
+        assert await box.dead_letter(ids[3], "rejected")
+        await check()
+        assert (await box.stats()).pending_by_kind["evaluation"] == 2
+        assert await box.retry_dead_letter(ids[3])
+        await check()
+        assert await box.prune(delivered_older_than_s=-60, dedup_older_than_s=86400) == (3, 0)
+        await check()
+        outside = sqlite3.connect(path)  # another writer, as the CLI is
+        outside.execute("DELETE FROM records WHERE kind = 'device_status'")
+        outside.commit()
+        outside.close()
+        await check()
+        assert (await box.stats()).pending_by_kind == {"evaluation": 3, "scan": 1}
+    finally:
+        await box.close()
+
+
+def test_migrating_a_store_counts_what_is_already_pending(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    conn = open_connection(path)
+    migrate(conn, MIGRATIONS[:2])
+    for n, (kind, state) in enumerate([("evaluation", 0), ("evaluation", 0), ("scan", 0), ("evaluation", 1)]):
+        conn.execute(
+            "INSERT INTO records (seq, id, kind, priority, created_at, body, state) VALUES (?, ?, ?, 1, ?, '{}', ?)",
+            (n + 1, f"r{n}", kind, f"2026-11-22T09:00:0{n}.000Z", state),
+        )
+    assert migrate(conn) == SCHEMA_VERSION
+    assert pending_by_kind(conn) == ({"evaluation": 2, "scan": 1}, "2026-11-22T09:00:00.000Z")
+    conn.close()
+
+
+def test_an_unmigrated_store_is_still_counted(tmp_path: Path) -> None:
+    """The CLI may read a store an older hub wrote, before the new hub has migrated it."""
+    conn = open_connection(tmp_path / "v2.db")
+    migrate(conn, MIGRATIONS[:2])
+    conn.execute(
+        "INSERT INTO records (seq, id, kind, priority, created_at, body) VALUES (1, 'r', 'alert', 0, 't', '{}')"
+    )
+    assert pending_by_kind(conn) == ({"alert": 1}, "t")
+    conn.close()
