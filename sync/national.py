@@ -118,8 +118,6 @@ def assess_number_for(previous_levels_for_same_case: Sequence[int], bad_level: i
 
 def to_national(record: Mapping[str, Any], options: NationalOptions, assess_number: int) -> dict[str, Any]:
     """Map one evaluation record (§1, with its `data`) to the platform record of §6a."""
-    if assess_number not in (1, 2):
-        raise NationalMappingError(f"assess_number must be 1 or 2, got {assess_number!r}")
     try:
         checked = validate_record(record)
         if checked.kind != "evaluation":
@@ -142,8 +140,6 @@ def national_for_new_evaluation(
     The hub's own `data` is not validated again (that was a third of the writer's time per rating
     under load); what the mapping itself depends on is still checked.
     """
-    if assess_number not in (1, 2):
-        raise NationalMappingError(f"assess_number must be 1 or 2, got {assess_number!r}")
     level = data.get("level")
     if isinstance(level, bool) or not isinstance(level, int) or not 1 <= level <= 5:
         raise NationalMappingError(f"not a valid record: data.level: must be an integer 1-5, got {level!r}")
@@ -157,6 +153,8 @@ def _map(
     options: NationalOptions,
     assess_number: int,
 ) -> dict[str, Any]:
+    if assess_number not in (1, 2):
+        raise NationalMappingError(f"assess_number must be 1 or 2, got {assess_number!r}")
     flags = data.get("flags") or ()
     if "repeat" in flags:
         raise NationalMappingError(
