@@ -122,11 +122,12 @@ class PtyPort:
 class _PtyMasterTransport(asyncio.Transport):
     """Reads and writes a non-blocking pty master for an `HkpProtocol`; the fd stays its owner's."""
 
-    def __init__(self, fd: int, protocol: asyncio.Protocol) -> None:
+    def __init__(self, fd: int, protocol: asyncio.Protocol, *, echo: bool = False) -> None:
         super().__init__()
         self._loop = asyncio.get_running_loop()
         self._fd = fd
         self._protocol = protocol
+        self._echo = echo
         self._pending = bytearray()
         self._closing = False
         self._loop.add_reader(fd, self._read_ready)
@@ -171,6 +172,8 @@ class _PtyMasterTransport(asyncio.Transport):
             self._shut(None if exc.errno == errno.EIO else exc)
             return
         if data:
+            if self._echo:  # a two-wire RS-485 adapter hears its own transmission
+                self.write(data)
             self._protocol.data_received(data)
 
     def _write_ready(self) -> None:
@@ -449,7 +452,9 @@ class SimulatedLine:
     """A serial line of simulated keypads behind one `PtyPort`; an async context manager.
 
     `unplug`/`replug` take the pty away and bring a new one at the same path; the keypads keep
-    their state (as real keypads do when only the USB-serial adapter is pulled).
+    their state (as real keypads do when only the USB-serial adapter is pulled). With `echo`, every
+    byte the hub writes comes back to it, as on a two-wire RS-485 bus whose adapter keeps its
+    receiver on while sending.
     """
 
     def __init__(
@@ -458,9 +463,11 @@ class SimulatedLine:
         keypads: Iterable[SimulatedKeypad] = (),
         *,
         silence_s: float = SILENCE_AT_9600_S,
+        echo: bool = False,
     ) -> None:
         self.port = PtyPort(link)
         self.silence_s = silence_s
+        self.echo = echo
         self.keypads: dict[int, SimulatedKeypad] = {}
         self.drops: list[DroppedFrame] = []
         self._proto: HkpProtocol | None = None
@@ -529,7 +536,7 @@ class SimulatedLine:
             return
         fd = self.port.plug()
         proto = HkpProtocol(self._on_frame, self.drops.append, silence_s=self.silence_s)
-        self._transport = _PtyMasterTransport(fd, proto)
+        self._transport = _PtyMasterTransport(fd, proto, echo=self.echo)
         self._proto = proto
 
     def write(self, data: bytes) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from pathlib import Path
 
 import pytest
@@ -415,3 +416,26 @@ async def test_port_held_by_another_program(line: SimulatedLine) -> None:
         )
     finally:
         holder.close()
+
+
+async def test_a_line_that_echoes_what_the_hub_sends(
+    port_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Two-wire RS-485: the hub hears its own PINGs, PROMPTs and ACKs; none passes for the keypad's."""
+    caplog.set_level(logging.DEBUG, logger="drivers.keypad.driver")
+    keypad = SimulatedKeypad(1, retransmit_interval_s=0.2, seed=7)
+    sink = RecordingSink()
+    async with SimulatedLine(port_path, [keypad], echo=True) as line:
+        driver = KeypadLineDriver(line.path, 9600, {1: "kp-01"}, timings=FAST)
+        async with running(driver, sink):
+            await eventually(lambda: driver.keypads[0].firmware is not None)
+            await driver.prompt("kp-01", 42, 60, "07号窗口")
+            press = keypad.press(2, ("R1",))
+            assert await press.wait(5.0)
+            assert press.sends == 1, "acked the first time"
+            assert sink.outcomes() == [Outcome.STORED]
+            assert sink.of(FrameDropped) == [], "its own frames are not counted as bad ones"
+            keypad.silent = True
+            await eventually(lambda: sink.of(DeviceOffline), timeout_s=3.0)
+            assert driver.keypads[0].online is False, "its own PINGs coming back keep no keypad online"
+    assert "ignoring PROMPT to address 1 heard on the line" in caplog.text, "the echo did reach the driver"
