@@ -234,7 +234,7 @@ class SessionManager:
             ):
                 return ["suspect"]
             return []
-        window = self._free.setdefault(device_id, deque())
+        window = self._free_window(device_id)
         now = time.monotonic()
         while window and window[0] < now - 60:
             window.popleft()
@@ -256,7 +256,17 @@ class SessionManager:
 
     def count_free(self, device_id: str) -> None:
         """A rating outside any session was stored (for the free-rating misuse limit)."""
-        self._free.setdefault(device_id, deque()).append(time.monotonic())
+        self._free_window(device_id).append(time.monotonic())
+
+    def _free_window(self, device_id: str) -> deque[float]:
+        """The times of a device's latest free ratings: only as many as the limit needs to be judged.
+
+        Unbounded, a busy terminal's minute of ratings was kept (100 bytes each: 15 MB at 2,500/s).
+        """
+        window = self._free.get(device_id)
+        if window is None:
+            window = self._free[device_id] = deque(maxlen=self.config.evaluation.max_free_per_minute)
+        return window
 
     def lock_for(self, device_id: str) -> asyncio.Lock:
         """Serialises "flag, store, count" per rating device, so concurrent presses are judged in turn."""
