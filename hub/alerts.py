@@ -1,7 +1,9 @@
 """Open bad-review alerts: listed on /v1/status until someone acknowledges them.
 
 An alert is open from the moment its record is committed until `POST /v1/alerts/{id}/ack`; the
-acknowledgement is kept in the outbox so it survives restarts.
+acknowledgement is kept in the outbox so it survives restarts. Only the newest `MAX_OPEN` open alerts
+are listed (and held in memory): a hall that never acknowledges would otherwise grow the list, and
+the hub, with every bad review. An older alert can still be acknowledged by its id.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from hub.records import Kind, Record, utc_now
 from hub.store.outbox import Outbox
 
 OPEN_TYPES = frozenset({"bad_review"})
-LOAD_LIMIT = 500
+MAX_OPEN = 500
 
 
 class AlertBook:
@@ -25,7 +27,7 @@ class AlertBook:
 
     async def load(self) -> None:
         """Rebuild the open list from recent alert records and stored acknowledgements."""
-        for record in await self.outbox.recent_records("alert", LOAD_LIMIT):
+        for record in await self.outbox.recent_records("alert", MAX_OPEN):
             if (
                 record["data"].get("type") in OPEN_TYPES
                 and await self.outbox.kv_get(_ack_key(record["id"])) is None
@@ -33,10 +35,12 @@ class AlertBook:
                 self._open[record["id"]] = record
 
     def on_commit(self, records: list[Record]) -> None:
-        """Outbox listener: every new bad-review alert is open."""
+        """Outbox listener: every new bad-review alert is open; past MAX_OPEN the oldest is unlisted."""
         for record in records:
             if record.kind is Kind.ALERT and record.data.get("type") in OPEN_TYPES:
                 self._open[record.id] = record.to_wire()
+                if len(self._open) > MAX_OPEN:
+                    del self._open[next(iter(self._open))]  # insertion order is commit order
 
     def open_alerts(self) -> list[dict[str, Any]]:
         """Open alerts, oldest first."""
