@@ -31,6 +31,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import (
@@ -141,8 +143,10 @@ def run_phase(
         if profile_to is not None:
             profiler = _start_profiler(hub.pid, duration_s, profile_to)
         meter = CpuMeter(pids)
+        rss_start = psutil.Process(hub.pid).memory_info().rss
         time.sleep(max(0.0, start + warmup_s + duration_s - time.time()))
         cpu = meter.stop()
+        rss_end = psutil.Process(hub.pid).memory_info().rss
         results = [_read_line(proc, 45.0) for proc in procs]
         if profiler is not None:
             profiler.wait(30)
@@ -161,6 +165,9 @@ def run_phase(
             profiler.wait(10)
     merged = _merge(results, cpu, duration_s)
     merged["other_load_before_cores"] = load_before
+    merged["hub_rss_mb"] = {"start": round(rss_start / 1e6, 2), "end": round(rss_end / 1e6, 2)}
+    acks = merged["acks_in_window"]
+    merged["hub_rss_growth_kb_per_10k"] = (rss_end - rss_start) / 1e3 / acks * 1e4 if acks else math.nan
     merged["mode"] = mode
     merged["offered_per_s"] = rate if mode == "open" else None
     merged["window_per_device"] = window if mode == "closed" else None
@@ -468,6 +475,12 @@ def make_figures(phases: dict[str, dict[str, Any]]) -> dict[str, Figure]:
         figures["ingest.hub_cpu_per_rating"] = Figure(
             throughput["hub_cpu_us_per_rating"], "µs CPU", "lower", "hub CPU per rating (throughput run)"
         )
+        figures["ingest.rss_growth"] = Figure(
+            throughput["hub_rss_growth_kb_per_10k"],
+            "KB/10k ratings",
+            "lower",
+            "hub RSS growth in the throughput run",
+        )
         figures["ingest.throughput_p99"] = Figure(
             throughput["latency_ms"].get("p99", math.nan), "ms", "lower", "p99 latency in throughput run"
         )
@@ -522,7 +535,9 @@ def _print_phase(name: str, phase: dict[str, Any]) -> None:
         f"    CPU (% of one core): {cpu_text}; machine busy {machine['busy_percent_of_all_cores']:.0f}% "
         f"of {machine['cores']} cores (other processes {machine['other_processes_core_s']:.1f} core-s)\n"
         f"    hub CPU per rating {phase['hub_cpu_us_per_rating']:.0f} µs; other work before the run "
-        f"{phase['other_load_before_cores']:.2f} cores"
+        f"{phase['other_load_before_cores']:.2f} cores\n"
+        f"    hub RSS {phase['hub_rss_mb']['start']:.1f} -> {phase['hub_rss_mb']['end']:.1f} MB "
+        f"({phase['hub_rss_growth_kb_per_10k']:+.0f} KB per 10,000 ratings)"
     )
 
 
