@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, Self, TypeVar
 
+from drivers.history import HISTORY_KEPT, remember
 from drivers.keypad.codec import (
     BROADCAST,
     REASON_CODES,
@@ -296,6 +297,9 @@ class SimulatedKeypad:
             self._shown = None
         key = Key(session, level, tuple(reasons))
         press = KeyPress(make_frame(self.address, self._next_seq(), key), key)
+        if len(self.presses) >= 2 * HISTORY_KEPT:  # keep the newest, and any still being sent
+            older, newest = self.presses[:-HISTORY_KEPT], self.presses[-HISTORY_KEPT:]
+            self.presses = [p for p in older if not p.done.is_set()] + newest
         self.presses.append(press)
         line.spawn(self._send_until_acked(press))
         return press
@@ -365,7 +369,7 @@ class SimulatedKeypad:
 
     def handle_frame(self, frame: Frame) -> None:
         """React to a frame addressed to this keypad (or to all: then nothing is answered)."""
-        self.received.append(frame)
+        remember(self.received, frame)
         if self.silent:
             return
         answer = frame.addr != BROADCAST
@@ -401,17 +405,17 @@ class SimulatedKeypad:
             self.pings += 1
         elif frame.cmd == Command.PROMPT:
             prompt = Prompt.decode(frame.payload)
-            self.prompts.append(prompt)
+            remember(self.prompts, prompt)
             self._shown = _ShownPrompt(prompt, asyncio.get_running_loop().time())
             if self.on_prompt is not None:
                 self.on_prompt(self, prompt)
         elif frame.cmd == Command.CANCEL:
             session = Cancel.decode(frame.payload).session
-            self.cancels.append(session)
+            remember(self.cancels, session)
             if self._shown is not None and self._shown.prompt.session == session:
                 self._shown = None
         elif frame.cmd == Command.SHOW:
-            self.shows.append(Show.decode(frame.payload).text)
+            remember(self.shows, Show.decode(frame.payload).text)
         else:
             return False
         return True
@@ -422,7 +426,7 @@ class SimulatedKeypad:
             nak = Nak.decode(frame.payload)
         except PayloadError:
             return
-        self.naks_received.append(nak)
+        remember(self.naks_received, nak)
         if nak.code in (NakCode.BAD_CRC, NakCode.BUSY):
             return
         for press in self.presses:
@@ -435,7 +439,7 @@ class SimulatedKeypad:
             ack = Ack.decode(frame.payload)
         except PayloadError:
             return
-        self.acks_received.append(ack)
+        remember(self.acks_received, ack)
         for press in self.presses:
             if press.done.is_set() or (press.frame.seq, press.frame.cmd) != (ack.seq, ack.cmd):
                 continue

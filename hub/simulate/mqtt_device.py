@@ -19,6 +19,7 @@ from typing import Any
 
 import aiomqtt
 
+from drivers.history import remember
 from hub.schemas import AckPayload, CmdPayload, ErrorPayload
 from hub.topics import Topics
 
@@ -130,18 +131,18 @@ class SimulatedMqttDevice:
             body = json.loads(payload)
             if leaf == "ack":
                 ack = AckPayload.model_validate(body)
-                self.log.acks.append(ack)
+                remember(self.log.acks, ack)
                 future = self._pending.get(ack.msg_id)
                 if future is not None and not future.done():
                     future.set_result(ack)
             elif leaf == "cmd":
                 command = CmdPayload.model_validate(body)
-                self.log.commands.append(command)
+                remember(self.log.commands, command)
                 if self.on_command is not None:
                     await self.on_command(command)
             elif leaf == "error":
                 error = ErrorPayload.model_validate(body)
-                self.log.errors.append(error)
+                remember(self.log.errors, error)
                 self._errors.put_nowait(error)
 
     async def publish_raw(self, leaf: str, payload: bytes | str, *, retain: bool = False) -> None:
