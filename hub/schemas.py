@@ -209,9 +209,18 @@ def decode_object(payload: bytes) -> dict[str, object]:
 def usable_msg_id(obj: dict[str, object]) -> str | None:
     """The payload's msg_id if it is one we can answer on, else None."""
     msg_id = obj.get("msg_id")
-    if isinstance(msg_id, str) and 1 <= len(msg_id) <= 64:
+    if isinstance(msg_id, str) and 1 <= len(msg_id) <= 64 and _is_text(msg_id):
         return msg_id
     return None
+
+
+def _is_text(value: str) -> bool:
+    """False for a string with lone surrogates (JSON allows `"\\ud800"`): it cannot be echoed back."""
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def parse_device_payload(model: type[_T], obj: dict[str, object]) -> _T:

@@ -48,6 +48,7 @@ def describe(error: ErrorDetails) -> str:
         "float_parsing": f"expected a number, got {got}",
         "bool_type": f"expected true or false, got {got}",
         "string_type": f"expected text, got {got}",
+        "string_unicode": f"expected text, got {got} (a lone UTF-16 surrogate escape)",
         "list_type": f"expected a list, got {got}",
         "dict_type": f"expected an object, got {got}",
         "model_type": f"expected an object, got {got}",

@@ -215,6 +215,18 @@ INVALID: list[tuple[str, str, Any, tuple[str, str]]] = [
     (
         "rating",
         "terminal-00",
+        b'{"msg_id": "\\ud800x", "level": 5}',  # valid JSON, but a lone surrogate is no text
+        ("error", "msg_id: expected text of 1 to 64 characters"),
+    ),
+    (
+        "rating",
+        "terminal-00",
+        {"level": 5, "comment": "\ud800"},
+        ("rejected", "comment: expected text, got '\\ud800' (a lone UTF-16 surrogate escape)"),
+    ),
+    (
+        "rating",
+        "terminal-00",
         b"{not json",
         (
             "error",
@@ -302,13 +314,13 @@ async def test_every_bad_payload_is_rejected_with_its_field_and_the_hub_carries_
                 }
                 await asyncio.sleep(0.05)
         assert sum(rejects.values()) == len(INVALID) + 2
-        assert rejects["invalid_field"] == 31
+        assert rejects["invalid_field"] == 32
         assert rejects["unknown_device"] == 3
         assert rejects["too_large"] == 1
         assert rejects["not_utf8"] == 1
-        assert rejects["no_msg_id"] == 3
+        assert rejects["no_msg_id"] == 4
         assert rejects["wrong_kind"] == 2
-        assert 'hallhub_acks_total{status="rejected"} 29.0' in metrics
+        assert 'hallhub_acks_total{status="rejected"} 30.0' in metrics
         status = await hub.status()
         assert status["unknown_devices"] == {"ghost": 3}
         terminal_errors = next(d for d in status["devices"] if d["id"] == "terminal-00")["errors"]
