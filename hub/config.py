@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import functools
 import ipaddress
+import re
 import tomllib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic_core import ErrorDetails
@@ -24,6 +26,8 @@ DEFAULT_CONFIG_PATH = Path("/etc/hallhub/node.toml")
 _ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
 _WINDOW_PATTERN = r"^[A-Za-z0-9_-]{1,16}$"
 _HALL_CODE_PATTERN = r"^[0-9]{6}$"
+_HOST_PATTERN = re.compile(r"^(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(?::[0-9]{1,5})?$")
+MIN_TOKEN_CHARS = 16
 
 DeviceKind = Literal["keypad", "idcard", "qr", "pcsc", "terminal", "pad"]
 Transport = Literal["serial", "mqtt", "pcsc", "camera"]
@@ -66,11 +70,18 @@ class BrokerSection(_Section):
 
 
 class ApiSection(_Section):
-    """`[api]`: the local HTTP API and the pull token."""
+    """`[api]`: the local HTTP API, its tokens (§5 pull, §9 control and view) and its limits."""
 
     listen: str = "127.0.0.1:8780"
     pull_token: str = ""
     pull_token_file: str = ""
+    control_token: str = ""
+    control_token_file: str = ""
+    view_token: str = ""
+    view_token_file: str = ""
+    allowed_hosts: list[Annotated[str, Field(min_length=1, max_length=253)]] = Field(default_factory=list)
+    header_timeout_s: Annotated[float, Field(gt=0, le=300)] = 10.0
+    max_connections: Annotated[int, Field(ge=8, le=100_000)] = 256
 
 
 class CentralSection(_Section):
@@ -256,12 +267,16 @@ def _cross_checks(config: HubConfig) -> list[ConfigProblem]:
         problems.append(ConfigProblem("api.listen", str(exc)))
     if config.broker.password and config.broker.password_file:
         problems.append(ConfigProblem("broker.password_file", "set password or password_file, not both"))
-    if config.api.pull_token and config.api.pull_token_file:
-        problems.append(ConfigProblem("api.pull_token_file", "set pull_token or pull_token_file, not both"))
+    for token in ("pull_token", "control_token", "view_token"):
+        if getattr(config.api, token) and getattr(config.api, f"{token}_file"):
+            problems.append(ConfigProblem(f"api.{token}_file", f"set {token} or {token}_file, not both"))
+    problems += _api_access_checks(config.api)
     if config.central.token and config.central.token_file:
         problems.append(ConfigProblem("central.token_file", "set token or token_file, not both"))
-    if config.central.url and not config.central.url.startswith(("https://", "http://")):
-        problems.append(ConfigProblem("central.url", f'expected an https:// URL, got "{config.central.url}"'))
+    if config.central.url:
+        problem = central_url_problem(config.central.url)
+        if problem:
+            problems.append(ConfigProblem("central.url", problem))
     if config.national.area_code and not config.national.area_code.isdigit():
         problems.append(ConfigProblem("national.area_code", "expected digits only"))
     for channel in config.national.pf:
@@ -354,6 +369,65 @@ def _cross_checks(config: HubConfig) -> list[ConfigProblem]:
     return problems
 
 
+def _api_access_checks(api: ApiSection) -> list[ConfigProblem]:
+    """§9: a listen address off loopback needs a control token; tokens must differ."""
+    problems: list[ConfigProblem] = []
+    try:
+        host, _port = split_host_port(api.listen)
+    except ValueError:
+        return problems  # reported as api.listen already
+    if not is_loopback(host) and not (api.control_token or api.control_token_file):
+        problems.append(
+            ConfigProblem(
+                "api.control_token",
+                f'api.listen "{api.listen}" is reachable from the hall network: set control_token_file '
+                "(a random secret, e.g. `openssl rand -hex 24`) so that only window PCs and staff "
+                "holding it can start evaluations, sign staff in or close alerts",
+            )
+        )
+    tokens = [(name, getattr(api, name)) for name in ("pull_token", "control_token", "view_token")]
+    for index, (name, value) in enumerate(tokens):
+        if value and len(value) < MIN_TOKEN_CHARS:
+            problems.append(
+                ConfigProblem(f"api.{name}", f"too short: use at least {MIN_TOKEN_CHARS} random characters")
+            )
+        for other, other_value in tokens[:index]:
+            if value and value == other_value:
+                problems.append(ConfigProblem(f"api.{name}", f"must differ from api.{other}"))
+    for index, host_name in enumerate(api.allowed_hosts):
+        if not _HOST_PATTERN.match(host_name):
+            problems.append(
+                ConfigProblem(
+                    f"api.allowed_hosts[{index}]",
+                    f'expected a host name or address without scheme or path (e.g. "10.1.2.3" or '
+                    f'"hub.hall.local:8780"), got "{host_name}"',
+                )
+            )
+    return problems
+
+
+def central_url_problem(url: str) -> str | None:
+    """Why `central.url` cannot be used (§10: https, or http only to a loopback host), or None."""
+    parts = urlsplit(url)
+    try:
+        host = parts.hostname
+        parts.port  # noqa: B018 (raises ValueError for a port that is not a number)
+    except ValueError as exc:
+        return f'not a usable URL ({exc}): "{url}"'
+    if parts.scheme not in ("https", "http") or not host:
+        return f'expected an https:// URL such as "https://hcp.example.gov.cn/hallhub", got "{url}"'
+    if parts.scheme == "http" and not is_loopback(host):
+        return (
+            f'"{url}" is plain http to another host: the token and every record would cross the '
+            "network in cleartext; use https:// (http is allowed only to a loopback address)"
+        )
+    if parts.username or parts.password:
+        return "put the token in central.token_file, not in the URL"
+    if parts.query or parts.fragment:
+        return f'expected no query or fragment, got "{url}"'
+    return None
+
+
 def parse_config(raw: dict[str, Any], path: Path | str = "<config>") -> HubConfig:
     """Validate a parsed TOML document; raise ConfigError listing every problem."""
     try:
@@ -401,6 +475,8 @@ class Secrets:
     broker_password: str
     pull_token: str
     central_token: str
+    control_token: str = ""
+    view_token: str = ""
 
 
 def _read_secret(path: str, key: str, config_path: str) -> str:
@@ -421,7 +497,21 @@ def resolve_secrets(config: HubConfig, config_path: str = "<config>") -> Secrets
     central = config.central.token
     if config.central.token_file:
         central = _read_secret(config.central.token_file, "central.token_file", config_path)
-    return Secrets(broker_password=broker, pull_token=pull, central_token=central)
+    control = config.api.control_token
+    if config.api.control_token_file:
+        control = _read_secret(config.api.control_token_file, "api.control_token_file", config_path)
+    view = config.api.view_token
+    if config.api.view_token_file:
+        view = _read_secret(config.api.view_token_file, "api.view_token_file", config_path)
+    host, _port = config.api_host_port
+    if not is_loopback(host) and not control:
+        raise ConfigError(
+            config_path,
+            [ConfigProblem("api.control_token_file", f"{config.api.control_token_file} is empty")],
+        )
+    return Secrets(
+        broker_password=broker, pull_token=pull, central_token=central, control_token=control, view_token=view
+    )
 
 
 def is_loopback(host: str) -> bool:

@@ -130,6 +130,47 @@ BROKEN = [
         ],
     ),
     ("array where a table belongs", "node = [1]\n", ["node: expected a table ([name] or name = { ... })"]),
+    (
+        "central over plain http to another host (§10)",
+        GOOD_NODE + '[central]\nurl = "http://hcp.example.gov.cn/hallhub"\n',
+        [
+            'central.url: "http://hcp.example.gov.cn/hallhub" is plain http to another host: the token and '
+            "every record would cross the network in cleartext; use https:// (http is allowed only to a "
+            "loopback address)"
+        ],
+    ),
+    (
+        "central url with credentials in it",
+        GOOD_NODE + '[central]\nurl = "https://user:pw@hcp.example.gov.cn/"\n',
+        ["central.url: put the token in central.token_file, not in the URL"],
+    ),
+    (
+        "api on the hall network without a control token (§9)",
+        GOOD_NODE + '[api]\nlisten = "0.0.0.0:8780"\n',
+        [
+            'api.control_token: api.listen "0.0.0.0:8780" is reachable from the hall network: set '
+            "control_token_file (a random secret, e.g. `openssl rand -hex 24`) so that only window PCs "
+            "and staff holding it can start evaluations, sign staff in or close alerts"
+        ],
+    ),
+    (
+        "control token equal to the pull token",
+        GOOD_NODE + '[api]\npull_token = "same-secret-0123456789"\ncontrol_token = "same-secret-0123456789"\n',
+        ["api.control_token: must differ from api.pull_token"],
+    ),
+    (
+        "short control token",
+        GOOD_NODE + '[api]\ncontrol_token = "abc"\n',
+        ["api.control_token: too short: use at least 16 random characters"],
+    ),
+    (
+        "allowed host with a scheme",
+        GOOD_NODE + '[api]\nallowed_hosts = ["http://10.1.2.3"]\n',
+        [
+            'api.allowed_hosts[0]: expected a host name or address without scheme or path (e.g. "10.1.2.3" '
+            'or "hub.hall.local:8780"), got "http://10.1.2.3"'
+        ],
+    ),
 ]
 
 
@@ -178,3 +219,24 @@ def test_config_check_command(tmp_path: Path) -> None:
     failed = runner.invoke(app, ["config", "check", str(bad)])
     assert failed.exit_code == 1
     assert "broker.port: expected a value of at least 1, got 0" in failed.output
+
+
+def test_http_central_is_allowed_only_to_loopback_and_https_anywhere(tmp_path: Path) -> None:
+    for url in ("http://127.0.0.1:9000", "http://[::1]:9000/x", "http://localhost", "https://hcp.gov.cn"):
+        path = tmp_path / "node.toml"
+        path.write_text(GOOD_NODE + f'[central]\nurl = "{url}"\n', encoding="utf-8")
+        assert load_config(path).central.url == url
+
+
+def test_lan_listen_with_a_control_token_file_is_accepted(tmp_path: Path) -> None:
+    token = tmp_path / "control-token"
+    token.write_text("window-pc-secret-0123456789\n", encoding="utf-8")
+    path = tmp_path / "node.toml"
+    path.write_text(
+        GOOD_NODE + f'[api]\nlisten = "0.0.0.0:8780"\ncontrol_token_file = "{token}"\n', encoding="utf-8"
+    )
+    secrets = resolve_secrets(load_config(path), str(path))
+    assert secrets.control_token == "window-pc-secret-0123456789"
+    token.write_text("", encoding="utf-8")
+    with pytest.raises(ConfigError, match="api.control_token_file: .* is empty"):
+        resolve_secrets(load_config(path), str(path))
