@@ -38,7 +38,7 @@ from hub.simulate.window_pc import WindowPcSimulator
 from sync.receiver import start_receiver
 
 NODE_ID = "demo-hall-01"
-PULL_TOKEN = "demo-pull-token"  # noqa: S105 (a fixed token for a loopback-only demo)
+PULL_TOKEN = "demo-pull-token-loopback"  # noqa: S105 (a fixed token for a loopback-only demo)
 CENTRAL_TOKEN = "demo-central-token"  # noqa: S105 (the demo's own loopback receiver)
 LEVEL_WEIGHTS = {5: 60, 4: 20, 3: 10, 2: 6, 1: 4}
 LEVEL_NAMES = {5: "非常满意", 4: "满意", 3: "基本满意", 2: "不满意", 1: "非常不满意"}
