@@ -32,7 +32,6 @@ from hub.devices import DeviceRegistry
 from hub.intake import Intake
 from hub.metrics import HubMetrics
 from hub.records import Kind, Record
-from hub.scans import ScanClassifier
 from hub.sessions import PromptPort, SessionManager
 from hub.store.outbox import DedupKey, Duplicate, Rejected, Stored, StoreUnavailable
 
@@ -66,7 +65,6 @@ class DriverHost:
         self.metrics = metrics
         self.sessions = sessions
         self.identifier = identifier
-        self.classifier = ScanClassifier(None)
         self.keypad_lines: dict[str, KeypadLineDriver] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         sessions.bind("serial", PromptPort(self._prompt_keypad, self._cancel_keypad))
@@ -217,18 +215,8 @@ class DriverHost:
         return Outcome.STORED if isinstance(result, Stored) else Outcome.REJECTED
 
     async def _scan(self, device: DeviceSection, event: CodeScanned) -> Outcome:
-        meaning = self.classifier.classify(event.data)
-        data = {
-            "device_id": device.id,
-            "window": device.window,
-            "node_id": self.config.node.id,
-            "data": event.data,
-            "symbology": event.symbology,
-            "source": str(event.source),
-            "meaning": str(meaning.kind),
-            "case_no": meaning.case_no,
-        }
-        result = await self.intake.store([Record(kind=Kind.SCAN, data=data)])
+        record = self.intake.scan_record(device, event.data, event.symbology, str(event.source))
+        result = await self.intake.store([record])
         return Outcome.STORED if isinstance(result, Stored) else Outcome.REJECTED
 
     def notify(self, event: DeviceEvent) -> None:

@@ -8,7 +8,9 @@ from typing import Any
 from drivers.base import CitizenIdentity
 from hub.config import DeviceSection, HubConfig
 from hub.metrics import HubMetrics
+from hub.privacy import NodeIdentifier, load_or_create_secret
 from hub.records import Channel, Kind, Record, normalized_utc
+from hub.scans import ScanRecorder
 from hub.schemas import PrintPayload, RatingPayload, ScanPayload
 from hub.sessions import SessionContext
 from hub.store.outbox import DedupKey, Duplicate, Outbox, Rejected, Stored, StoreResult
@@ -28,6 +30,9 @@ class Intake:
         self.config = config
         self.outbox = outbox
         self.metrics = metrics
+        self.scans = ScanRecorder(
+            lambda: NodeIdentifier(load_or_create_secret(config.node.secret_file), config.privacy.hmac)
+        )
 
     def evaluation(
         self,
@@ -120,14 +125,17 @@ class Intake:
 
     def scan(self, device: DeviceSection, payload: ScanPayload) -> list[Record]:
         """Records for an MQTT `scan`."""
-        data = {
+        return [self.scan_record(device, payload.data, payload.symbology, "mqtt")]
+
+    def scan_record(self, device: DeviceSection, code: str, symbology: str | None, source: str) -> Record:
+        """The scan record of any scanner: classified, ID numbers masked (`ScanRecorder`)."""
+        data: dict[str, Any] = {
             "device_id": device.id,
             "window": device.window,
-            "data": payload.data,
-            "symbology": payload.symbology,
             "node_id": self.config.node.id,
         }
-        return [Record(kind=Kind.SCAN, data=data)]
+        data.update(source=source, **self.scans.fields(code, symbology))
+        return Record(kind=Kind.SCAN, data=data)
 
     def print_job(self, device: DeviceSection, payload: PrintPayload) -> list[Record]:
         """Records for an MQTT `print` report."""

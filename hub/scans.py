@@ -4,15 +4,25 @@ Halls print different QR codes (the provincial evaluation link of a case, a pick
 documents), so the rules are regular expressions from the config, with defaults that fit the usual
 formats. A rule must match the whole code (surrounding whitespace is ignored). Evaluation rules are
 tried first, then pickup rules; anything else is `other`.
+
+`ScanRecorder` is what every scan path (MQTT scanners, serial and camera QR scanners) goes through
+to become record fields: it classifies the raw code, then keeps it only with each ID number masked
+(`hub.id_numbers`) and adds `citizen_ref`/`citizen_masked` of the first one, as for card reads.
 """
 
 from __future__ import annotations
 
 import enum
+import logging
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from urllib.parse import unquote_plus
+
+from drivers.base import CitizenIdentifier, CitizenIdentity
+from hub.id_numbers import mask_id_numbers
+
+log = logging.getLogger(__name__)
 
 
 class ScanKind(enum.StrEnum):
@@ -117,3 +127,49 @@ def _compile(kind: ScanKind, index: int, text: str) -> re.Pattern[str]:
             kind.value, index, text, "needs a named group (?P<case_no>...) for the case number"
         )
     return pattern
+
+
+class ScanRecorder:
+    """Turns a scanned code into the fields a scan record keeps, with every ID number masked.
+
+    The code is classified as scanned, then `data`, `symbology` and `case_no` are kept with each ID
+    number masked (first 6 and last 4 kept). `citizen_ref` and `citizen_masked` describe the first
+    number found (in `data`, then `symbology`), or are None; later numbers are masked only.
+    `identifier` is called once, on the first scan that carries a number, so a node that never
+    scans one never reads its secret for this or loads the HMAC code.
+    """
+
+    def __init__(
+        self, identifier: Callable[[], CitizenIdentifier], classifier: ScanClassifier | None = None
+    ) -> None:
+        self._make_identifier = identifier
+        self._identifier: CitizenIdentifier | None = None
+        self.classifier = classifier or ScanClassifier()
+
+    def fields(self, code: str, symbology: str | None) -> dict[str, str | None]:
+        """`data`, `symbology`, `meaning`, `case_no`, `citizen_ref`, `citizen_masked` of one code."""
+        meaning = self.classifier.classify(code)
+        data = mask_id_numbers(code)
+        kept_symbology = mask_id_numbers(symbology) if symbology is not None else None
+        numbers = data.numbers + (kept_symbology.numbers if kept_symbology else ())
+        citizen = self._identify(numbers[0].canonical) if numbers else None
+        return {
+            "data": data.text,
+            "symbology": kept_symbology.text if kept_symbology else None,
+            "meaning": str(meaning.kind),
+            "case_no": mask_id_numbers(meaning.case_no).text if meaning.case_no else None,
+            "citizen_ref": citizen.ref if citizen else None,
+            "citizen_masked": numbers[0].masked if numbers else None,
+        }
+
+    def _identify(self, number: str) -> CitizenIdentity | None:
+        """The number's identity (its seal, if any, is dropped); None, logged, if it cannot be made."""
+        try:
+            if self._identifier is None:
+                self._identifier = self._make_identifier()
+            identity = self._identifier.identify(number)
+        except Exception as exc:  # still stored, masked: a scan without its ref beats none
+            problem = mask_id_numbers(str(exc)).text
+            log.error("scan: ID number masked, but no citizen_ref (%s: %s)", type(exc).__name__, problem)
+            return None
+        return CitizenIdentity(masked=identity.masked, ref=identity.ref)

@@ -7,6 +7,8 @@ from collections.abc import Iterable
 from pydantic import ValidationError
 from pydantic_core import ErrorDetails
 
+from hub.id_numbers import mask_id_numbers
+
 PATTERN_TEXT = {
     r"^[A-Za-z0-9_-]{1,64}$": "1 to 64 letters, digits, '_' or '-'",
     r"^[A-Za-z0-9_-]{1,16}$": "1 to 16 letters, digits, '_' or '-'",
@@ -30,7 +32,7 @@ def _shown(value: object) -> str:
         return "an object"
     if isinstance(value, list):
         return "a list"
-    text = repr(value)
+    text = mask_id_numbers(repr(value)).text  # echoed to the device and logged: never a full ID number
     return text if len(text) <= 40 else text[:37] + "..."
 
 
