@@ -14,8 +14,21 @@ platform's answer.
 - 401, 403: stop pushing, store one `alert` record (`data.type = "uplink_unauthorized"`) per
   episode, try again every 5 minutes; the token (`central.token_file`) is read afresh for every
   request, so a fixed token resumes pushing at the next try.
+- 3xx (CONTRACTS §10): never followed, since a redirect could carry the batch, token and real names
+  to another host or to plain http. It is a failure like a 5xx (the same batch after the full-jitter
+  backoff; `Retry-After` is ignored), and the first one of an episode stores one `alert` record
+  (`data.type = "uplink_redirected"`, with `status`, `location`, `url`, `node_id`) and logs one ERROR.
 - 400, 413, 422: the batch was refused whole. Split it in halves (each a new batch id) until the bad
   record is alone, dead-letter that record with the platform's message, deliver the rest.
+
+An episode (401/403, or 3xx) is kept in the outbox's kv table (`uplink.unauthorized`,
+`uplink.redirected`), so a restart does not raise its alert again; the next 200 ends it.
+
+A 200 that leaves some ids of the batch unmentioned (neither accepted, duplicate nor rejected) is
+answered for the ids it names; the others stay pending and go first in the next batch, sent only
+after the same full-jitter backoff as a failure, growing with consecutive incomplete answers and
+reset by a complete one (CONTRACTS §10): a platform that keeps leaving records out slows the uplink
+down instead of drawing a tight loop of new batches.
 
 Before each retry the batch is checked against the outbox: records delivered meanwhile by pull
 (`/v1/records/ack`) are left out, and a batch whose records changed gets a new id (a different
@@ -23,7 +36,10 @@ request must not reuse an idempotency key). Every timer is an `asyncio.sleep`, i
 
 With `privacy.identity = "encrypted"` a record may carry a sealed identity; the uplink opens it right
 before sending and adds `certkeyGOV`/`userName` to `data.national` inside the request body only. The
-outbox erases the sealed token when the record is delivered.
+outbox erases the sealed token when the record is delivered. The fields are added only when
+`identity_allowed` holds (CONTRACTS §10): an https URL and a TLS context that verifies the platform's
+certificate and host name. Over plain http, loopback included, records go without them (one warning
+at start-up).
 """
 
 from __future__ import annotations
@@ -41,6 +57,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final, Protocol
+from urllib.parse import urlsplit
 
 import aiohttp
 from pydantic import ValidationError
@@ -57,10 +74,12 @@ __all__ = [
     "BACKOFF_BASE_S",
     "BACKOFF_MAX_S",
     "INFLIGHT_KEY",
+    "REDIRECTED_KEY",
     "UNAUTHORIZED_KEY",
     "Uplink",
     "UplinkHost",
     "full_jitter",
+    "identity_allowed",
     "parse_retry_after",
 ]
 
@@ -72,6 +91,7 @@ BACKOFF_MAX_S: Final = 300.0
 IDLE_POLL_S: Final = 5.0
 INFLIGHT_KEY: Final = "uplink.inflight"
 UNAUTHORIZED_KEY: Final = "uplink.unauthorized"
+REDIRECTED_KEY: Final = "uplink.redirected"
 SPLIT_STATUSES: Final = frozenset({400, 413, 422})
 AUTH_STATUSES: Final = frozenset({401, 403})
 _MAX_MESSAGE: Final = 500
@@ -95,6 +115,17 @@ def full_jitter(attempt: int, base_s: float, cap_s: float, rng: random.Random) -
     """The wait before retry `attempt` (1, 2, …): uniform in [0, min(cap, base × 2^(attempt-1))]."""
     exponent = min(max(attempt, 1) - 1, 62)
     return rng.uniform(0.0, min(cap_s, base_s * 2.0**exponent))
+
+
+def identity_allowed(url: str, context: ssl.SSLContext | None) -> bool:
+    """Whether sealed identity fields may go in a request to `url` over `context` (CONTRACTS §10):
+    only https with a context that verifies the certificate and host name; never plain http."""
+    return (
+        urlsplit(url).scheme == "https"
+        and context is not None
+        and context.verify_mode == ssl.CERT_REQUIRED
+        and context.check_hostname
+    )
 
 
 def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:
@@ -131,6 +162,7 @@ class _Kind(enum.Enum):
     ANSWERED = "answered"
     REFUSED = "refused"
     UNAUTHORIZED = "unauthorized"
+    REDIRECTED = "redirected"
     RETRY = "retry"
 
 
@@ -144,6 +176,7 @@ class _Result:
     retry_after_s: float | None = None
     answer: wire.BatchAnswer | None = None
     token: str = field(default="", repr=False)
+    location: str = ""
 
 
 class Uplink:
@@ -178,7 +211,8 @@ class Uplink:
         self.batch_max = central.batch_max
         self._wake = asyncio.Event()
         self._seal_key: bytes | None = None
-        self._unauthorized: bool | None = None
+        self._episodes: dict[str, bool] = {}
+        self._incomplete = 0
 
     # -- set-up ----------------------------------------------------------------------------------
 
@@ -205,8 +239,16 @@ class Uplink:
             raise UplinkSetupError("central.key_file is set without central.cert_file: set both or neither")
         return context
 
-    def _load_seal_key(self) -> bytes | None:
+    def _load_seal_key(self, context: ssl.SSLContext | None) -> bytes | None:
+        """The key that opens sealed identities, or None when they must not be sent (CONTRACTS §10)."""
         if self.config.privacy.identity != "encrypted":
+            return None
+        if not identity_allowed(self.config.central.url, context):
+            log.warning(
+                'uplink: privacy.identity = "encrypted" but central.url %s is not https with a verified '
+                "certificate: certkeyGOV/userName are left out of every batch (set an https central.url)",
+                self.config.central.url,
+            )
             return None
         try:
             return derive_seal_key(load_or_create_secret(self.config.node.secret_file))
@@ -256,7 +298,7 @@ class Uplink:
         while True:
             try:
                 context = self._ssl_context()
-                self._seal_key = self._load_seal_key()
+                self._seal_key = self._load_seal_key(context)
             except UplinkSetupError as exc:
                 log.error("uplink: %s; push paused, trying again in %.0f s", exc, self.auth_retry_s)
                 await asyncio.sleep(self.auth_retry_s)
@@ -398,9 +440,16 @@ class Uplink:
                     work.append(follow)
                 continue
             if result.kind is _Kind.ANSWERED and result.answer is not None:
-                if follow is None and not work:
+                left_out = _left_out(batch, result.answer)
+                if left_out:
+                    follow = None  # the left-out records go first, once the backoff has passed
+                elif follow is None and not work:
                     follow = await self._fresh_batch(frozenset(batch.ids))
                 await self._apply(batch, result.answer, follow)
+                if left_out:
+                    await self._back_off_incomplete(batch, left_out)
+                else:
+                    self._incomplete = 0
                 if follow is not None:
                     work.append(follow)
                     persisted.add(follow.batch_id)
@@ -450,6 +499,8 @@ class Uplink:
                 await self._pause_unauthorized(result)
                 attempt = 0
             else:
+                if result.kind is _Kind.REDIRECTED:
+                    await self._note_redirect(result)
                 self.metrics.sync.labels(result="failed").inc()
                 delay = (
                     min(self.backoff_max_s, result.retry_after_s)
@@ -471,13 +522,17 @@ class Uplink:
         return _Result(_Kind.RETRY), None, tries
 
     async def _post(self, session: aiohttp.ClientSession, batch: _Batch) -> _Result:
+        """One request to `central.url` itself: a redirect is reported, never followed (CONTRACTS §10)."""
         token = self._token()
         headers = wire.batch_headers(token, batch.batch_id)
         try:
-            async with session.post(self.url, data=batch.body, headers=headers) as response:
+            async with session.post(
+                self.url, data=batch.body, headers=headers, allow_redirects=False
+            ) as response:
                 status = response.status
                 text = await response.text(errors="replace")
                 retry_after = parse_retry_after(response.headers.get("Retry-After"))
+                location = _printable(response.headers.get("Location", ""))
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             detail = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
             return _Result(_Kind.RETRY, message=detail)
@@ -489,6 +544,11 @@ class Uplink:
                 return _Result(_Kind.RETRY, status, message=f"unreadable answer: {exc}")
         if status in AUTH_STATUSES:
             return _Result(_Kind.UNAUTHORIZED, status, message=message, token=token)
+        if 300 <= status < 400:
+            where = location or "(no Location)"
+            return _Result(
+                _Kind.REDIRECTED, status, message=f"HTTP {status} redirect to {where}", location=location
+            )
         if status in SPLIT_STATUSES:
             self.metrics.sync.labels(result="refused").inc()
             return _Result(_Kind.REFUSED, status, message=message)
@@ -512,33 +572,74 @@ class Uplink:
                 self.outbox.kv_set(INFLIGHT_KEY, follow.inflight_json() if follow is not None else None),
             ),
         )
-        missing = len(sent) - len(set(delivered)) - len({r.id for r in rejected})
-        if missing > 0:
-            log.warning(
-                "uplink: the answer to batch %s left out %d records; they stay queued",
-                batch.batch_id,
-                missing,
-            )
         self.metrics.records_delivered.labels(via="push").inc(marked)
         self.metrics.sync.labels(result="ok").inc()
         self.metrics.last_sync.set(time.time())
         self.host.last_sync = utc_now()
-        if await self._was_unauthorized():
-            self._unauthorized = False
-            await self.outbox.kv_set(UNAUTHORIZED_KEY, None)
-            log.warning("uplink: the platform accepts the token again; pushing resumed")
+        for key, what in (
+            (UNAUTHORIZED_KEY, "the platform accepts the token again"),
+            (REDIRECTED_KEY, "the platform answers without a redirect again"),
+        ):
+            if await self._in_episode(key):
+                self._episodes[key] = False
+                await self.outbox.kv_set(key, None)
+                log.warning("uplink: %s; pushing resumed", what)
 
-    # -- 401/403 ---------------------------------------------------------------------------------
+    async def _back_off_incomplete(self, batch: _Batch, left_out: list[str]) -> None:
+        """Wait the failure backoff before the left-out records go again, so a platform that keeps
+        leaving records out never draws a tight loop (CONTRACTS §10)."""
+        self._incomplete += 1
+        delay = self._backoff(self._incomplete)
+        log.warning(
+            "uplink: the answer to batch %s left out %d of its %d records; "
+            "they stay queued, retry %d in %.1f s",
+            batch.batch_id,
+            len(left_out),
+            len(batch.ids),
+            self._incomplete,
+            delay,
+        )
+        await asyncio.sleep(delay)
 
-    async def _was_unauthorized(self) -> bool:
-        if self._unauthorized is None:
-            self._unauthorized = await self.outbox.kv_get(UNAUTHORIZED_KEY) is not None
-        return self._unauthorized
+    # -- episodes: 401/403 and 3xx ---------------------------------------------------------------
+
+    async def _in_episode(self, key: str) -> bool:
+        """Whether the episode kept under `key` in the outbox's kv table is open (read once, then cached)."""
+        if key not in self._episodes:
+            self._episodes[key] = await self.outbox.kv_get(key) is not None
+        return self._episodes[key]
+
+    async def _note_redirect(self, result: _Result) -> None:
+        """Raise the node alert and log one ERROR at the start of a redirect episode; later 3xx answers
+        only get the ordinary retry warning."""
+        if await self._in_episode(REDIRECTED_KEY):
+            return
+        alert = Record(
+            kind=Kind.ALERT,
+            data={
+                "type": "uplink_redirected",
+                "status": result.status,
+                "location": result.location,
+                "url": self.url,
+                "node_id": self.config.node.id,
+            },
+        )
+        await self.outbox.store([alert])
+        episode = json.dumps({"status": result.status, "location": result.location, "since": utc_now()})
+        await self.outbox.kv_set(REDIRECTED_KEY, episode)
+        self._episodes[REDIRECTED_KEY] = True
+        log.error(
+            "uplink: the platform answered %s redirecting to %s; redirects are never followed, so nothing "
+            "is delivered until %s answers itself: check central.url; retrying with backoff",
+            result.status,
+            result.location or "(no Location)",
+            self.url,
+        )
 
     async def _pause_unauthorized(self, result: _Result) -> None:
         """Raise the node alert once per episode, then wait `auth_retry_s` before trying again."""
         self.metrics.sync.labels(result="unauthorized").inc()
-        if not await self._was_unauthorized():
+        if not await self._in_episode(UNAUTHORIZED_KEY):
             alert = Record(
                 kind=Kind.ALERT,
                 data={
@@ -553,7 +654,7 @@ class Uplink:
             await self.outbox.store([alert])
             episode = json.dumps({"status": result.status, "since": utc_now()})
             await self.outbox.kv_set(UNAUTHORIZED_KEY, episode)
-            self._unauthorized = True
+            self._episodes[UNAUTHORIZED_KEY] = True
         where = (
             f"central.token_file {self.config.central.token_file}"
             if self.config.central.token_file
@@ -575,6 +676,17 @@ def _discard(task: asyncio.Task[Any]) -> None:
         task.cancel()
     elif not task.cancelled() and task.exception() is not None:
         log.debug("uplink: unused prefetch failed: %s", task.exception())
+
+
+def _left_out(batch: _Batch, answer: wire.BatchAnswer) -> list[str]:
+    """Ids of the batch that the answer neither accepts, calls duplicate, nor rejects."""
+    named = {*answer.accepted, *answer.duplicate, *(r.id for r in answer.rejected)}
+    return [record_id for record_id in batch.ids if record_id not in named]
+
+
+def _printable(text: str) -> str:
+    """A header value fit for a log line and an alert: bounded, control characters replaced."""
+    return "".join(ch if ch.isprintable() else "?" for ch in text[:_MAX_MESSAGE])
 
 
 def _error_message(text: str) -> str:
