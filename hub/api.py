@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import logging
@@ -10,7 +11,8 @@ from typing import Any
 
 from aiohttp import web
 
-from hub import __version__
+from hub import __version__, jsonbounds
+from hub.api_access import AccessGuard, AccessPolicy, RequestHook
 from hub.store.outbox import StoreUnavailable
 
 log = logging.getLogger(__name__)
@@ -19,6 +21,7 @@ PULL_LIMIT_MAX = 5000
 PULL_LIMIT_DEFAULT = 500
 MAX_BODY_BYTES = 64 * 1024
 KINDS = ("evaluation", "alert", "scan", "card", "print", "device_status")
+BODY_TIMEOUT = web.AppKey("body_timeout_s", float)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -31,14 +34,30 @@ def json_error(status: int, message: str, **extra: Any) -> web.Response:
 class HubApi:
     """Routes bound to a running hub (see hub.app.Hub for what `hub` provides)."""
 
-    def __init__(self, hub: Any, pull_token: str) -> None:
+    def __init__(
+        self,
+        hub: Any,
+        pull_token: str,
+        policy: AccessPolicy,
+        *,
+        body_timeout_s: float = 10.0,
+        request_hook: RequestHook | None = None,
+    ) -> None:
         self.hub = hub
         self.pull_token = pull_token
         self.extra_routes: list[web.RouteDef] = []
+        self.guard = AccessGuard(policy, self._count_refusal, request_hook)
+        self.body_timeout_s = body_timeout_s
+
+    def _count_refusal(self, reason: str) -> None:
+        self.hub.metrics.rejects.labels(reason=reason).inc()
 
     def make_app(self) -> web.Application:
-        """The aiohttp application."""
-        app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[self._errors])
+        """The aiohttp application: errors as JSON outside, the §9 access check inside."""
+        app = web.Application(
+            client_max_size=MAX_BODY_BYTES, middlewares=[self._errors, self.guard.middleware]
+        )
+        app[BODY_TIMEOUT] = self.body_timeout_s
         app.add_routes(
             [
                 web.get("/healthz", self.healthz),
@@ -137,6 +156,11 @@ class HubApi:
         upto = body.get("upto")
         if isinstance(upto, bool) or not isinstance(upto, int) or upto < 0:
             return json_error(400, f"upto: expected a whole number ≥ 0, got {upto!r}")
+        highest = self.hub.outbox.last_seq
+        if upto > highest:
+            return json_error(
+                400, f"upto: {upto} is beyond the highest seq this node has assigned ({highest})"
+            )
         acked = await self.hub.outbox.ack_upto(upto, via="pull")
         self.hub.metrics.records_delivered.labels(via="pull").inc(acked)
         return web.json_response({"acked": acked, "upto": upto})
@@ -146,16 +170,22 @@ async def read_json_object(request: web.Request) -> dict[str, Any] | web.Respons
     """The request's JSON object body, or a 400/413 response saying what is wrong."""
     if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
         return json_error(413, f"body too large: {request.content_length} bytes (limit {MAX_BODY_BYTES})")
+    timeout_s = request.app.get(BODY_TIMEOUT, 10.0)
     try:
-        raw = await request.read()
+        async with asyncio.timeout(timeout_s):
+            raw = await request.read()
     except web.HTTPRequestEntityTooLarge:
         return json_error(413, f"body too large (limit {MAX_BODY_BYTES} bytes)")
+    except TimeoutError:
+        return json_error(408, f"body not received within {timeout_s:g} s")
     try:
-        value = json.loads(raw.decode("utf-8"))
+        value = jsonbounds.loads(raw.decode("utf-8"))
     except UnicodeDecodeError:
         return json_error(400, "body is not UTF-8")
     except json.JSONDecodeError as exc:
         return json_error(400, f"body is not JSON: {exc.msg} at line {exc.lineno} column {exc.colno}")
+    except jsonbounds.JsonBoundsError as exc:
+        return json_error(400, str(exc))
     if not isinstance(value, dict):
         return json_error(400, f"body must be a JSON object, got {type(value).__name__}")
     return value

@@ -16,18 +16,20 @@ from aiohttp import web
 from hub import __version__
 from hub.alerts import AlertBook
 from hub.api import HubApi
+from hub.api_access import AccessPolicy
 from hub.config import HubConfig, Secrets, is_loopback
 from hub.device_alerts import DeviceAlerts
 from hub.devices import DeviceRegistry
 from hub.driver_host import DriverHost
 from hub.gateway import MqttGateway
+from hub.http_server import ConnectionLimits, GuardedServer
 from hub.intake import Intake
 from hub.metrics import HubMetrics
 from hub.privacy import NodeIdentifier, load_or_create_secret, preload_crypto
 from hub.records import utc_now
 from hub.sessions import PromptPort, SessionManager
 from hub.status_page import status_page_routes
-from hub.store.outbox import Outbox, StoreUnavailable
+from hub.store.outbox import Outbox, StoreUnavailable, WriterDied
 from hub.systemd import notify, watchdog_interval_s
 from hub.windows_api import window_and_alert_routes
 from sync.annotate import make_evaluation_hook
@@ -100,7 +102,22 @@ class Hub:
         self.drivers = DriverHost(
             config, self.intake, self.registry, self.metrics, self.sessions, self.identifier
         )
-        self.api = HubApi(self, secrets.pull_token)
+        listen_host, listen_port = config.api_host_port
+        policy = AccessPolicy(
+            listen_host,
+            listen_port,
+            control_token=secrets.control_token,
+            view_token=secrets.view_token,
+            allowed_hosts=config.api.allowed_hosts,
+        )
+        self._http: GuardedServer | None = None
+        self.api = HubApi(
+            self,
+            secrets.pull_token,
+            policy,
+            body_timeout_s=config.api.header_timeout_s,
+            request_hook=self._request_started,
+        )
         self.api.extra_routes += window_and_alert_routes(self)
         self.services: list[tuple[str, Service]] = list(self.drivers.runners())
         self.ready = asyncio.Event()
@@ -125,19 +142,32 @@ class Hub:
         stats = await self.outbox.stats()
         return stats.pending, self.last_sync
 
+    def _request_started(self, request: web.Request) -> Callable[[], None] | None:
+        """Clear the connection's header deadline while a request is handled (hub.http_server)."""
+        connection = self._http.connection_for(request.transport) if self._http is not None else None
+        if connection is None:
+            return None
+        connection.request_started()
+        return connection.request_done
+
     async def start_api(self) -> None:
         """Listen on `api.listen`; port 0 picks a free port (tests, demo)."""
         host, port = self.config.api_host_port
         if not is_loopback(host):
-            log.warning("api: listening on %s, not loopback: make sure the pull token is set", host)
-        self._runner = web.AppRunner(self.api.make_app(), access_log=None)
+            log.warning("api: listening on %s, not loopback: changes need api.control_token", host)
+        api = self.config.api
+        # Idle keep-alive connections go after the header deadline too: they hold descriptors.
+        self._runner = web.AppRunner(
+            self.api.make_app(), access_log=None, keepalive_timeout=api.header_timeout_s
+        )
         await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port)
-        await site.start()
-        server = site._server
-        sockets = getattr(server, "sockets", None) or []
-        self.api_port = sockets[0].getsockname()[1] if sockets else port
+        limits = ConnectionLimits(api.max_connections, api.header_timeout_s)
+        self._http = GuardedServer(self._runner, host, port, limits, self._count_dropped_connection)
+        self.api_port = await self._http.start()
         log.info("api: listening on http://%s:%d", host, self.api_port)
+
+    def _count_dropped_connection(self, reason: str) -> None:
+        self.metrics.rejects.labels(reason=f"http_{reason}").inc()
 
     async def run(self, stop: asyncio.Event) -> None:
         """Open the store, serve everything until `stop`, then shut down in order."""
@@ -152,6 +182,7 @@ class Hub:
                 others = [group.create_task(service(), name=name) for name, service in self.services]
                 others.append(group.create_task(self._maintain(), name="maintenance"))
                 others.append(group.create_task(self._watchdog(), name="watchdog"))
+                others.append(group.create_task(self._fail_with_writer(), name="writer-watch"))
                 self.ready.set()
                 notify("READY=1")
                 release_free_heap()
@@ -172,6 +203,8 @@ class Hub:
                 await gateway
         finally:
             await self.sessions.close()
+            if self._http is not None:
+                await self._http.stop()
             if self._runner is not None:
                 await self._runner.cleanup()
             await self.outbox.close()
@@ -186,6 +219,14 @@ class Hub:
                 if records or dedup:
                     log.info("outbox: pruned %d delivered records and %d dedup entries", records, dedup)
             await asyncio.sleep(MAINTENANCE_INTERVAL_S)
+
+    async def _fail_with_writer(self) -> None:
+        """End the hub (non-zero exit, systemd restarts it) if the outbox writer ever stops:
+        a hub that takes messages it cannot store would only look alive."""
+        assert self.outbox.writer_died is not None
+        error = await self.outbox.writer_died
+        log.critical("hub: stopping because the outbox writer stopped (%r); systemd restarts it", error)
+        raise WriterDied(f"the outbox writer stopped: {error!r}")
 
     async def _watchdog(self) -> None:
         """Send WATCHDOG=1 at half the interval, only while the loop and the writer are alive."""
@@ -236,6 +277,7 @@ class Hub:
         self.metrics.outbox_oldest_age.set(stats.oldest_pending_age_s())
         self.metrics.outbox_used_bytes.set(stats.used_bytes)
         self.metrics.outbox_dead_letters.set(stats.dead_letters)
+        self.metrics.outbox_failed_writes.set(self.outbox.failed_writes)
         self.metrics.devices_online.set(self.registry.online_count)
 
     async def status(self) -> dict[str, Any]:

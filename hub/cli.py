@@ -388,13 +388,29 @@ def simulate_window(
     broker: Annotated[str, typer.Option(help="Broker host:port.")] = "127.0.0.1:1883",
     requests: Annotated[int, typer.Option(min=1, help="Evaluation requests to send.")] = 10,
     interval: Annotated[float, typer.Option(min=0.5, help="Mean seconds between requests per window.")] = 8.0,
+    api: Annotated[
+        str | None,
+        typer.Option(help="Ask over HTTP at this API address (e.g. http://127.0.0.1:8780) instead of MQTT."),
+    ] = None,
+    control_token_file: Annotated[
+        Path | None, typer.Option(help="File holding the hub's api.control_token (for --api).")
+    ] = None,
 ) -> None:
     """Act as a window PC: ask the hub for evaluations and print how each session ends."""
     from hub.config import split_host_port
     from hub.simulate.window_pc import WindowPcSimulator
 
     host, port = split_host_port(broker)
-    pc = WindowPcSimulator(host, port, node, window, mean_interval_s=interval)
+    token = ""
+    if control_token_file is not None:
+        try:
+            token = control_token_file.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            _err().print(f"[red]error[/] --control-token-file {control_token_file}: {exc.strerror}")
+            raise typer.Exit(1) from None
+    pc = WindowPcSimulator(
+        host, port, node, window, mean_interval_s=interval, api_url=api, control_token=token
+    )
 
     async def go() -> None:
         await pc.run(max_requests=requests)
@@ -402,6 +418,9 @@ def simulate_window(
 
     asyncio.run(go())
     _out().print(f"{pc.requests} requests; session states: {dict(pc.states)}")
+    if pc.refused:
+        _err().print(f"[red]refused by the hub[/] (HTTP status: count; 0 = no answer): {dict(pc.refused)}")
+        raise typer.Exit(1)
 
 
 def main() -> None:

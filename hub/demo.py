@@ -40,6 +40,7 @@ from sync.receiver import start_receiver
 NODE_ID = "demo-hall-01"
 PULL_TOKEN = "demo-pull-token-loopback"  # noqa: S105 (a fixed token for a loopback-only demo)
 CENTRAL_TOKEN = "demo-central-token"  # noqa: S105 (the demo's own loopback receiver)
+CONTROL_TOKEN = "demo-control-token-loopback"  # noqa: S105 (the demo's window PC asks with it, §9)
 LEVEL_WEIGHTS = {5: 60, 4: 20, 3: 10, 2: 6, 1: 4}
 LEVEL_NAMES = {5: "非常满意", 4: "满意", 3: "基本满意", 2: "不满意", 1: "非常不满意"}
 ITEMS = [
@@ -132,7 +133,7 @@ def demo_config(
             "secret_file": str(data_dir / "secret"),
         },
         "broker": {"host": "127.0.0.1", "port": broker_port},
-        "api": {"listen": f"127.0.0.1:{api_port}", "pull_token": PULL_TOKEN},
+        "api": {"listen": f"127.0.0.1:{api_port}", "pull_token": PULL_TOKEN, "control_token": CONTROL_TOKEN},
         "central": {"url": central_url, "token": CENTRAL_TOKEN if central_url else "", "batch_max": 200},
         "device": serial_devices(tty_dir) + MQTT_DEVICES,
     }
@@ -312,7 +313,10 @@ async def run_demo(
     )
     console.print(f"central receiver: {receiver.url} (SQLite {base / 'central.db'})")
     config = demo_config(broker.port, free_port(), base / "data", tty_dir, central_url=receiver.url)
-    hub = Hub(config, Secrets(broker_password="", pull_token=PULL_TOKEN, central_token=CENTRAL_TOKEN))
+    secrets = Secrets(
+        broker_password="", pull_token=PULL_TOKEN, central_token=CENTRAL_TOKEN, control_token=CONTROL_TOKEN
+    )
+    hub = Hub(config, secrets)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -341,6 +345,8 @@ async def run_demo(
                 list(KEYPAD_WINDOWS.values()),
                 mean_interval_s=6.0 / max(rate, 0.01),
                 timeout_s=20,
+                api_url=f"http://127.0.0.1:{hub.api_port}",
+                control_token=CONTROL_TOKEN,
             )
             tasks = [asyncio.create_task(view.window_pc.run())]
             tasks += [asyncio.create_task(_device_traffic(d, view, rate, rng)) for d in devices]

@@ -44,6 +44,11 @@ class HubMetrics:
         self.outbox_dead_letters = Gauge(
             "hallhub_outbox_dead_letters", "Records the platform rejected", registry=r
         )
+        self.outbox_failed_writes = Gauge(
+            "hallhub_outbox_failed_writes",
+            "Writes that failed alone since start (a value SQLite cannot hold, a bug); see the log",
+            registry=r,
+        )
         self.devices_online = Gauge("hallhub_devices_online", "Devices currently online", registry=r)
         self.mqtt_connected = Gauge(
             "hallhub_mqtt_connected", "1 while the hub is connected to the broker", registry=r

@@ -5,12 +5,18 @@ from __future__ import annotations
 import asyncio
 import faulthandler
 import logging
+import resource
 import signal
+import sys
 
 from hub.app import Hub
 from hub.config import HubConfig, Secrets
+from hub.store.outbox import WriterDied
 
 log = logging.getLogger(__name__)
+
+EXIT_WRITER_DIED = 70
+"""`EX_SOFTWARE`: the outbox writer stopped; systemd's `Restart=on-failure` starts the hub again."""
 
 
 async def serve(hub: Hub) -> None:
@@ -29,7 +35,23 @@ async def serve(hub: Hub) -> None:
 def run_hub(config: HubConfig, secrets: Secrets) -> None:
     """Blocking entry point of `hallhub run`; a watchdog SIGABRT leaves every thread's stack in the log."""
     enable_stack_dumps()
-    asyncio.run(serve(Hub(config, secrets)))
+    raise_open_file_limit()
+    try:
+        asyncio.run(serve(Hub(config, secrets)))
+    except* WriterDied as group:
+        log.critical("hub: exiting with status %d: %s", EXIT_WRITER_DIED, group.exceptions[0])
+        sys.exit(EXIT_WRITER_DIED)
+
+
+def raise_open_file_limit(wanted: int = 65536) -> None:
+    """Lift the soft descriptor limit towards the hard one (systemd's default soft limit is 1024)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError) as exc:
+            log.warning("hub: cannot raise the open-file limit from %d to %d: %s", soft, target, exc)
 
 
 def enable_stack_dumps() -> None:

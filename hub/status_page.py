@@ -42,13 +42,19 @@ LEVELS: Final = (5, 4, 3, 2, 1)
 LEVEL_NAMES: Final[dict[int, str]] = {5: "非常满意", 4: "满意", 3: "基本满意", 2: "不满意", 1: "非常不满意"}
 
 _SCRIPT: Final = (
-    "(()=>{const b=document.body,s=+b.dataset.refresh*1000;"
+    "(()=>{const b=document.body,s=+b.dataset.refresh*1000,K='hallhub-control-token';"
     "async function load(){try{const r=await fetch(location.href,{cache:'no-store'});"
     "if(!r.ok)throw Error(r.status);const d=new DOMParser().parseFromString(await r.text(),'text/html');"
     "document.getElementById('page').replaceWith(d.getElementById('page'));b.classList.remove('stale')}"
     "catch(e){b.classList.add('stale')}}"
+    # A change needs the control token (§9) once one is set: asked once, kept for this tab only.
+    "async function post(u,v){const h={'Content-Type':'application/json'};"
+    "for(let i=0;i<3;i++){const t=sessionStorage.getItem(K);if(t)h.Authorization='Bearer '+t;"
+    "const r=await fetch(u,{method:'POST',headers:h,body:JSON.stringify(v)});if(r.status!==401)return r;"
+    "sessionStorage.removeItem(K);const n=prompt('控制令牌 control token (api.control_token)');"
+    "if(!n)return r;sessionStorage.setItem(K,n.trim())}}"
     "document.addEventListener('click',async e=>{const id=e.target.dataset.ack;if(!id)return;"
-    "await fetch('/v1/alerts/'+encodeURIComponent(id)+'/ack',{method:'POST'});load()});"
+    "await post('/v1/alerts/'+encodeURIComponent(id)+'/ack',{});load()});"
     "setInterval(load,s)})()"
 )
 _SCRIPT_HASH: Final = base64.b64encode(hashlib.sha256(_SCRIPT.encode()).digest()).decode()

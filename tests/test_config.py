@@ -134,9 +134,11 @@ BROKEN = [
         "central over plain http to another host (§10)",
         GOOD_NODE + '[central]\nurl = "http://hcp.example.gov.cn/hallhub"\n',
         [
-            'central.url: "http://hcp.example.gov.cn/hallhub" is plain http to another host: the token and '
-            "every record would cross the network in cleartext; use https:// (http is allowed only to a "
-            "loopback address)"
+            (
+                'central.url: "http://hcp.example.gov.cn/hallhub" is plain http to another host: the token '
+                "and every record would cross the network in cleartext; use https:// (http is allowed only "
+                "to a loopback address)"
+            )
         ],
     ),
     (
@@ -148,14 +150,17 @@ BROKEN = [
         "api on the hall network without a control token (§9)",
         GOOD_NODE + '[api]\nlisten = "0.0.0.0:8780"\n',
         [
-            'api.control_token: api.listen "0.0.0.0:8780" is reachable from the hall network: set '
-            "control_token_file (a random secret, e.g. `openssl rand -hex 24`) so that only window PCs "
-            "and staff holding it can start evaluations, sign staff in or close alerts"
+            (
+                'api.control_token: api.listen "0.0.0.0:8780" is reachable from the hall network: set '
+                "control_token_file (a random secret, e.g. `openssl rand -hex 24`) so that only window "
+                "PCs and staff holding it can start evaluations, sign staff in or close alerts"
+            )
         ],
     ),
     (
         "control token equal to the pull token",
-        GOOD_NODE + '[api]\npull_token = "same-secret-0123456789"\ncontrol_token = "same-secret-0123456789"\n',
+        GOOD_NODE
+        + '[api]\npull_token = "same-secret-0123456789"\ncontrol_token = "same-secret-0123456789"\n',
         ["api.control_token: must differ from api.pull_token"],
     ),
     (
@@ -167,8 +172,10 @@ BROKEN = [
         "allowed host with a scheme",
         GOOD_NODE + '[api]\nallowed_hosts = ["http://10.1.2.3"]\n',
         [
-            'api.allowed_hosts[0]: expected a host name or address without scheme or path (e.g. "10.1.2.3" '
-            'or "hub.hall.local:8780"), got "http://10.1.2.3"'
+            (
+                "api.allowed_hosts[0]: expected a host name or address without scheme or path "
+                '(e.g. "10.1.2.3" or "hub.hall.local:8780"), got "http://10.1.2.3"'
+            )
         ],
     ),
 ]
@@ -238,5 +245,5 @@ def test_lan_listen_with_a_control_token_file_is_accepted(tmp_path: Path) -> Non
     secrets = resolve_secrets(load_config(path), str(path))
     assert secrets.control_token == "window-pc-secret-0123456789"
     token.write_text("", encoding="utf-8")
-    with pytest.raises(ConfigError, match="api.control_token_file: .* is empty"):
+    with pytest.raises(ConfigError, match=r"api\.control_token_file: .* is empty"):
         resolve_secrets(load_config(path), str(path))

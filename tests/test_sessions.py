@@ -283,8 +283,10 @@ async def test_http_evaluate_and_alert_acknowledgement(tmp_path: Path, broker: M
             async with http.post(f"/v1/alerts/{alert_id}/ack", json={"by": "值班长"}) as response:
                 ack = await response.json()
             assert (response.status, ack["id"], ack["by"]) == (200, alert_id, "值班长")
-            async with http.post("/v1/alerts/nope/ack") as response:
+            async with http.post("/v1/alerts/nope/ack", json={}) as response:
                 assert (response.status, await response.json()) == (404, {"error": "no alert with id nope"})
+            async with http.post("/v1/alerts/nope/ack") as response:  # no JSON: a cross-site form could
+                assert response.status == 415
             async with http.get("/v1/status") as response:
                 assert (await response.json())["alerts"] == []
     config = node_config(tmp_path / "data", broker.port, keypad_devices(tmp_path / "ttyKP0", {1: "07"}))

@@ -1,4 +1,8 @@
-"""A simulated window PC (or queue system): asks the hub for evaluations and hears how they end."""
+"""A simulated window PC (or queue system): asks the hub for evaluations and hears how they end.
+
+It asks over MQTT (`window/{w}/evaluate`), or over HTTP (`POST /v1/windows/{w}/evaluate` with the
+control token, §9) when given the API's address; either way it hears the sessions over MQTT.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +14,7 @@ import uuid
 from collections import Counter
 from collections.abc import Sequence
 
+import aiohttp
 import aiomqtt
 
 from hub.schemas import SessionUpdate
@@ -36,6 +41,8 @@ class WindowPcSimulator:
         mean_interval_s: float = 8.0,
         timeout_s: int = 30,
         seed: int | None = None,
+        api_url: str | None = None,
+        control_token: str = "",
     ) -> None:
         self.host = host
         self.port = port
@@ -46,6 +53,9 @@ class WindowPcSimulator:
         self.states: Counter[str] = Counter()
         self.last: dict[str, SessionUpdate] = {}
         self.requests = 0
+        self.refused: Counter[int] = Counter()
+        self.api_url = api_url.rstrip("/") if api_url else None
+        self._headers = {"Authorization": f"Bearer {control_token}"} if control_token else {}
         self._rng = random.Random(seed)
 
     async def run(self, max_requests: int | None = None) -> None:
@@ -80,10 +90,27 @@ class WindowPcSimulator:
                 "staff_name": self._rng.choice(STAFF),
                 "timeout_s": self.timeout_s,
             }
-            await client.publish(
-                self.topics.window_evaluate(window), json.dumps(request, ensure_ascii=False), qos=1
-            )
+            if self.api_url is not None:
+                await self._ask_over_http(window, request)
+            else:
+                await client.publish(
+                    self.topics.window_evaluate(window), json.dumps(request, ensure_ascii=False), qos=1
+                )
             self.requests += 1
+
+    async def _ask_over_http(self, window: str, request: dict[str, object]) -> None:
+        """POST the request with the control token; a refusal is counted by status, not raised."""
+        url = f"{self.api_url}/v1/windows/{window}/evaluate"
+        timeout = aiohttp.ClientTimeout(total=10)
+        try:
+            async with (
+                aiohttp.ClientSession(timeout=timeout) as http,
+                http.post(url, json=request, headers=self._headers, allow_redirects=False) as answer,
+            ):
+                if answer.status != 200:
+                    self.refused[answer.status] += 1
+        except (aiohttp.ClientError, TimeoutError):
+            self.refused[0] += 1
 
     async def _listen(self, client: aiomqtt.Client) -> None:
         async for message in client.messages:

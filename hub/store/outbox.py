@@ -83,6 +83,15 @@ class Rejected:
 StoreResult = Stored | Duplicate | Rejected
 
 
+class WriteFailed(Exception):
+    """One write failed for a reason of its own (a value SQLite cannot hold, a bug); the store is
+    fine and every other write of its batch was committed."""
+
+
+class WriterDied(Exception):
+    """The writer task ended although the outbox was not closed: nothing more can be committed."""
+
+
 class StoreUnavailable(Exception):
     """The store could not commit (disk full, I/O error, closed). Nothing was stored: do not ack."""
 
@@ -384,6 +393,11 @@ def _apply_each(w: _WriterState, batch: list[_Op]) -> list[Any]:
             conn.execute("ROLLBACK TO op")
             conn.execute("RELEASE op")
             results.append(_classify(exc))
+        except Exception as exc:  # any failure of one write must fail that write alone
+            conn.execute("ROLLBACK TO op")
+            conn.execute("RELEASE op")
+            log.error("outbox: a write failed alone and was not committed: %r", exc, exc_info=exc)
+            results.append(WriteFailed(f"{type(exc).__name__}: {exc}"[:500]))
     return results
 
 
@@ -416,6 +430,13 @@ class Outbox:
         self.commits = 0
         self.failing_since: float | None = None
         self.last_failure: str | None = None
+        self.failed_writes = 0
+        self.writer_died: asyncio.Future[BaseException] | None = None
+
+    @property
+    def last_seq(self) -> int:
+        """The highest seq assigned so far (0 before the first record)."""
+        return self._state.next_seq - 1 if self._state is not None else 0
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -424,7 +445,9 @@ class Outbox:
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(self._writer_pool, self._open_writer)
         await loop.run_in_executor(self._reader_pool, self._open_reader)
+        self.writer_died = asyncio.get_running_loop().create_future()
         self._writer_task = asyncio.create_task(self._run_writer(), name="outbox-writer")
+        self._writer_task.add_done_callback(self._writer_ended)
         if self.recovered_from is not None:
             await self.store(
                 [
@@ -494,9 +517,10 @@ class Outbox:
         self._closing = True
         stop = _Stop()
         stop.future = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait(stop)
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._writer_task
+        if not self._writer_task.done():
+            self._queue.put_nowait(stop)
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._writer_task
         self._writer_task = None
         loop = asyncio.get_running_loop()
         if self._state is not None:
@@ -519,6 +543,24 @@ class Outbox:
         self._queue.put_nowait(op)
         return await op.future
 
+    def _writer_ended(self, task: asyncio.Task[None]) -> None:
+        """A writer that ends without `close` is fatal: say why, fail what waits, tell the hub."""
+        if self._closing:
+            return
+        error: BaseException = (
+            WriterDied("the outbox writer was cancelled")
+            if task.cancelled()
+            else task.exception() or WriterDied("the outbox writer returned")
+        )
+        log.critical("outbox: the writer stopped; nothing more can be stored: %r", error, exc_info=error)
+        self._closing = True
+        while not self._queue.empty():
+            op = self._queue.get_nowait()
+            if not op.future.done():
+                op.future.set_exception(StoreUnavailable(f"outbox writer stopped: {error!r}"))
+        if self.writer_died is not None and not self.writer_died.done():
+            self.writer_died.set_result(error)
+
     async def _run_writer(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
@@ -526,29 +568,39 @@ class Outbox:
             while len(batch) < MAX_BATCH_OPS and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
             stop = any(isinstance(op, _Stop) for op in batch)
-            results = await loop.run_in_executor(self._writer_pool, self._apply_batch, batch)
-            stored: list[Record] = []
-            for op, result in zip(batch, results, strict=True):
-                if op.future.done():
-                    continue
-                if isinstance(result, BaseException):
-                    op.future.set_exception(result)
-                else:
-                    op.future.set_result(result)
-                    if isinstance(result, Stored):
-                        stored.extend(result.records)
-            self.last_commit_monotonic = time.monotonic()
-            if self.failing_since is not None and not any(isinstance(r, StoreUnavailable) for r in results):
-                self._recovered(self.failing_since, self.last_failure or "")
-            if stored:
-                for listener in self._listeners:
-                    try:
-                        listener(stored)
-                    except Exception:
-                        log.exception("outbox: a commit listener failed")
+            try:
+                results = await loop.run_in_executor(self._writer_pool, self._apply_batch, batch)
+                self._settle(batch, results)
+            except Exception as exc:  # the writer outlives anything one batch does
+                log.error("outbox: a batch of %d writes failed: %r", len(batch), exc, exc_info=exc)
+                for op in batch:
+                    if not op.future.done():
+                        op.future.set_exception(WriteFailed(f"{type(exc).__name__}: {exc}"[:500]))
             if stop:
                 return
             self._check_quota()
+
+    def _settle(self, batch: list[_Op], results: list[Any]) -> None:
+        """Resolve each write's future with its result and tell the listeners what was stored."""
+        stored: list[Record] = []
+        for op, result in zip(batch, results, strict=True):
+            if op.future.done():
+                continue
+            if isinstance(result, BaseException):
+                op.future.set_exception(result)
+            else:
+                op.future.set_result(result)
+                if isinstance(result, Stored):
+                    stored.extend(result.records)
+        self.last_commit_monotonic = time.monotonic()
+        if self.failing_since is not None and not any(isinstance(r, StoreUnavailable) for r in results):
+            self._recovered(self.failing_since, self.last_failure or "")
+        if stored:
+            for listener in self._listeners:
+                try:
+                    listener(stored)
+                except Exception:
+                    log.exception("outbox: a commit listener failed")
 
     def _apply_batch(self, batch: list[_Op]) -> list[Any]:
         assert self._state is not None
@@ -560,7 +612,7 @@ class Outbox:
             conn.execute("BEGIN IMMEDIATE")
             try:
                 results = _apply_grouped(w, batch)
-            except sqlite3.Error as exc:
+            except Exception as exc:  # retried one by one below, where each fails alone
                 # Redo the batch with a savepoint per write, so that only the failing write fails.
                 log.warning(
                     "outbox: a batch of %d writes failed (%s); retrying them one by one", len(batch), exc
@@ -572,7 +624,8 @@ class Outbox:
                 results = _apply_each(w, batch)
             conn.execute("COMMIT")
             self.commits += 1
-        except sqlite3.Error as exc:
+            self.failed_writes += sum(isinstance(result, WriteFailed) for result in results)
+        except Exception as exc:  # the writer thread must outlive any failure
             with contextlib.suppress(sqlite3.Error):
                 conn.execute("ROLLBACK")
             w.next_seq = next_seq
@@ -915,8 +968,8 @@ def pending_by_kind(conn: sqlite3.Connection) -> tuple[dict[str, int], str | Non
     return {str(kind): int(n) for kind, n in counts}, None if first is None else str(first[0])
 
 
-def _classify(exc: sqlite3.Error) -> StoreUnavailable:
-    text = str(exc)
+def _classify(exc: Exception) -> StoreUnavailable:
+    text = str(exc) if isinstance(exc, sqlite3.Error) else f"{type(exc).__name__}: {exc}"
     if "full" in text:
         return StoreUnavailable(f"disk full: {text}")
     return StoreUnavailable(text)

@@ -30,7 +30,7 @@ from hub.app import Hub
 from hub.broker import MosquittoBroker
 from hub.simulate.mqtt_device import SimulatedMqttDevice
 from hub.status_page import RatingsToday, human_duration, render_page
-from tests.support.hub import NODE_ID, node_config, running_hub
+from tests.support.hub import NODE_ID, PULL_TOKEN, node_config, running_hub
 
 REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO / "artifacts"
@@ -55,10 +55,11 @@ DEVICES = [
 
 @contextlib.asynccontextmanager
 async def hall(
-    broker: MosquittoBroker, tmp_path: Path
+    broker: MosquittoBroker, tmp_path: Path, control_token: str = ""
 ) -> AsyncIterator[tuple[Hub, str, SimulatedMqttDevice]]:
     """A hub with two rating pads and a print terminal; pad-07 online, a day's ratings, two alerts."""
-    config = node_config(tmp_path / "data", broker.port, DEVICES, alerts={"offline_after_s": 0})
+    api = {"listen": "127.0.0.1:0", "pull_token": PULL_TOKEN, "control_token": control_token}
+    config = node_config(tmp_path / "data", broker.port, DEVICES, alerts={"offline_after_s": 0}, api=api)
     async with (
         running_hub(config) as hub,
         SimulatedMqttDevice("127.0.0.1", broker.port, NODE_ID, "pad-07", kind="pad") as pad,
@@ -348,3 +349,29 @@ async def test_page_says_when_the_hub_stops_answering(broker: MosquittoBroker, t
             await wait_js(tools, "document.getElementById('devices') !== null", 15)
         await wait_js(tools, "document.body.classList.contains('stale')", 5)
         assert "not answering" in await tools.evaluate("document.querySelector('.stale-note').innerText")
+
+
+@pytest.mark.skipif(
+    CHROMIUM is None, reason="Debian package chromium is not installed (apt-get install chromium)"
+)
+async def test_page_asks_for_the_control_token_once_per_tab(broker: MosquittoBroker, tmp_path: Path) -> None:
+    token = "hall-staff-control-token-77"
+    async with (
+        hall(broker, tmp_path, control_token=token) as (_hub, base, _pad),
+        chromium(tmp_path / "profile") as tools,
+    ):
+        await tools.call("Page.navigate", url=base + "/")
+        await wait_js(tools, "document.querySelectorAll('[data-ack]').length === 2", 15)
+        # The browser's prompt, answered as a member of staff would type it.
+        await tools.evaluate(
+            f"window.asked = 0; window.prompt = () => {{ window.asked += 1; return '{token}'; }}"
+        )
+        await tools.evaluate("document.querySelector('[data-ack]').click()")
+        await wait_js(tools, "document.querySelectorAll('[data-ack]').length === 1", 5)
+        await tools.evaluate("document.querySelector('[data-ack]').click()")
+        await wait_js(tools, "document.querySelectorAll('[data-ack]').length === 0", 5)
+        assert await tools.evaluate("window.asked") == 1, "asked once, then kept for the tab"
+        assert await tools.evaluate("sessionStorage.getItem('hallhub-control-token')") == token
+        assert await tools.evaluate("localStorage.length") == 0, "never kept beyond the tab"
+        unexpected = [e for e in script_errors(tools) if "status of 401" not in json.dumps(e)]
+        assert unexpected == []

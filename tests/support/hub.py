@@ -64,9 +64,14 @@ def node_config(
 @contextlib.asynccontextmanager
 async def running_hub(config: HubConfig, pull_token: str = PULL_TOKEN) -> AsyncIterator[Hub]:
     """A hub serving in this loop, connected to its broker; stopped cleanly on exit."""
-    hub = Hub(
-        config, Secrets(broker_password=config.broker.password, pull_token=pull_token, central_token="")
+    secrets = Secrets(
+        broker_password=config.broker.password,
+        pull_token=pull_token,
+        central_token="",
+        control_token=config.api.control_token,
+        view_token=config.api.view_token,
     )
+    hub = Hub(config, secrets)
     stop = asyncio.Event()
     task = asyncio.create_task(hub.run(stop))
     try:
@@ -160,9 +165,11 @@ class HubProcess:
             self.process.wait(10)
 
 
-def process_config(tmp_path: Path, broker_port: int, devices: list[dict[str, Any]]) -> tuple[Path, int]:
-    """Write a config for a hub process; returns (path, api port)."""
+def process_config(
+    tmp_path: Path, broker_port: int, devices: list[dict[str, Any]], **api: Any
+) -> tuple[Path, int]:
+    """Write a config for a hub process (`api` adds [api] keys); returns (path, api port)."""
     api_port = free_port()
     raw = node_raw(tmp_path / "data", broker_port, devices)
-    raw["api"] = {"listen": f"127.0.0.1:{api_port}", "pull_token": PULL_TOKEN}
+    raw["api"] = {"listen": f"127.0.0.1:{api_port}", "pull_token": PULL_TOKEN, **api}
     return write_toml(tmp_path / "node.toml", raw), api_port
