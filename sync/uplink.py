@@ -10,7 +10,8 @@ platform's answer.
 - 200: accepted and duplicate ids are delivered (`via = "push"`), rejected ids become dead letters.
 - A network error, a timeout, 408, 429, 5xx (or any other unexpected answer): the same batch again
   after a full-jitter backoff, a random wait in [0, min(300 s, 1 s × 2^(n-1))] after failure n, or
-  exactly `Retry-After` (seconds or an HTTP date, at most 300 s) when the platform sends one.
+  at least `Retry-After` (seconds or an HTTP date, at most 300 s) when the platform sends one.
+  An answer body over `MAX_ANSWER_BYTES` is not read: the same batch again, as for a 5xx.
 - 401, 403: stop pushing, store one `alert` record (`data.type = "uplink_unauthorized"`) per
   episode, try again every 5 minutes; the token (`central.token_file`) is read afresh for every
   request, so a fixed token resumes pushing at the next try.
@@ -95,6 +96,8 @@ REDIRECTED_KEY: Final = "uplink.redirected"
 SPLIT_STATUSES: Final = frozenset({400, 413, 422})
 AUTH_STATUSES: Final = frozenset({401, 403})
 _MAX_MESSAGE: Final = 500
+MAX_ANSWER_BYTES: Final = 4 * 2**20
+"""An answer lists at most `batch_max` ids (5,000 × ~40 bytes): anything far larger is hostile."""
 
 
 class UplinkHost(Protocol):
@@ -502,11 +505,8 @@ class Uplink:
                 if result.kind is _Kind.REDIRECTED:
                     await self._note_redirect(result)
                 self.metrics.sync.labels(result="failed").inc()
-                delay = (
-                    min(self.backoff_max_s, result.retry_after_s)
-                    if result.retry_after_s is not None
-                    else self._backoff(attempt)
-                )
+                # Retry-After is a floor, never a way to hammer: `Retry-After: 0` gets the backoff.
+                delay = min(self.backoff_max_s, max(result.retry_after_s or 0.0, self._backoff(attempt)))
                 log.warning(
                     "uplink: batch %s not delivered (%s); retry %d in %.1f s",
                     current.batch_id,
@@ -530,7 +530,12 @@ class Uplink:
                 self.url, data=batch.body, headers=headers, allow_redirects=False
             ) as response:
                 status = response.status
-                text = await response.text(errors="replace")
+                raw = await _read_bounded(response.content, MAX_ANSWER_BYTES)
+                if raw is None:
+                    return _Result(
+                        _Kind.RETRY, status, message=f"answer larger than {MAX_ANSWER_BYTES} bytes, not read"
+                    )
+                text = raw.decode("utf-8", errors="replace")
                 retry_after = parse_retry_after(response.headers.get("Retry-After"))
                 location = _printable(response.headers.get("Location", ""))
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
@@ -668,6 +673,18 @@ class Uplink:
             self.auth_retry_s,
         )
         await asyncio.sleep(self.auth_retry_s)
+
+
+async def _read_bounded(content: aiohttp.StreamReader, limit: int) -> bytes | None:
+    """The whole body if it is at most `limit` bytes, else None (the rest is left unread)."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in content.iter_chunked(65536):
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def _discard(task: asyncio.Task[Any]) -> None:

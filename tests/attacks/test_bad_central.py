@@ -438,3 +438,44 @@ def test_sealed_identity_needs_a_verified_tls_context() -> None:
     unverified.check_hostname = False
     unverified.verify_mode = ssl.CERT_NONE
     assert not identity_allowed("https://ingest.example.gov.cn", unverified), "verification off"
+
+
+# --- a central that asks to be hammered, or answers without end -----------------------------------
+
+
+async def test_retry_after_zero_does_not_make_a_tight_loop(tmp_path: Path) -> None:
+    """`Retry-After: 0` on every 503 used to be obeyed exactly: hundreds of POSTs a second."""
+
+    def busy(_sent: Sent, _n: int) -> web.Response:
+        return web.Response(status=503, headers={"Retry-After": "0"}, text="busy")
+
+    central = Central(busy)
+    async with serving(central) as url:
+        config = sync_config(tmp_path / "data", url)
+        async with open_outbox(config) as outbox:
+            await fill(outbox, ratings(config, 5))
+            host = StubHost(config, outbox)
+            async with running_uplink(host, backoff_base_s=0.2, backoff_max_s=1.0, rng=Highest()):
+                await asyncio.sleep(2.0)
+    assert 2 <= len(central.requests) <= 6, f"{len(central.requests)} POSTs in 2 s"
+    assert all(gap >= 0.15 for gap in gaps(central.requests)), gaps(central.requests)
+
+
+async def test_an_endless_answer_is_not_read_into_memory(tmp_path: Path) -> None:
+    """A 200 whose body never ends (or is gigabytes) is cut off at the answer limit and retried."""
+    big = b'{"accepted": [' + b'"x",' * 2_000_000 + b'"x"]}'
+
+    def huge(sent: Sent, n: int) -> web.Response:
+        if n == 1:
+            return web.Response(body=big, content_type="application/json")
+        return accept_all(sent, n)
+
+    central = Central(huge)
+    async with serving(central) as url:
+        config = sync_config(tmp_path / "data", url)
+        async with open_outbox(config) as outbox:
+            await fill(outbox, ratings(config, 5))
+            async with running_uplink(StubHost(config, outbox), backoff_base_s=0.05):
+                await none_pending(outbox)
+    assert len(central.requests) == 2, "the oversized answer was a failure, then the batch went again"
+    assert central.requests[0].key == central.requests[1].key
