@@ -179,6 +179,7 @@ def render(found: Found, node_id: str, hall_code: str) -> str:
         "[api]",
         'listen = "127.0.0.1:8780"',
         'pull_token_file = "/etc/hallhub/pull-token"',
+        'control_token_file = "/etc/hallhub/control-token"  # window PCs and staff changing state (§9)',
         "",
         "[central]                           # push is off until url is set",
         'url = ""',
