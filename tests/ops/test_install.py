@@ -34,12 +34,12 @@ def test_fresh_install_layout(installed: Path) -> None:
     etc = installed / "etc/hallhub"
     assert (etc / "node.toml").read_text() == (REPO / "config/node.example.toml").read_text()
     assert re.fullmatch(r"[0-9a-f]{64}\n", (etc / "secret").read_text())
-    for token in ("broker-password", "pull-token"):
+    for token in ("broker-password", "pull-token", "control-token"):
         assert re.fullmatch(r"[A-Za-z0-9_-]{32}\n", (etc / token).read_text())
     assert (etc / "central-token").read_text() == ""
     assert mode(etc) == 0o750
     assert mode(etc / "secret") == 0o600
-    for name in ("node.toml", "broker-password", "pull-token", "central-token"):
+    for name in ("node.toml", "broker-password", "pull-token", "control-token", "central-token"):
         assert mode(etc / name) == 0o640, name
     assert mode(installed / "var/lib/hallhub") == 0o750
 
