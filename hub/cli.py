@@ -107,13 +107,25 @@ ConfigOption = Annotated[
 ]
 
 
+EXIT_CONFIG: Final = 1
+"""Exit status of `run`, `config check` and the other commands when the config cannot be used."""
+
+
+def _fail(lines: list[str]) -> typer.Exit:
+    """Print each line as an error (values from the file are shown as text, never as markup)."""
+    from rich.markup import escape
+
+    for line in lines:
+        _err().print(f"[red]error[/] {escape(line)}", highlight=False)
+    return typer.Exit(EXIT_CONFIG)
+
+
 def _load_or_exit(path: Path) -> HubConfig:
+    """The validated config (`load_config`, the one validation), or its errors and exit 1."""
     try:
         return load_config(path)
     except ConfigError as exc:
-        for line in exc.lines():
-            _err().print(f"[red]error[/] {line}", highlight=False)
-        raise typer.Exit(1) from None
+        raise _fail(exc.lines()) from None
 
 
 @app.command()
@@ -129,6 +141,7 @@ def run(
 ) -> None:
     """Run the hub with a node config until SIGTERM/SIGINT (clean shutdown, exit 0)."""
     from hub.logsetup import setup_logging
+    from hub.privacy import SecretFileError
     from hub.runner import run_hub
 
     setup_logging(log_level)
@@ -136,10 +149,11 @@ def run(
     try:
         secrets = resolve_secrets(cfg, str(config))
     except ConfigError as exc:
-        for line in exc.lines():
-            _err().print(f"[red]error[/] {line}", highlight=False)
-        raise typer.Exit(1) from None
-    run_hub(cfg, secrets)
+        raise _fail(exc.lines()) from None
+    try:
+        run_hub(cfg, secrets)
+    except SecretFileError as exc:  # raised only while the hub is built, before it serves
+        raise _fail([f"{config}: node.secret_file: {exc}"]) from None
 
 
 @app.command()

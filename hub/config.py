@@ -2,6 +2,10 @@
 
 Validation runs in two passes: pydantic checks each key's type and range, then `_cross_checks`
 checks what depends on several keys (a serial device needs a port, one rating device per window...).
+`load_config` is the one place a config is judged: `hallhub config check`, `hallhub doctor` and
+`hallhub run` all call it, so a value that would stop the hub at start-up is a `ConfigError` naming
+its key. The rules of the national record's values (`pf_code_problem`, `reason_code_problem`,
+`area_code_problem`, `timezone_problem`) live here and `sync.national` applies the same functions.
 """
 
 from __future__ import annotations
@@ -10,13 +14,15 @@ import functools
 import ipaddress
 import re
 import tomllib
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from types import MappingProxyType
+from typing import Annotated, Any, Final, Literal, TypeVar
 from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 from pydantic_core import ErrorDetails
 
 from hub.validation import describe, key_path
@@ -43,6 +49,85 @@ ALLOWED_TRANSPORTS: dict[str, tuple[str, ...]] = {
 }
 RATING_KINDS = ("keypad", "pad")
 
+_T = TypeVar("_T")
+
+# -- the national record's values (CONTRACTS §6a), shared with sync.national ---------------------
+
+NATIONAL_CHANNELS: Final = ("keypad", "terminal", "pad", "qr")
+"""The channels a rating comes through, the keys of `national.pf`."""
+
+PF_CODES: Final = range(1, 8)
+"""`pf` codes the national record takes: 1 PC, 2 mobile, 3 QR code, 4 evaluator or tablet at the
+window, 5 other hall terminal; 6 and 7 differ by province."""
+
+DEFAULT_PF: Final[Mapping[str, int]] = MappingProxyType({"keypad": 4, "pad": 4, "terminal": 5, "qr": 3})
+"""Channel → `pf`: 4 evaluator or tablet at the window, 5 other hall terminal, 3 QR code."""
+
+DEFAULT_TIMEZONE: Final = "Asia/Shanghai"
+
+AREA_CODE: Final = re.compile(r"[0-9]{6}(?:[0-9]{6})?")
+"""`areaCode`: a 6-digit administrative division code, or the 12-digit statistical one."""
+
+
+def _shown(value: object) -> str:
+    """A value as an error message quotes it (shortened: a message is one line)."""
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def pf_code_problem(code: object) -> str | None:
+    """Why `code` cannot be a `pf` channel code, or None."""
+    if isinstance(code, bool) or not isinstance(code, int) or code not in PF_CODES:
+        return (
+            "expected a channel code from 1 to 7 (1 PC, 2 mobile, 3 QR code, 4 evaluator at the window,"
+            f" 5 hall terminal, 6 and 7 as the province defines them), got {_shown(code)}"
+        )
+    return None
+
+
+def reason_code_problem(code: object) -> str | None:
+    """Why `code` cannot be an `evalDetail` code, or None (the platform reads a comma-separated list)."""
+    if not isinstance(code, str) or not code or "," in code:
+        return (
+            "expected one platform evalDetail code, not empty and without commas (evalDetail lists"
+            f" codes separated by commas), got {_shown(code)}"
+        )
+    return None
+
+
+def area_code_problem(code: str) -> str | None:
+    """Why `code` cannot be the `areaCode`, or None (empty means `node.hall_code`)."""
+    if code and not AREA_CODE.fullmatch(code):
+        return (
+            'expected a 6-digit administrative division code such as "370102" (or the 12-digit'
+            f' statistical code), or "" for node.hall_code, got {_shown(code)}'
+        )
+    return None
+
+
+def timezone_problem(name: str) -> str | None:
+    """Why `name` is not a time zone this system can load, or None."""
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError, OSError):
+        return (
+            'expected an IANA time zone name such as "Asia/Shanghai" (as in /usr/share/zoneinfo),'
+            f" got {_shown(name)}"
+        )
+    return None
+
+
+def _rule(problem_of: Callable[[_T], str | None]) -> AfterValidator:
+    """A pydantic validator from a `*_problem` function, so that the key path comes with it."""
+
+    def check(value: _T) -> _T:
+        problem = problem_of(value)
+        if problem is not None:
+            raise ValueError(problem)
+        return value
+
+    return AfterValidator(check)
+
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
@@ -53,8 +138,8 @@ class NodeSection(_Section):
 
     id: Annotated[str, Field(pattern=_ID_PATTERN)]
     hall_code: Annotated[str, Field(pattern=_HALL_CODE_PATTERN)]
-    data_dir: str = "/var/lib/hallhub"
-    secret_file: str = "/etc/hallhub/secret"  # noqa: S105 (a path, not a secret)
+    data_dir: Annotated[str, Field(min_length=1)] = "/var/lib/hallhub"
+    secret_file: Annotated[str, Field(min_length=1)] = "/etc/hallhub/secret"  # noqa: S105 (a path)
 
 
 class BrokerSection(_Section):
@@ -139,12 +224,10 @@ class NationalSection(_Section):
 
     level_order: Literal["5_best", "1_best"] = "5_best"
     dept_code: str = ""
-    area_code: str = ""
-    timezone: str = "Asia/Shanghai"
-    pf: dict[str, Annotated[int, Field(ge=1, le=9)]] = Field(
-        default_factory=lambda: {"keypad": 4, "pad": 4, "terminal": 5, "qr": 3}
-    )
-    reasons: dict[str, str] = Field(default_factory=dict)
+    area_code: Annotated[str, _rule(area_code_problem)] = ""
+    timezone: Annotated[str, _rule(timezone_problem)] = DEFAULT_TIMEZONE
+    pf: dict[str, Annotated[int, _rule(pf_code_problem)]] = Field(default_factory=lambda: dict(DEFAULT_PF))
+    reasons: dict[str, Annotated[str, _rule(reason_code_problem)]] = Field(default_factory=dict)
 
 
 class DeviceSection(_Section):
@@ -277,12 +360,10 @@ def _cross_checks(config: HubConfig) -> list[ConfigProblem]:
         problem = central_url_problem(config.central.url)
         if problem:
             problems.append(ConfigProblem("central.url", problem))
-    if config.national.area_code and not config.national.area_code.isdigit():
-        problems.append(ConfigProblem("national.area_code", "expected digits only"))
     for channel in config.national.pf:
-        if channel not in ("keypad", "terminal", "pad", "qr"):
+        if channel not in NATIONAL_CHANNELS:
             problems.append(
-                ConfigProblem(f"national.pf.{channel}", "unknown channel (keypad, terminal, pad, qr)")
+                ConfigProblem(f"national.pf.{channel}", f"unknown channel ({', '.join(NATIONAL_CHANNELS)})")
             )
 
     seen_ids: dict[str, int] = {}
@@ -444,8 +525,8 @@ def parse_config(raw: dict[str, Any], path: Path | str = "<config>") -> HubConfi
     return config
 
 
-def load_config(path: Path | str) -> HubConfig:
-    """Read and validate a config file; raise ConfigError that names the file and each key."""
+def read_config_document(path: Path | str) -> dict[str, Any]:
+    """Read a config file as a TOML document, not yet validated; raise ConfigError naming the file."""
     file = Path(path)
     try:
         text = file.read_bytes().decode("utf-8")
@@ -462,10 +543,17 @@ def load_config(path: Path | str) -> HubConfig:
     except OSError as exc:
         raise ConfigError(file, [ConfigProblem("", f"cannot read: {exc.strerror}")]) from None
     try:
-        raw = tomllib.loads(text)
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(file, [ConfigProblem("", f"not valid TOML: {exc}")]) from None
-    return parse_config(raw, file)
+
+
+def load_config(path: Path | str) -> HubConfig:
+    """Read and validate a config file; raise ConfigError that names the file and each key.
+
+    This is the whole validation: `run`, `config check` and `doctor` all judge a config by it.
+    """
+    return parse_config(read_config_document(path), Path(path))
 
 
 @dataclass(frozen=True, slots=True)
@@ -479,39 +567,56 @@ class Secrets:
     view_token: str = ""
 
 
-def _read_secret(path: str, key: str, config_path: str) -> str:
-    try:
-        return Path(path).read_text(encoding="utf-8").strip()
-    except OSError as exc:
-        raise ConfigError(config_path, [ConfigProblem(key, f"cannot read {path}: {exc.strerror}")]) from None
+_SECRET_KEYS: Final = (
+    ("broker.password_file", "broker_password"),
+    ("api.pull_token_file", "pull_token"),
+    ("central.token_file", "central_token"),
+    ("api.control_token_file", "control_token"),
+    ("api.view_token_file", "view_token"),
+)
+"""Each `*_file` key and the `Secrets` field it fills."""
+
+
+def read_secrets(config: HubConfig) -> tuple[Secrets, list[ConfigProblem]]:
+    """Secrets from the config and its `*_file` keys, and a problem for each file that cannot be used.
+
+    A secret whose file fails is left empty; `resolve_secrets` refuses to go on, `doctor` skips
+    only the checks that need that secret.
+    """
+    values = {
+        "broker_password": config.broker.password,
+        "pull_token": config.api.pull_token,
+        "central_token": config.central.token,
+        "control_token": config.api.control_token,
+        "view_token": config.api.view_token,
+    }
+    problems: list[ConfigProblem] = []
+    for key, field_name in _SECRET_KEYS:
+        section, name = key.split(".")
+        path = getattr(getattr(config, section), name)
+        if not path:
+            continue
+        try:
+            values[field_name] = Path(path).read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            problems.append(ConfigProblem(key, f"cannot read {path}: {exc.strerror}"))
+        except UnicodeDecodeError as exc:
+            problems.append(ConfigProblem(key, f"{path} is not UTF-8 text (byte {exc.start})"))
+    host, _port = config.api_host_port
+    unread = {problem.key for problem in problems}
+    if not is_loopback(host) and not values["control_token"] and "api.control_token_file" not in unread:
+        # Off loopback a control token is required (checked at load): here its file turned out empty.
+        problems.append(ConfigProblem("api.control_token_file", f"{config.api.control_token_file} is empty"))
+    return Secrets(**values), problems
 
 
 def resolve_secrets(config: HubConfig, config_path: str = "<config>") -> Secrets:
-    """Read `password_file`, `pull_token_file` and `token_file` where they are set."""
-    broker = config.broker.password
-    if config.broker.password_file:
-        broker = _read_secret(config.broker.password_file, "broker.password_file", config_path)
-    pull = config.api.pull_token
-    if config.api.pull_token_file:
-        pull = _read_secret(config.api.pull_token_file, "api.pull_token_file", config_path)
-    central = config.central.token
-    if config.central.token_file:
-        central = _read_secret(config.central.token_file, "central.token_file", config_path)
-    control = config.api.control_token
-    if config.api.control_token_file:
-        control = _read_secret(config.api.control_token_file, "api.control_token_file", config_path)
-    view = config.api.view_token
-    if config.api.view_token_file:
-        view = _read_secret(config.api.view_token_file, "api.view_token_file", config_path)
-    host, _port = config.api_host_port
-    if not is_loopback(host) and not control:
-        raise ConfigError(
-            config_path,
-            [ConfigProblem("api.control_token_file", f"{config.api.control_token_file} is empty")],
-        )
-    return Secrets(
-        broker_password=broker, pull_token=pull, central_token=central, control_token=control, view_token=view
-    )
+    """Read `password_file`, `pull_token_file`, `token_file` and the other `*_file` keys where set;
+    raise ConfigError listing every file that cannot be used."""
+    secrets, problems = read_secrets(config)
+    if problems:
+        raise ConfigError(config_path, problems)
+    return secrets
 
 
 def is_loopback(host: str) -> bool:

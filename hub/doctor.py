@@ -12,6 +12,11 @@ scratch topic under the node's root); the central URL (DNS, TLS, the token, cloc
 `Date` header); free disk space against `outbox.max_mb`; clock synchronisation; the systemd unit
 and its watchdog.
 
+The config is judged by `load_config`, exactly as `hallhub config check` and `hallhub run` judge
+it, and its errors are the same lines. An invalid config does not stop doctor: every check whose
+sections are valid still runs, and each check that needs an invalid section (or a secret file that
+cannot be read) is reported `SKIP` with the keys it waits for.
+
 Permissions are judged for the user the hub runs as (`--user`, else the `User=` of
 hallhub.service, else a `hallhub` account if one exists, else the current user). For another user
 than the current one the check follows the file's owner, group and mode bits (as the kernel does
@@ -62,12 +67,15 @@ from aiomqtt.exceptions import MqttConnectError
 from hub import __version__
 from hub.config import (
     ConfigError,
+    ConfigProblem,
     DeviceSection,
     HubConfig,
     Secrets,
     is_loopback,
     load_config,
-    resolve_secrets,
+    parse_config,
+    read_config_document,
+    read_secrets,
 )
 from hub.topics import Topics
 
@@ -118,25 +126,32 @@ MIB: Final = 2**20
 
 
 class Level(enum.StrEnum):
-    """How bad a finding is; any error makes doctor exit 1."""
+    """How bad a finding is; any error makes doctor exit 1. `skipped`: a check that could not run
+    because what it needs in the config is not valid (the config errors say why)."""
 
     OK = "ok"
     WARNING = "warning"
     ERROR = "error"
+    SKIPPED = "skipped"
 
 
-_LABELS: Final = {Level.OK: "OK", Level.WARNING: "WARN", Level.ERROR: "ERROR"}
+_LABELS: Final = {Level.OK: "OK", Level.WARNING: "WARN", Level.ERROR: "ERROR", Level.SKIPPED: "SKIP"}
 
 
 @dataclass(frozen=True, slots=True)
 class Finding:
-    """One result line: `LEVEL check[subject]: message; fix: fix`."""
+    """One result line: `LEVEL check[subject]: message; fix: fix`.
+
+    `key` is the config key path a config or secret-file finding is about (`national.pf.qr`), as
+    `hallhub config check` names it; empty for the other checks.
+    """
 
     check: str
     subject: str
     level: Level
     message: str
     fix: str = ""
+    key: str = ""
 
     def line(self) -> str:
         """The finding as one line of text."""
@@ -151,6 +166,7 @@ class Finding:
             "level": str(self.level),
             "message": self.message,
             "fix": self.fix,
+            "key": self.key,
         }
 
 
@@ -164,6 +180,12 @@ def _warn(check: str, subject: str, message: str, fix: str = "") -> Finding:
 
 def _error(check: str, subject: str, message: str, fix: str = "") -> Finding:
     return Finding(check, subject, Level.ERROR, message, fix)
+
+
+def _skip(check: str, subject: str, why: str) -> Finding:
+    return Finding(
+        check, subject, Level.SKIPPED, f"not checked: {why}", "fix the errors above, then run doctor again"
+    )
 
 
 # -- redaction -----------------------------------------------------------------------------------
@@ -211,6 +233,7 @@ class Scrubber:
             finding.level,
             self(finding.message),
             self(finding.fix),
+            finding.key,
         )
 
     def deep(self, data: Any) -> Any:
@@ -262,6 +285,11 @@ class Report:
         return sum(1 for f in self.findings if f.level is Level.WARNING)
 
     @property
+    def skipped(self) -> int:
+        """Number of checks that could not run (what they need in the config is not valid)."""
+        return sum(1 for f in self.findings if f.level is Level.SKIPPED)
+
+    @property
     def exit_code(self) -> int:
         """1 if any check failed, else 0."""
         return 1 if self.errors else 0
@@ -272,16 +300,15 @@ class Report:
 
     def summary(self) -> str:
         """The closing line."""
-        checks = len(self.findings)
+        checks = _plural(len(self.findings), "check")
+        if self.skipped:
+            checks += f", {self.skipped} skipped"
         if self.errors:
             return (
                 f"doctor: {_plural(self.errors, 'error')} and {_plural(self.warnings, 'warning')} "
-                f"in {_plural(checks, 'check')} ({self.elapsed_s:.1f} s): fix the errors, then run it again"
+                f"in {checks} ({self.elapsed_s:.1f} s): fix the errors, then run it again"
             )
-        return (
-            f"doctor: no errors, {_plural(self.warnings, 'warning')} in {_plural(checks, 'check')}"
-            f" ({self.elapsed_s:.1f} s)"
-        )
+        return f"doctor: no errors, {_plural(self.warnings, 'warning')} in {checks} ({self.elapsed_s:.1f} s)"
 
     def to_json(self) -> dict[str, Any]:
         """The machine-readable report (`--json`)."""
@@ -292,6 +319,7 @@ class Report:
             "ok": self.errors == 0,
             "errors": self.errors,
             "warnings": self.warnings,
+            "skipped": self.skipped,
             "elapsed_s": round(self.elapsed_s, 2),
             "findings": [finding.to_json() for finding in self.findings],
             "config": self.config,
@@ -522,13 +550,120 @@ class _Context:
     user: ServiceUser
     unit: UnitInfo | None
     scrub: Scrubber
+    device_indexes: tuple[int, ...] = ()
 
     def index(self, device: DeviceSection) -> int:
-        return next(i for i, d in enumerate(self.config.device) if d is device)
+        """The device's index in the config file (`device[i]`), also when invalid devices were left out."""
+        position = next(i for i, d in enumerate(self.config.device) if d is device)
+        return self.device_indexes[position] if position < len(self.device_indexes) else position
 
 
-def check_config(path: Path) -> tuple[HubConfig | None, list[Finding]]:
-    """Load and validate the config; error findings name each key."""
+_PLACEHOLDER_NODE: Final = {"id": "unknown", "hall_code": "000000"}
+"""Stands in for an invalid `[node]` so that the other sections stay usable; checks needing it skip."""
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigView:
+    """What doctor may use of the config: all of it, its valid sections, or nothing.
+
+    `config` holds the file's valid sections: an invalid section is replaced by its defaults (an
+    invalid `[node]` by a placeholder) and an invalid device is left out, so that the checks which
+    do not need them still run. `broken` maps each section that is not the file's own (`node`,
+    `broker`, `device[2]`, ...) to the keys that failed; `device_indexes` gives each kept device's
+    index in the file and `left_out` names each device left out (its id, or `device[i]`);
+    `unusable` says why nothing at all could be used.
+    """
+
+    config: HubConfig | None
+    valid: bool = False
+    broken: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    device_indexes: tuple[int, ...] = ()
+    unusable: str = ""
+    left_out: Mapping[str, str] = field(default_factory=dict)
+
+    def why_not(self, *sections: str) -> str | None:
+        """Why a check that needs these sections cannot run, or None if it can."""
+        if self.config is None:
+            return self.unusable
+        keys = [key for section in sections for key in self.broken.get(section, ())]
+        if not keys:
+            return None
+        return f"{', '.join(dict.fromkeys(keys))} {'is' if len(keys) == 1 else 'are'} not usable"
+
+    def with_broken(self, problems: Sequence[ConfigProblem]) -> ConfigView:
+        """The same view with more keys that failed (secret files that cannot be read)."""
+        broken = {section: list(keys) for section, keys in self.broken.items()}
+        for problem in problems:
+            broken.setdefault(_section_of(problem.key), []).append(problem.key)
+        return ConfigView(
+            self.config,
+            self.valid,
+            {section: tuple(keys) for section, keys in broken.items()},
+            self.device_indexes,
+            self.unusable,
+            self.left_out,
+        )
+
+
+def _section_of(key: str) -> str:
+    """The top-level part of a key path: `device[2].port` -> `device[2]`, `national.pf.qr` -> `national`."""
+    return key.split(".", 1)[0]
+
+
+_DEVICE_KEY: Final = re.compile(r"device\[([0-9]+)\]")
+
+
+def _salvage(raw: dict[str, Any], problems: Sequence[ConfigProblem], path: Path) -> ConfigView:
+    """The valid part of a config that failed validation (see `ConfigView`)."""
+    broken: dict[str, list[str]] = {}
+    for problem in problems:
+        broken.setdefault(_section_of(problem.key), []).append(problem.key)
+    devices = raw.get("device")
+    for _attempt in range(4):  # leaving a section out can only reveal problems in the others
+        if "" in broken:
+            break
+        reduced = {name: value for name, value in raw.items() if name not in broken and name != "device"}
+        if "node" in broken:
+            reduced["node"] = dict(_PLACEHOLDER_NODE)
+        indexes: list[int] = []
+        if isinstance(devices, list) and "device" not in broken:
+            indexes = [i for i in range(len(devices)) if f"device[{i}]" not in broken]
+            reduced["device"] = [devices[i] for i in indexes]
+        try:
+            config = parse_config(reduced, path)
+        except ConfigError as exc:
+            for problem in exc.problems:
+                key = problem.key
+                if match := _DEVICE_KEY.match(key):  # renumber: device[j] of `reduced` is device[indexes[j]]
+                    key = f"device[{indexes[int(match.group(1))]}]{key[match.end() :]}"
+                broken.setdefault(_section_of(key), []).append(key)
+            continue
+        frozen = {section: tuple(keys) for section, keys in broken.items()}
+        left_out = {
+            section: _device_name(devices, section)
+            for section in frozen
+            if section == "device" or _DEVICE_KEY.fullmatch(section)
+        }
+        return ConfigView(config, False, frozen, tuple(indexes), left_out=left_out)
+    return ConfigView(None, unusable="the config is not valid (see the config errors)")
+
+
+def _device_name(devices: object, section: str) -> str:
+    """How a left-out device is named in doctor's report: its id if it has one, else `device[i]`."""
+    match = _DEVICE_KEY.fullmatch(section)
+    if match is None or not isinstance(devices, list) or int(match.group(1)) >= len(devices):
+        return section
+    device = devices[int(match.group(1))]
+    name = device.get("id") if isinstance(device, dict) else None
+    return name[:64] if isinstance(name, str) and name.strip() else section
+
+
+def check_config(path: Path) -> tuple[ConfigView, list[Finding]]:
+    """Validate the config exactly as `hallhub config check` and `hallhub run` do (`load_config`).
+
+    One error finding per problem, naming its key; then the valid part of the file is kept so that
+    doctor still runs every check that does not need the invalid sections.
+    """
     try:
         config = load_config(path)
     except ConfigError as exc:
@@ -540,34 +675,46 @@ def check_config(path: Path) -> tuple[HubConfig | None, list[Finding]]:
                 message = "invalid value (not shown: it is a secret); expected text in quotes"
             where = f"{problem.key}: " if problem.key else ""
             findings.append(
-                _error(
+                Finding(
                     "config",
                     str(path),
+                    Level.ERROR,
                     f"{where}{message}",
                     f"edit {path}, then run `hallhub config check {path}`",
+                    problem.key,
                 )
             )
-        return None, findings
+        try:
+            raw = read_config_document(path)
+        except ConfigError:
+            return ConfigView(None, unusable="the config file cannot be read"), findings
+        return _salvage(raw, exc.problems, path), findings
     devices = _plural(len(config.device), "device")
-    return config, [
+    view = ConfigView(config, valid=True, device_indexes=tuple(range(len(config.device))))
+    return view, [
         _ok("config", str(path), f"node {config.node.id} (hall {config.node.hall_code}), {devices}")
     ]
 
 
-def check_secrets(config: HubConfig, path: Path) -> tuple[Secrets | None, list[Finding]]:
-    """Read the password and token files the config names."""
-    try:
-        return resolve_secrets(config, str(path)), []
-    except ConfigError as exc:
-        return None, [
-            _error(
-                "config",
-                str(path),
-                f"{p.key}: {p.message}",
-                "create the file (readable by the hub's user only: chmod 600) or fix the path",
-            )
-            for p in exc.problems
-        ]
+def check_secrets(config: HubConfig) -> tuple[Secrets, list[ConfigProblem], list[Finding]]:
+    """Read the password and token files the config names; a finding for each that cannot be used.
+
+    These are files, not config values: `config check` does not read them, `run` refuses to start
+    without them. A secret that cannot be read is left empty and the checks needing it skip.
+    """
+    secrets, problems = read_secrets(config)
+    findings = [
+        Finding(
+            "secrets",
+            p.key,
+            Level.ERROR,
+            p.message,
+            "create the file (readable by the hub's user only: chmod 600) or fix the path",
+            p.key,
+        )
+        for p in problems
+    ]
+    return secrets, problems, findings
 
 
 def check_node_secret(ctx: _Context) -> list[Finding]:
@@ -1503,11 +1650,21 @@ def _serial_groups(config: HubConfig) -> list[list[DeviceSection]]:
     return list(groups.values())
 
 
+async def _skipped(finding: Finding) -> list[Finding]:
+    """A skipped check, in the place of its findings among the concurrent checks."""
+    return [finding]
+
+
 async def run_doctor(options: DoctorOptions) -> Report:
-    """Run every check and return the (scrubbed) report."""
+    """Run every check and return the (scrubbed) report.
+
+    An invalid config does not stop doctor: its errors are those of `hallhub config check`, and
+    every check that does not need an invalid section still runs; the others are reported skipped,
+    with the keys they are waiting for.
+    """
     started = time.monotonic()
     scrub = Scrubber()
-    config, findings = check_config(options.config_path)
+    view, findings = check_config(options.config_path)
     unit = await find_unit(options)
     try:
         user = service_user(options, unit)
@@ -1517,18 +1674,24 @@ async def run_doctor(options: DoctorOptions) -> Report:
             _error("user", options.user or "-", "no such account", "pass an existing account with --user")
         )
     report = Report(str(options.config_path), f"{user.name} ({user.source})")
-    secrets = None
-    if config is not None:
-        secrets, problems = check_secrets(config, options.config_path)
-        findings += problems
     t = options.timeout_s
     checks: list[Awaitable[list[Finding]]] = []
     ctx: _Context | None = None
-    if config is not None and secrets is not None:
+    config = view.config
+    if config is not None:
+        secrets, unreadable, secret_findings = check_secrets(config)
+        findings += secret_findings
+        invalid = set(view.broken)  # sections whose values are not the file's (named "-" below)
+        view = view.with_broken(unreadable)
         scrub.add(secrets.broker_password, secrets.pull_token, secrets.central_token)
-        ctx = _Context(options, config, secrets, user, unit, scrub)
-        findings += check_node_secret(ctx)
-        findings += check_crypto(config)
+        scrub.add(secrets.control_token, secrets.view_token)
+        ctx = _Context(options, config, secrets, user, unit, scrub, view.device_indexes)
+        why = view.why_not("node")
+        findings += [_skip("secret", "-", why)] if why else check_node_secret(ctx)
+        why = view.why_not("privacy")
+        findings += [_skip("crypto", "SM3/SM4", why)] if why else check_crypto(config)
+        for section, name in view.left_out.items():  # invalid devices are not probed
+            findings.append(_skip("device", name, view.why_not(section) or ""))
         for group in _serial_groups(config):
             extra = KEYPAD_TRIES * KEYPAD_ACK_TIMEOUT_S * 2 * len(group)
             checks.append(
@@ -1539,17 +1702,32 @@ async def run_doctor(options: DoctorOptions) -> Report:
                 checks.append(_guarded("pcsc", device.id, t + 1, check_pcsc(ctx, device)))
             elif device.transport == "camera":
                 checks.append(_guarded("camera", device.id, t + 1, check_camera(ctx, device)))
-        checks.append(
-            _guarded("broker", f"{config.broker.host}:{config.broker.port}", t + 1, check_broker(ctx))
-        )
-        checks.append(_guarded("central", config.central.url or "-", 2 * t + 1, check_central(ctx)))
+        broker = f"{config.broker.host}:{config.broker.port}"
+        if why := view.why_not("node", "broker"):
+            checks.append(_skipped(_skip("broker", "-" if "broker" in invalid else broker, why)))
+        else:
+            checks.append(_guarded("broker", broker, t + 1, check_broker(ctx)))
+        if why := view.why_not("node", "central"):
+            subject = "-" if "central" in invalid else config.central.url or "-"
+            checks.append(_skipped(_skip("central", subject, why)))
+        else:
+            checks.append(_guarded("central", config.central.url or "-", 2 * t + 1, check_central(ctx)))
+    else:
+        needing_config = ("secret", "crypto", "device", "broker", "central", "disk")
+        findings += [
+            _skip(check, "SM3/SM4" if check == "crypto" else "-", view.unusable) for check in needing_config
+        ]
     # The clock and the unit do not depend on the config: checked even when it is broken.
     checks.append(_guarded("clock", "sync", t, check_timesync(options)))
     for result in await asyncio.gather(*checks):
         findings += result
     if ctx is not None:
-        findings += check_disk(ctx)
-        report.config = scrub.deep(redact(ctx.config.model_dump(mode="json")))
+        if why := view.why_not("node", "outbox"):
+            findings.append(_skip("disk", "-" if "node" in invalid else ctx.config.node.data_dir, why))
+        else:
+            findings += check_disk(ctx)
+        if view.valid:
+            report.config = scrub.deep(redact(ctx.config.model_dump(mode="json")))
     findings += check_watchdog(options, unit)
     report.findings = [scrub.finding(f) for f in findings]
     report.elapsed_s = time.monotonic() - started
@@ -1569,7 +1747,7 @@ def main(config_path: Path, *, as_json: bool, user: str | None, timeout_s: float
     from rich.markup import escape  # noqa: PLC0415
 
     console = Console(highlight=False, soft_wrap=True)
-    colours = {Level.OK: "green", Level.WARNING: "yellow", Level.ERROR: "bold red"}
+    colours = {Level.OK: "green", Level.WARNING: "yellow", Level.ERROR: "bold red", Level.SKIPPED: "cyan"}
     console.print(f"hallhub doctor {__version__}: {config_path}, permissions checked for user {report.user}")
     for finding in report.findings:
         label = _LABELS[finding.level]

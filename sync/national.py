@@ -18,15 +18,22 @@ from __future__ import annotations
 
 import functools
 import json
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from importlib import resources
 from types import MappingProxyType
 from typing import Any, Final, Literal
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo
 
+from hub.config import (
+    DEFAULT_PF,
+    DEFAULT_TIMEZONE,
+    area_code_problem,
+    pf_code_problem,
+    reason_code_problem,
+    timezone_problem,
+)
 from sync.wire import RecordError, evaluation_data, parse_timestamp, validate_record
 
 __all__ = [
@@ -43,14 +50,7 @@ __all__ = [
 
 LevelOrder = Literal["5_best", "1_best"]
 
-DEFAULT_PF: Final[Mapping[str, int]] = MappingProxyType({"keypad": 4, "pad": 4, "terminal": 5, "qr": 3})
-"""Channel → `pf`: 4 evaluator or tablet at the window, 5 other hall terminal, 3 QR code."""
-
-DEFAULT_TIMEZONE: Final = "Asia/Shanghai"
-
 _ASSESS_TIME_FORMAT: Final = "%Y-%m-%d %H:%M:%S"
-_PF_RANGE: Final = range(1, 8)
-_AREA_CODE: Final = re.compile(r"[0-9]{6}([0-9]{6})?")
 
 
 class NationalMappingError(ValueError):
@@ -75,25 +75,26 @@ class NationalOptions:
     user_prop: int = 1
 
     def __post_init__(self) -> None:
-        """Check every setting once, so that mapping a record cannot fail on configuration."""
+        """Check every setting once, so that mapping a record cannot fail on configuration.
+
+        The rules are `hub.config`'s, which `load_config` applies to `[national]`: a config that
+        loads always makes valid options.
+        """
         if self.level_order not in ("5_best", "1_best"):
             raise ValueError(f"level_order must be '5_best' or '1_best', got {self.level_order!r}")
-        for channel, code in self.pf.items():
-            if isinstance(code, bool) or not isinstance(code, int) or code not in _PF_RANGE:
-                raise ValueError(f"pf[{channel!r}] must be an integer 1-7, got {code!r}")
-        for reason, detail in self.reasons.items():
-            if not isinstance(detail, str) or not detail or "," in detail:
-                raise ValueError(
-                    f"reasons[{reason!r}] must be a non-empty code without commas, got {detail!r}"
-                )
-        if self.area_code and not _AREA_CODE.fullmatch(self.area_code):
-            raise ValueError(f"area_code must be empty or 6 or 12 digits, got {self.area_code!r}")
+        problems = [(f"pf[{channel!r}]", pf_code_problem(code)) for channel, code in self.pf.items()]
+        problems += [
+            (f"reasons[{reason!r}]", reason_code_problem(code)) for reason, code in self.reasons.items()
+        ]
+        problems += [
+            ("area_code", area_code_problem(self.area_code)),
+            ("timezone", timezone_problem(self.timezone)),
+        ]
+        for name, problem in problems:
+            if problem is not None:
+                raise ValueError(f"{name}: {problem}")
         if self.user_prop not in (1, 2):
             raise ValueError(f"user_prop must be 1 (person) or 2 (legal person), got {self.user_prop!r}")
-        try:
-            ZoneInfo(self.timezone)
-        except (ZoneInfoNotFoundError, ValueError):
-            raise ValueError(f"timezone {self.timezone!r} is not a known IANA time zone") from None
         object.__setattr__(self, "pf", MappingProxyType(dict(self.pf)))
         object.__setattr__(self, "reasons", MappingProxyType(dict(self.reasons)))
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -10,7 +13,8 @@ from typer.testing import CliRunner
 from hub.cli import app
 from hub.config import ConfigError, load_config, resolve_secrets
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "config" / "node.example.toml"
+REPO = Path(__file__).resolve().parents[1]
+EXAMPLE = REPO / "config" / "node.example.toml"
 
 GOOD_NODE = '[node]\nid = "n1"\nhall_code = "370102"\n'
 
@@ -247,3 +251,119 @@ def test_lan_listen_with_a_control_token_file_is_accepted(tmp_path: Path) -> Non
     token.write_text("", encoding="utf-8")
     with pytest.raises(ConfigError, match=r"api\.control_token_file: .* is empty"):
         resolve_secrets(load_config(path), str(path))
+
+
+# Issue 13, defect 11: each of these printed `ok` in `config check`, then `run` died with a traceback
+# from Hub.__init__ (the national mapping's own checks). Now `load_config` rejects them, by the same
+# rules that the mapping applies (hub.config's *_problem functions).
+RUN_REJECTS = [
+    (
+        "pf code 8",
+        "[national]\npf = {qr = 8}\n",
+        (
+            "national.pf.qr: expected a channel code from 1 to 7 (1 PC, 2 mobile, 3 QR code, 4 evaluator at the"
+            " window, 5 hall terminal, 6 and 7 as the province defines them), got 8"
+        ),
+    ),
+    (
+        "reasons value with a comma",
+        '[national]\nreasons = {R1 = "101,102"}\n',
+        (
+            "national.reasons.R1: expected one platform evalDetail code, not empty and without commas (evalDetail"
+            " lists codes separated by commas), got '101,102'"
+        ),
+    ),
+    (
+        "5-digit area code",
+        '[national]\narea_code = "37010"\n',
+        (
+            'national.area_code: expected a 6-digit administrative division code such as "370102" (or the 12-digit'
+            " statistical code), or \"\" for node.hall_code, got '37010'"
+        ),
+    ),
+    (
+        "time-zone typo",
+        '[national]\ntimezone = "Asia/Shangai"\n',
+        (
+            'national.timezone: expected an IANA time zone name such as "Asia/Shanghai" (as in /usr/share/zoneinfo),'
+            " got 'Asia/Shangai'"
+        ),
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("section", "expected"), [(t, e) for _n, t, e in RUN_REJECTS], ids=[n for n, _t, _e in RUN_REJECTS]
+)
+def test_config_rejects_what_run_rejects(tmp_path: Path, section: str, expected: str) -> None:
+    assert errors_of(tmp_path, GOOD_NODE + section) == [expected]
+
+
+@pytest.mark.parametrize(
+    ("section", "expected"), [(t, e) for _n, t, e in RUN_REJECTS], ids=[n for n, _t, _e in RUN_REJECTS]
+)
+def test_run_prints_the_config_error_not_a_traceback(tmp_path: Path, section: str, expected: str) -> None:
+    """`hallhub run` in its own process: the error line naming the key, exit 1, no traceback."""
+    path = tmp_path / "node.toml"
+    path.write_text(
+        f'[node]\nid = "n1"\nhall_code = "370102"\ndata_dir = "{tmp_path}/data"\n'
+        f'secret_file = "{tmp_path}/secret"\n[api]\nlisten = "127.0.0.1:0"\n{section}',
+        encoding="utf-8",
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "hub", "run", "--config", str(path)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "COLUMNS": "1000"},
+        check=False,
+    )
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
+    assert result.stderr.splitlines() == [f"error {path}: {expected}"]
+    assert not (tmp_path / "data").exists()  # refused before anything was created
+
+
+def test_config_values_are_shown_as_text_not_markup(tmp_path: Path) -> None:
+    bad = tmp_path / "node.toml"
+    bad.write_text('[node]\nid = "n1"\nhall_code = "[/x]"\n', encoding="utf-8")
+    failed = CliRunner().invoke(app, ["config", "check", str(bad)])
+    assert failed.exit_code == 1, failed.output
+    assert failed.exception is None or isinstance(failed.exception, SystemExit)
+    assert "got '[/x]'" in failed.output
+
+
+def test_every_unreadable_secret_file_is_named(tmp_path: Path) -> None:
+    path = tmp_path / "node.toml"
+    path.write_text(
+        GOOD_NODE
+        + f'[broker]\npassword_file = "{tmp_path}/nope"\n[central]\ntoken_file = "{tmp_path}/gone"\n',
+        encoding="utf-8",
+    )
+    with pytest.raises(ConfigError) as info:
+        resolve_secrets(load_config(path), str(path))
+    assert [p.key for p in info.value.problems] == ["broker.password_file", "central.token_file"]
+
+
+def test_run_with_an_unusable_secret_file_prints_the_error_not_a_traceback(tmp_path: Path) -> None:
+    secret = tmp_path / "secret"
+    secret.write_text("not hex\n", encoding="utf-8")
+    path = tmp_path / "node.toml"
+    path.write_text(
+        f'[node]\nid = "n1"\nhall_code = "370102"\ndata_dir = "{tmp_path}/data"\nsecret_file = "{secret}"\n'
+        '[api]\nlisten = "127.0.0.1:0"\n',
+        encoding="utf-8",
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "hub", "run", "--config", str(path)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "COLUMNS": "1000"},
+        check=False,
+    )
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
+    assert result.stderr.startswith(f"error {path}: node.secret_file: node secret file {secret}: ")

@@ -150,7 +150,7 @@ def assert_secrets_absent(text: str) -> None:
 
 def write_video(path: Path) -> Path:
     """A three-frame 64x48 video file, standing in for a camera."""
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 5, (64, 48))
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"MJPG"), 5, (64, 48))
     for _ in range(3):
         writer.write(np.full((48, 64, 3), 128, np.uint8))
     writer.release()
@@ -672,9 +672,142 @@ async def test_invalid_config_hides_secret_values(tmp_path: Path) -> None:
             f" then run `hallhub config check {config}`"
         ),
     ]
-    assert [f.check for f in report.findings if f.check not in ("config",)] == ["clock", "watchdog"]
+    # Doctor goes on (issue 13): what needs [broker] or [outbox] is skipped, naming the key; the rest runs.
+    assert [(f.check, f.level) for f in report.findings if f.check != "config"] == [
+        ("secret", Level.OK),
+        ("crypto", Level.OK),
+        ("broker", Level.SKIPPED),
+        ("central", Level.OK),
+        ("clock", Level.WARNING),
+        ("disk", Level.SKIPPED),
+        ("watchdog", Level.OK),
+    ]
+    assert lines_of(report, "broker") == [
+        (
+            "SKIP  broker[-]: not checked: broker.password is not usable; fix: fix the errors above, then run"
+            " doctor again"
+        )
+    ]
     assert "918273645" not in "\n".join(report.lines()) + json.dumps(report.to_json())
     assert report.exit_code == 1
+
+
+def config_check_lines(config: Path) -> tuple[int, list[str]]:
+    """`hallhub config check` in its own process: exit status and its error lines without the prefix."""
+    result = subprocess.run(
+        [sys.executable, "-m", "hub", "config", "check", str(config)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "COLUMNS": "1000"},
+        check=False,
+    )
+    prefix = f"error {config}: "
+    lines = result.stderr.splitlines()
+    assert all(line.startswith(prefix) for line in lines), result.stderr
+    return result.returncode, [line.removeprefix(prefix) for line in lines]
+
+
+BROKEN_CONFIGS = [
+    ("pf code 8", {"national": {"pf": {"qr": 8}}}),
+    ("reasons value with a comma", {"national": {"reasons": {"R1": "101,102"}}}),
+    ("5-digit area code", {"national": {"area_code": "37010"}}),
+    ("time-zone typo", {"national": {"timezone": "Asia/Shangai"}}),
+    ("several sections", {"broker": {"port": 0}, "outbox": {"max_mb": 0}, "api": {"listen": "8780"}}),
+    ("keypad without a port", {"device": [{"id": "kp-07", "kind": "keypad", "transport": "serial"}]}),
+]
+
+
+@pytest.mark.parametrize("sections", [s for _n, s in BROKEN_CONFIGS], ids=[n for n, _s in BROKEN_CONFIGS])
+async def test_doctor_reports_what_config_check_reports_and_goes_on(
+    tmp_path: Path, sections: dict[str, Any]
+) -> None:
+    """Issue 13 (11): one validation; where `config check` fails, doctor has the same lines, then runs on."""
+    config = write_node(tmp_path, free_port(), [], **sections)
+    status, check_lines = config_check_lines(config)
+    assert status == 1
+    report = await run_doctor(options(tmp_path, config))
+    errors = [f for f in report.findings if f.check == "config"]
+    assert [f.message for f in errors] == check_lines
+    assert {f.key for f in errors} == {line.split(": ", 1)[0] for line in check_lines}
+    assert all(f.level is Level.ERROR for f in errors)
+    ran = {f.check for f in report.findings if f.level is not Level.SKIPPED}
+    assert {"config", "secret", "crypto", "clock", "watchdog"} <= ran
+    if set(sections) <= {"national", "device"}:  # nothing the other checks need is invalid
+        assert {"broker", "central", "disk"} <= ran
+        assert report.skipped == (1 if "device" in sections else 0)
+    assert report.exit_code == 1
+
+
+async def test_doctor_skips_only_what_needs_an_invalid_section(tmp_path: Path) -> None:
+    port = tmp_path / "ttyUSB9"
+    config = write_node(
+        tmp_path,
+        free_port(),
+        [
+            {
+                "id": "kp-01",
+                "kind": "keypad",
+                "transport": "serial",
+                "address": 0,
+                "port": str(port),
+                "window": "01",
+            },
+            keypad(port),
+        ],
+        broker={"host": "127.0.0.1", "port": 70000},
+    )
+    report = await run_doctor(options(tmp_path, config))
+    fix = "fix: fix the errors above, then run doctor again"
+    assert [f.line() for f in report.findings if f.level is Level.SKIPPED] == [
+        f"SKIP  device[kp-01]: not checked: device[0].address is not usable; {fix}",
+        f"SKIP  broker[-]: not checked: broker.port is not usable; {fix}",
+    ]
+    (port_line,) = lines_of(report, "port")
+    assert port_line.startswith(
+        f"ERROR port[kp-07]: {port} does not exist; fix: plug the keypad in, or set device[1].port"
+    )
+    assert [f.level for f in report.findings if f.check in ("secret", "disk", "central")] == [Level.OK] * 3
+    assert report.summary().startswith("doctor: 3 errors and 1 warning in 11 checks, 2 skipped (")
+
+
+async def test_doctor_and_config_check_agree_on_the_example_config(tmp_path: Path) -> None:
+    """Issue 18: doctor said `config` ERROR where config check said ok, and stopped after 4 checks."""
+    example = REPO / "config" / "node.example.toml"
+    assert config_check_lines(example) == (0, [])
+    report = await run_doctor(options(tmp_path, example, timeout_s=2.0))
+    assert lines_of(report, "config") == [
+        f"OK    config[{example}]: node hall-370102-01 (hall 370102), 8 devices"
+    ]
+    checks = {f.check for f in report.findings}
+    assert checks >= {
+        "secret",
+        "crypto",
+        "port",
+        "camera",
+        "pcsc",
+        "broker",
+        "central",
+        "clock",
+        "disk",
+        "watchdog",
+    }
+    # Secret files that this machine lacks are the `secrets` check's errors, not the config's.
+    for finding in (f for f in report.findings if f.check == "secrets"):
+        assert finding.key.endswith("_file")
+        assert finding.message.startswith("cannot read /etc/hallhub/")
+
+
+async def test_doctor_goes_on_without_a_readable_config(tmp_path: Path) -> None:
+    report = await run_doctor(options(tmp_path, tmp_path / "missing.toml"))
+    assert [(f.check, f.level) for f in report.findings] == [
+        ("config", Level.ERROR),
+        *((check, Level.SKIPPED) for check in ("secret", "crypto", "device", "broker", "central", "disk")),
+        ("clock", Level.WARNING),
+        ("watchdog", Level.OK),
+    ]
+    assert report.findings[1].message == "not checked: the config file cannot be read"
 
 
 async def test_node_secret_file(tmp_path: Path) -> None:
@@ -747,9 +880,9 @@ def test_service_user_permissions_follow_mode_bits(tmp_path: Path) -> None:
 
 def test_timesync_parsers() -> None:
     assert (
-        judge_timedatectl("NTP=yes\nNTPSynchronized=yes\n").line()
+        judge_timedatectl("NTP=yes\nNTPSynchronized=yes\n").line()  # type: ignore[union-attr]
         == "OK    clock[sync]: synchronized (timedatectl)"
-    )  # type: ignore[union-attr]
+    )
     assert judge_timedatectl("NTP=no\nNTPSynchronized=no\n").line() == (  # type: ignore[union-attr]
         "WARN  clock[sync]: time sync is off (timedatectl); fix: timedatectl set-ntp true"
     )

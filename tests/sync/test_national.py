@@ -7,6 +7,8 @@ from typing import Any
 import jsonschema
 import pytest
 
+from hub.config import ConfigError, parse_config
+from sync.annotate import national_options
 from sync.national import (
     DEFAULT_PF,
     NationalMappingError,
@@ -186,19 +188,55 @@ def test_only_valid_evaluations_map() -> None:
     ("change", "message"),
     [
         ({"level_order": "best"}, "level_order must be '5_best' or '1_best'"),
-        ({"pf": {"keypad": 8}}, r"pf\['keypad'\] must be an integer 1-7"),
-        ({"pf": {"keypad": True}}, r"pf\['keypad'\] must be an integer 1-7"),
-        ({"reasons": {"R1": "a,b"}}, r"reasons\['R1'\] must be a non-empty code"),
-        ({"reasons": {"R1": ""}}, r"reasons\['R1'\] must be a non-empty code"),
-        ({"timezone": "Mars/Olympus"}, "timezone 'Mars/Olympus' is not a known IANA time zone"),
-        ({"timezone": "../etc"}, "is not a known IANA time zone"),
-        ({"area_code": "3701"}, "area_code must be empty or 6 or 12 digits"),
+        ({"pf": {"keypad": 8}}, r"pf\['keypad'\]: expected a channel code from 1 to 7 .*, got 8$"),
+        ({"pf": {"keypad": True}}, r"pf\['keypad'\]: expected a channel code from 1 to 7 .*, got True$"),
+        (
+            {"reasons": {"R1": "a,b"}},
+            r"reasons\['R1'\]: expected one platform evalDetail code, not empty and without commas",
+        ),
+        ({"reasons": {"R1": ""}}, r"reasons\['R1'\]: expected one platform evalDetail code, not empty"),
+        ({"timezone": "Mars/Olympus"}, r"timezone: expected an IANA time zone name .*, got 'Mars/Olympus'$"),
+        ({"timezone": "../etc"}, r"timezone: expected an IANA time zone name .*, got '\.\./etc'$"),
+        (
+            {"area_code": "3701"},
+            r"area_code: expected a 6-digit administrative division code .*, got '3701'$",
+        ),
         ({"user_prop": 3}, "user_prop must be 1"),
     ],
 )
 def test_options_are_checked(change: dict[str, Any], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         _options(**change)
+
+
+NATIONAL_VALUES = [
+    *(("pf", {"qr": code}) for code in (-1, 0, 1, 3, 7, 8, 9)),
+    *(("reasons", {"R1": code}) for code in ("", "101", "101,102", ",", " ", "A-01")),
+    *(("area_code", code) for code in ("", "3701", "37010", "370102", "3701020", "370102001000", "37010a")),
+    *(
+        ("timezone", name)
+        for name in ("Asia/Shanghai", "Asia/Shangai", "UTC", "Asia", "../etc", "", "/etc/x")
+    ),
+]
+
+
+@pytest.mark.parametrize(("key", "value"), NATIONAL_VALUES, ids=[f"{k}={v!r}" for k, v in NATIONAL_VALUES])
+def test_config_accepts_exactly_what_the_mapping_accepts(key: str, value: Any) -> None:
+    """Issue 13 (11): one rule in `hub.config` for both, so a config that loads never stops `run`."""
+    raw = {"node": {"id": "n1", "hall_code": "370102"}, "national": {key: value}}
+    try:
+        options = national_options(parse_config(raw))
+    except ConfigError as exc:
+        config_error: str | None = exc.problems[0].message
+    else:
+        config_error = None
+        assert isinstance(options, NationalOptions)
+    mapping_error: str | None = None
+    try:
+        _options(**{key: value})
+    except ValueError as exc:
+        mapping_error = str(exc).split(": ", 1)[1]
+    assert config_error == mapping_error
 
 
 def test_options_copy_their_tables() -> None:
