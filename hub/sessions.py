@@ -24,6 +24,11 @@ log = logging.getLogger(__name__)
 
 SESSION_BLOCK = 100
 RECENT_SESSIONS_KEPT_S = 600.0
+MAX_RECENT_SESSIONS = 1000
+"""Ended sessions kept for late ratings: those of the last RECENT_SESSIONS_KEPT_S, at most this many.
+
+A hall of 100 windows ends ~500 sessions in ten minutes; by time alone, a busier stream of requests
+(a queue system gone wrong, a flood) would hold every session of the last ten minutes."""
 CITIZEN_KEPT_S = 600.0
 MAX_SESSION = 2**32 - 1
 
@@ -92,6 +97,8 @@ class SessionManager:
         self._free: dict[str, deque[float]] = {}
         self._citizens: dict[str, tuple[float, CitizenIdentity]] = {}
         self._device_locks: dict[str, asyncio.Lock] = {}
+        self.recent_dropped = 0
+        """Ended sessions forgotten before RECENT_SESSIONS_KEPT_S because MAX_RECENT_SESSIONS were kept."""
 
     def bind(self, transport: str, port: PromptPort) -> None:
         """Register how devices of a transport (`serial`, `mqtt`) are prompted."""
@@ -175,9 +182,11 @@ class SessionManager:
     ) -> None:
         if session.timer is not None:
             session.timer.cancel()
+            session.timer = None  # the handle holds the loop and a closure over the session
         if self._open.get(session.window) is session:
             del self._open[session.window]
         self._by_number.pop(session.number, None)
+        self._recent.pop(session.number, None)  # a number reused after wrapping goes to the end
         self._recent[session.number] = (time.monotonic(), session)
         self._forget_old()
         update = SessionUpdate(
@@ -197,9 +206,31 @@ class SessionManager:
                     await port.cancel(device, session.number)
 
     def _forget_old(self) -> None:
+        """Drop ended sessions older than RECENT_SESSIONS_KEPT_S, and the oldest beyond
+        MAX_RECENT_SESSIONS (counted in `recent_dropped`). The dict is in the order sessions ended."""
         cutoff = time.monotonic() - RECENT_SESSIONS_KEPT_S
-        for number in [n for n, (ended, _s) in self._recent.items() if ended < cutoff]:
-            del self._recent[number]
+        recent = self._recent
+        while recent:
+            number = next(iter(recent))
+            expired = recent[number][0] < cutoff
+            if not expired and len(recent) <= MAX_RECENT_SESSIONS:
+                return
+            if not expired:
+                self.recent_dropped += 1
+                if self.recent_dropped == 1 or self.recent_dropped % 1000 == 0:
+                    log.info(
+                        "sessions: %d ended sessions forgotten early (more than %d ended within %.0f s);"
+                        " a late rating for one is stored without its case",
+                        self.recent_dropped,
+                        MAX_RECENT_SESSIONS,
+                        RECENT_SESSIONS_KEPT_S,
+                    )
+            del recent[number]
+
+    @property
+    def recent_count(self) -> int:
+        """Ended sessions still kept for late ratings (at most MAX_RECENT_SESSIONS)."""
+        return len(self._recent)
 
     def context(self, device_id: str, number: int | None) -> SessionContext | None:
         """The case context of a session this device was prompted for (open or recently ended)."""

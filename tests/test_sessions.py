@@ -18,7 +18,11 @@ import pytest
 from drivers.keypad.simulator import SimulatedKeypad, SimulatedLine
 from hub.app import Hub
 from hub.broker import MosquittoBroker
+from hub.config import DeviceSection
+from hub.schemas import EvaluateRequest, SessionUpdate
+from hub.sessions import MAX_RECENT_SESSIONS, PromptPort, SessionManager
 from hub.simulate.mqtt_device import SimulatedMqttDevice
+from hub.store.outbox import Outbox
 from tests.support.hub import NODE_ID, node_config, running_hub
 from tests.support.mqtt import Observer, observe
 
@@ -347,3 +351,44 @@ async def test_pad_session_over_mqtt(tmp_path: Path, broker: MosquittoBroker, le
         "P1",
         "S9",
     )
+
+
+async def test_ended_sessions_kept_for_late_ratings_are_bounded(tmp_path: Path) -> None:
+    """Ended sessions are kept ten minutes for late ratings, but never more than MAX_RECENT_SESSIONS:
+    by time alone a busy stream of requests held every session of the last ten minutes (the soak's
+    slope). The oldest go first, counted; the newest still give a late rating its case."""
+    config = node_config(
+        tmp_path / "data", 1883, [{"id": "pad-01", "kind": "pad", "transport": "mqtt", "window": "01"}]
+    )
+    outbox = Outbox(tmp_path / "data" / "outbox.db")
+    await outbox.open()
+    updates: list[SessionUpdate] = []
+
+    async def publish(_window: str, update: SessionUpdate) -> None:
+        updates.append(update)
+
+    async def prompt(_device: DeviceSection, _session: int, _timeout_s: int, _text: str) -> None:
+        return None
+
+    async def cancel(_device: DeviceSection, _session: int) -> None:
+        return None
+
+    manager = SessionManager(config, outbox, publish)
+    manager.bind("mqtt", PromptPort(prompt, cancel))
+    total = MAX_RECENT_SESSIONS + 250
+    try:
+        for n in range(total):
+            started = await manager.request("01", EvaluateRequest(request_id=f"r{n}", case_no=f"C{n}"))
+            await manager.rated("pad-01", started.session, 5, f"record-{n}")
+            assert manager.recent_count <= MAX_RECENT_SESSIONS
+    finally:
+        await manager.close()
+        await outbox.close()
+    assert [u.state for u in updates].count("rated") == total
+    assert manager.recent_count == MAX_RECENT_SESSIONS
+    assert manager.recent_dropped == total - MAX_RECENT_SESSIONS
+    first, last = updates[0].session, updates[-1].session
+    assert manager.context("pad-01", first) is None
+    newest = manager.context("pad-01", last)
+    assert newest is not None
+    assert newest.case_no == f"C{total - 1}"
