@@ -144,56 +144,40 @@ class _WriterState:
 
 @dataclass(slots=True)
 class _Op:
-    """One queued write. `apply` runs on the writer thread inside the group transaction."""
+    """One queued write; its future resolves once the writer's transaction has committed (or failed)."""
 
     future: asyncio.Future[Any] = field(init=False)
-
-    def apply(self, w: _WriterState) -> Any:
-        raise TypeError("operation without apply")
 
 
 @dataclass(slots=True)
 class _StoreOp(_Op):
+    """Records to store (with an optional dedup key): applied by `_store_run`, one run at a time."""
+
     records: list[Record]
     dedup: DedupKey | None
 
-    def apply(self, w: _WriterState) -> StoreResult:
-        conn = w.conn
-        if self.dedup is not None:
-            row = conn.execute(
-                "SELECT record_id, expires_at, expires_mono, boot_id FROM dedup"
-                " WHERE device_id = ? AND msg_id = ?",
-                (self.dedup.device_id, self.dedup.msg_id),
-            ).fetchone()
-            if row is not None:
-                if not _expired(row[1], row[2], row[3]):
-                    return Duplicate(record_id=row[0])
-                conn.execute(
-                    "DELETE FROM dedup WHERE device_id = ? AND msg_id = ?",
-                    (self.dedup.device_id, self.dedup.msg_id),
-                )
-        rejected = self.shed(w)
-        if rejected is not None:
-            return rejected
-        previous = _earlier_evaluations(conn, _case_numbers([self]) if w.evaluation_hook else set())
-        rows: list[tuple[Any, ...]] = []
-        next_seq = _prepare_records(w, self.records, w.next_seq, previous, rows)
-        conn.executemany(INSERT_RECORD, rows)
-        if self.dedup is not None and self.records:
-            row = _dedup_row(self.dedup, self.records[0].id, time.time(), time.monotonic())
-            conn.execute(INSERT_DEDUP, row)
-        w.next_seq = next_seq  # only once the rows are in: a failed write uses up no seq
-        return Stored(records=self.records)
 
-    def shed(self, w: _WriterState) -> Rejected | None:
-        """The quota's verdict on these records (DESIGN guarantee 4): None to store them."""
-        fill = w.fill
-        for record in self.records:
-            if fill >= 1.0 and record.kind in SHED_WHEN_FULL:
-                return Rejected(f"outbox full ({w.used_bytes // 2**20} MB of {w.max_bytes // 2**20} MB)")
-            if fill >= NEAR_FULL_RATIO and record.kind in SHED_WHEN_NEAR_FULL:
-                return Rejected("outbox near full: device telemetry is shed")
-        return None
+@dataclass(slots=True)
+class _SqlOp(_Op):
+    """A write given as a function of the connection (delivery marks, pruning, dead letters)."""
+
+    action: Callable[[sqlite3.Connection], Any]
+
+
+@dataclass(slots=True)
+class _Stop(_Op):
+    """The last operation `close` queues: the writer ends after the batch that holds it."""
+
+
+def _shed(w: _WriterState, records: list[Record]) -> Rejected | None:
+    """The quota's verdict on these records (DESIGN guarantee 4): None to store them."""
+    fill = w.fill
+    for record in records:
+        if fill >= 1.0 and record.kind in SHED_WHEN_FULL:
+            return Rejected(f"outbox full ({w.used_bytes // 2**20} MB of {w.max_bytes // 2**20} MB)")
+        if fill >= NEAR_FULL_RATIO and record.kind in SHED_WHEN_NEAR_FULL:
+            return Rejected("outbox near full: device telemetry is shed")
+    return None
 
 
 INSERT_RECORD = (
@@ -310,11 +294,13 @@ def _prepare_records(
     return seq
 
 
-def _store_together(w: _WriterState, ops: list[_StoreOp]) -> list[StoreResult]:
-    """Consecutive store writes with one dedup query, one case query and one insert per table.
+def _store_run(w: _WriterState, ops: list[_StoreOp]) -> list[StoreResult]:
+    """Store a run of consecutive store writes (a single write is a run of one): the one write path.
 
-    The same outcome as applying each op in turn (a repeat key within the batch is a duplicate of
-    the first), at a fraction of the statements: the writer's cost per rating under load.
+    One dedup query, one query for the cases' earlier evaluations and one insert per table for the
+    whole run: the writer's cost per rating under load. The outcome is that of applying each write
+    in turn (a repeat key within the run is a duplicate of the first). Nothing of `w` changes
+    until the rows are in, so a failed run uses up no seq.
     """
     conn = w.conn
     keys = {(op.dedup.device_id, op.dedup.msg_id) for op in ops if op.dedup is not None}
@@ -330,7 +316,7 @@ def _store_together(w: _WriterState, ops: list[_StoreOp]) -> list[StoreResult]:
         if key is not None and key in known:
             results.append(Duplicate(record_id=known[key]))
             continue
-        rejected = op.shed(w)
+        rejected = _shed(w, op.records)
         if rejected is not None:
             results.append(rejected)
             continue
@@ -347,24 +333,8 @@ def _store_together(w: _WriterState, ops: list[_StoreOp]) -> list[StoreResult]:
     return results
 
 
-@dataclass(slots=True)
-class _SqlOp(_Op):
-    """A write given as a function of the connection (delivery marks, pruning, dead letters)."""
-
-    action: Callable[[sqlite3.Connection], Any]
-
-    def apply(self, w: _WriterState) -> Any:
-        return self.action(w.conn)
-
-
-@dataclass(slots=True)
-class _Stop(_Op):
-    def apply(self, w: _WriterState) -> None:
-        return None
-
-
-def _apply_grouped(w: _WriterState, batch: list[_Op]) -> list[Any]:
-    """Apply a batch in order, consecutive store writes together; any SQLite error fails it all."""
+def _apply_run(w: _WriterState, batch: list[_Op]) -> list[Any]:
+    """Apply writes in order, consecutive store writes as one run; any failure fails them all."""
     results: list[Any] = []
     run: list[_StoreOp] = []
     for op in batch:
@@ -372,22 +342,22 @@ def _apply_grouped(w: _WriterState, batch: list[_Op]) -> list[Any]:
             run.append(op)
             continue
         if run:
-            results.extend(_store_together(w, run))
+            results.extend(_store_run(w, run))
             run = []
-        results.append(op.apply(w))
+        results.append(op.action(w.conn) if isinstance(op, _SqlOp) else None)
     if run:
-        results.extend(_store_together(w, run))
+        results.extend(_store_run(w, run))
     return results
 
 
 def _apply_each(w: _WriterState, batch: list[_Op]) -> list[Any]:
-    """Apply a batch one write at a time, each in its own savepoint: a failing write fails alone."""
+    """Apply writes one at a time, each in its own savepoint: a failing write fails alone."""
     conn = w.conn
     results: list[Any] = []
     for op in batch:
         conn.execute("SAVEPOINT op")
         try:
-            results.append(op.apply(w))
+            results.extend(_apply_run(w, [op]))
             conn.execute("RELEASE op")
         except sqlite3.Error as exc:
             conn.execute("ROLLBACK TO op")
@@ -483,17 +453,22 @@ class Outbox:
             )
 
     def _check_or_move_aside(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = None
         try:
             conn = open_connection(self.path)
             result = conn.execute("PRAGMA integrity_check").fetchone()
             if result is None or result[0] != "ok":
-                conn.close()
                 raise sqlite3.DatabaseError(f"integrity_check: {result[0] if result else 'no answer'}")
             migrate(conn)
             return conn
         except SchemaError:
+            if conn is not None:
+                conn.close()
             raise
         except sqlite3.DatabaseError as exc:
+            # Closed before the move: a damaged file left open would stay open for the hub's life.
+            if conn is not None:
+                conn.close()
             moved = move_aside(self.path)
             log.error(
                 "outbox: %s is damaged (%s); moved aside to %s and starting a fresh store",
@@ -611,7 +586,7 @@ class Outbox:
         try:
             conn.execute("BEGIN IMMEDIATE")
             try:
-                results = _apply_grouped(w, batch)
+                results = _apply_run(w, batch)
             except Exception as exc:  # retried one by one below, where each fails alone
                 # Redo the batch with a savepoint per write, so that only the failing write fails.
                 log.warning(

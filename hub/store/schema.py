@@ -25,10 +25,14 @@ SCHEMA_VERSION = len(MIGRATIONS)
 def open_connection(path: Path) -> sqlite3.Connection:
     """A writer connection: WAL, `synchronous=FULL` (durable at COMMIT), autocommit off by hand."""
     conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-    conn.execute("PRAGMA journal_mode = WAL")
-    conn.execute("PRAGMA synchronous = FULL")
-    conn.execute("PRAGMA foreign_keys = ON")
-    conn.execute("PRAGMA busy_timeout = 5000")
+    try:
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = FULL")
+        conn.execute("PRAGMA foreign_keys = ON")
+        conn.execute("PRAGMA busy_timeout = 5000")
+    except sqlite3.Error:
+        conn.close()  # a file that is not a database must not stay open (it is moved aside next)
+        raise
     return conn
 
 
