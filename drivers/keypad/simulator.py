@@ -539,7 +539,7 @@ class SimulatedLine:
         if self.port.plugged:
             return
         fd = self.port.plug()
-        proto = HkpProtocol(self._on_frame, self.drops.append, silence_s=self.silence_s)
+        proto = HkpProtocol(self._on_frame, self._on_drop, silence_s=self.silence_s)
         self._transport = _PtyMasterTransport(fd, proto, echo=self.echo)
         self._proto = proto
 
@@ -558,6 +558,10 @@ class SimulatedLine:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task
+
+    def _on_drop(self, drop: DroppedFrame) -> None:
+        """A frame from the hub the line could not read: only the newest are kept (lines run for hours)."""
+        remember(self.drops, drop)
 
     def _on_frame(self, frame: Frame) -> None:
         if frame.addr == BROADCAST:
