@@ -328,7 +328,7 @@ class MqttGateway:
 
     def _handle_acked_now(self, device: DeviceSection, topic: str, leaf: str, payload: bytes) -> None:
         """`_handle` + `_handle_acked` without a task: validate, queue the store, ack from its callback."""
-        obj = self._admit(device, topic, payload)
+        obj = self._admit(device, topic, leaf, payload)
         if obj is None:
             return
         msg_id = usable_msg_id(obj)
@@ -349,8 +349,14 @@ class MqttGateway:
         self._storing.add(future)
         future.add_done_callback(functools.partial(self._stored, device, leaf, msg_id, rating))
 
-    def _admit(self, device: DeviceSection, topic: str, payload: bytes) -> dict[str, object] | None:
-        """A message from a configured device: seen, within its rate limit, a JSON object; else None."""
+    def _admit(
+        self, device: DeviceSection, topic: str, leaf: str, payload: bytes
+    ) -> dict[str, object] | None:
+        """A message from a configured device: seen, within its rate limit, a JSON object; else None.
+
+        An undecodable one is answered on the error topic, or with a `rejected` ack when it has a
+        usable msg_id (a number no field can hold: the rest of the JSON was read).
+        """
         self.registry.seen(device.id)
         if not self.limiter.allow(device.id):
             self._count_limited(device.id)
@@ -358,7 +364,10 @@ class MqttGateway:
         try:
             return decode_object(payload)
         except PayloadError as exc:
-            self._spawn(self._error(device.id, topic, exc.reason, exc.message))
+            if exc.msg_id is not None and leaf in ACKED_LEAVES:
+                self._reject(device, leaf, exc.msg_id, exc)
+            else:
+                self._spawn(self._error(device.id, topic, exc.reason, exc.message))
             return None
 
     def _records_for(
@@ -427,7 +436,7 @@ class MqttGateway:
                 f'device "{name}" is not configured on node "{self.config.node.id}"',
             )
             return
-        obj = self._admit(device, topic, payload)
+        obj = self._admit(device, topic, leaf, payload)
         if obj is None:
             return
         if leaf in ACKED_LEAVES:
@@ -595,13 +604,12 @@ class MqttGateway:
     async def _handle_window(self, topic: str, window: str, payload: bytes) -> None:
         if not topic.endswith("/evaluate"):
             return
-        request_id: str | None = None
+        obj: dict[str, object] | None = None
         try:
             obj = decode_object(payload)
-            raw_id = obj.get("request_id")
-            request_id = raw_id if isinstance(raw_id, str) and 0 < len(raw_id) <= 64 else None
             request = parse_device_payload(EvaluateRequest, obj)
         except PayloadError as exc:
+            request_id = _request_id(obj if obj is not None else exc.document)
             self.metrics.rejects.labels(reason=exc.reason).inc()
             log.warning("mqtt: evaluate request for window %s rejected: %s", window, exc.message)
             if request_id is not None:
@@ -626,6 +634,12 @@ async def _cancel_all(tasks: tuple[asyncio.Task[Any], ...]) -> None:
     for task in tasks:
         if not task.cancelled():
             task.exception()
+
+
+def _request_id(obj: dict[str, object] | None) -> str | None:
+    """The `request_id` of an evaluate request if it is one a `failed` answer can carry, else None."""
+    raw_id = obj.get("request_id") if obj is not None else None
+    return raw_id if isinstance(raw_id, str) and 0 < len(raw_id) <= 64 else None
 
 
 def _ack_for(msg_id: str, result: StoreResult) -> AckPayload:

@@ -19,12 +19,17 @@ _SUSPECT: Final = re.compile(rf"[0-9]{{{MAX_NUMBER_DIGITS + 1}}}|[eE][+-]?[0-9]{
 
 
 class JsonBoundsError(ValueError):
-    """A JSON document that is well-formed but holds a value beyond what any field can take."""
+    """A JSON document that is well-formed but holds a value beyond what any field can take.
 
-    def __init__(self, path: str, message: str) -> None:
+    `document` is the parsed document when the error is a refused number (the refused values left
+    as placeholders), so that a caller can still answer by its id fields; None otherwise.
+    """
+
+    def __init__(self, path: str, message: str, document: Any = None) -> None:
         super().__init__(f"{path}: {message}" if path else message)
         self.path = path
         self.message = message
+        self.document = document
 
 
 class _Oversized:
@@ -69,7 +74,9 @@ def loads(text: str) -> Any:
         where, number = path
         shown = number if len(number) <= 12 else f"{number[:6]}…({len(number)} characters)"
         raise JsonBoundsError(
-            where, f"number {shown} is out of range (at most {MAX_NUMBER_DIGITS} digits, finite)"
+            where,
+            f"number {shown} is out of range (at most {MAX_NUMBER_DIGITS} digits, finite)",
+            document=value,
         )
     return value
 

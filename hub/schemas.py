@@ -7,10 +7,12 @@ that newer firmware adding optional fields keeps working with an older hub.
 from __future__ import annotations
 
 import json
-from typing import Annotated, Literal, TypeVar
+import math
+from typing import Annotated, Any, Literal, NoReturn, TypeVar
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
+from hub import jsonbounds
 from hub.records import parse_rfc3339
 from hub.validation import summarize
 
@@ -176,17 +178,57 @@ _T = TypeVar("_T", bound=_Incoming)
 
 
 class PayloadError(Exception):
-    """A payload that cannot be used. `reason` is a metric label, `msg_id` set if one was readable."""
+    """A payload that cannot be used. `reason` is a metric label, `msg_id` set if one was readable.
 
-    def __init__(self, reason: str, message: str, msg_id: str | None = None) -> None:
+    `document` is the decoded object when the JSON parsed but a value in it was refused (a number no
+    field can hold), so that a caller can still read its ids (`request_id`); None otherwise.
+    """
+
+    def __init__(
+        self,
+        reason: str,
+        message: str,
+        msg_id: str | None = None,
+        document: dict[str, object] | None = None,
+    ) -> None:
         super().__init__(message)
         self.reason = reason
         self.message = message
         self.msg_id = msg_id
+        self.document = document
+
+
+class _Suspect(Exception):
+    """A number or constant the fast decoder leaves to `hub.jsonbounds` to judge."""
+
+
+def _int_or_defer(text: str) -> int:
+    if len(text) > jsonbounds.MAX_NUMBER_DIGITS:
+        raise _Suspect
+    return int(text)
+
+
+def _float_or_defer(text: str) -> float:
+    value = float(text)
+    if len(text) > jsonbounds.MAX_NUMBER_DIGITS or not math.isfinite(value):
+        raise _Suspect
+    return value
+
+
+def _defer_constant(_name: str) -> NoReturn:
+    raise _Suspect
+
+
+# Built once: `json.loads(text, **hooks)` would build a decoder per message. It stops at anything that
+# `jsonbounds` might refuse (a superset of its rules), which then parses the text again and decides.
+_FAST_DECODER = json.JSONDecoder(
+    parse_int=_int_or_defer, parse_float=_float_or_defer, parse_constant=_defer_constant
+)
 
 
 def decode_object(payload: bytes) -> dict[str, object]:
-    """Bytes → JSON object, with a PayloadError naming what is wrong (size, UTF-8, JSON, shape)."""
+    """Bytes → JSON object, with a PayloadError naming what is wrong (size, UTF-8, JSON, a number no
+    field can hold, shape). A refused number is `invalid_field`, named by its path (`reasons[2]`)."""
     if len(payload) > MAX_PAYLOAD_BYTES:
         raise PayloadError("too_large", f"payload is {len(payload)} bytes; the limit is {MAX_PAYLOAD_BYTES}")
     try:
@@ -194,16 +236,32 @@ def decode_object(payload: bytes) -> dict[str, object]:
     except UnicodeDecodeError as exc:
         raise PayloadError("not_utf8", f"payload is not UTF-8 (bad byte at offset {exc.start})") from None
     try:
-        value = json.loads(text)
+        value = _FAST_DECODER.decode(text)
     except json.JSONDecodeError as exc:
-        raise PayloadError(
-            "not_json", f"payload is not JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
-        ) from None
-    except RecursionError:
-        raise PayloadError("not_json", "payload is not JSON the hub reads: nested too deeply") from None
+        raise _not_json(exc) from None
+    except (_Suspect, RecursionError):
+        value = _decode_bounded(text)
     if not isinstance(value, dict):
         raise PayloadError("not_object", f"payload must be a JSON object, got {type(value).__name__}")
     return value
+
+
+def _decode_bounded(text: str) -> Any:
+    """`hub.jsonbounds.loads`, its errors as PayloadErrors (the uncommon path: suspect numbers)."""
+    try:
+        return jsonbounds.loads(text)
+    except json.JSONDecodeError as exc:
+        raise _not_json(exc) from None
+    except jsonbounds.JsonBoundsError as exc:
+        if not exc.path:  # NaN, Infinity, nesting: nothing to name
+            raise PayloadError("not_json", f"payload is not JSON the hub reads: {exc.message}") from None
+        document = exc.document if isinstance(exc.document, dict) else None
+        msg_id = usable_msg_id(document) if document is not None else None
+        raise PayloadError("invalid_field", str(exc), msg_id, document) from None
+
+
+def _not_json(exc: json.JSONDecodeError) -> PayloadError:
+    return PayloadError("not_json", f"payload is not JSON: {exc.msg} at line {exc.lineno} column {exc.colno}")
 
 
 def usable_msg_id(obj: dict[str, object]) -> str | None:

@@ -1,0 +1,152 @@
+"""What someone on the hall network tries against the hub over MQTT (CONTRACTS §2), and what happens.
+
+Each test is one move by a curious person with an MQTT client, or a device with broken or hostile
+firmware: numbers no field can hold, retained commands that come back after every restart, a flood
+of made-up device ids, a terminal that rates a window it does not serve and names a member of staff.
+Everything is real: a Mosquitto of the test's own, an in-process hub, plain MQTT clients, loopback
+only. Every wait is bounded in time and every loop in count.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sqlite3
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import aiomqtt
+import pytest
+from pydantic import BaseModel
+
+from hub.app import Hub
+from hub.broker import MosquittoBroker
+from hub.schemas import DEVICE_PAYLOADS, EvaluateRequest
+from hub.simulate.mqtt_device import SimulatedMqttDevice
+from tests.support.hub import NODE_ID, node_config, running_hub
+from tests.support.mqtt import observe
+
+ROOT = f"hall/v1/{NODE_ID}"
+HUGE = "9" * 5000  # beyond Python's 4,300-digit limit for int(): json.loads raises a bare ValueError
+
+
+def device(broker: MosquittoBroker, device_id: str, kind: str = "terminal") -> SimulatedMqttDevice:
+    """A device simulator that gives up quickly: an attack test waits for refusals, not for retries."""
+    return SimulatedMqttDevice(
+        "127.0.0.1", broker.port, NODE_ID, device_id, kind=kind, retry_interval_s=2.0, max_attempts=3
+    )
+
+
+def rejects(hub: Hub, reason: str) -> float:
+    """`hallhub_rejects_total{reason=...}` as the hub counts it."""
+    return hub.metrics.registry.get_sample_value("hallhub_rejects_total", {"reason": reason}) or 0.0
+
+
+async def until(condition: Callable[[], bool], timeout: float, step: float = 0.05) -> bool:
+    """Poll `condition` until it holds or `timeout` seconds pass; whether it held."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        await asyncio.sleep(step)
+    return condition()
+
+
+def stored_records(tmp_path: Path, kind: str) -> list[dict[str, Any]]:
+    """Every committed record of one kind, read straight from the outbox file."""
+    conn = sqlite3.connect(tmp_path / "data" / "outbox.db")
+    try:
+        rows = conn.execute("SELECT body FROM records WHERE kind = ? ORDER BY seq", (kind,)).fetchall()
+    finally:
+        conn.close()
+    return [json.loads(body) for (body,) in rows]
+
+
+def hub_errors(caplog: pytest.LogCaptureFixture) -> list[str]:
+    """ERROR lines (tracebacks included) the hub logged."""
+    return [r.getMessage() for r in caplog.records if r.name.startswith("hub") and r.levelno >= logging.ERROR]
+
+
+# -- numbers no field can hold -------------------------------------------------------------------
+
+
+async def test_a_number_of_5000_digits_is_rejected_naming_the_field(
+    tmp_path: Path, broker: MosquittoBroker, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A 5,000-digit integer was a traceback in the hub and no answer at all; now each is refused by
+    field: a `rejected` ack when the message has a msg_id, else the error topic (or `failed`)."""
+    caplog.set_level(logging.WARNING)
+    config = node_config(tmp_path / "data", broker.port)
+    async with (
+        running_hub(config),
+        observe(broker.port, f"{ROOT}/window/+/session") as seen,
+        device(broker, "terminal-00") as terminal,
+    ):
+        acked = {
+            "huge-level": ("rating", '{"msg_id": "huge-level", "level": ' + HUGE + "}", "level"),
+            "huge-pages": (
+                "print",
+                '{"msg_id": "huge-pages", "job_id": "J1", "state": "done", "pages": -' + HUGE + "}",
+                "pages",
+            ),
+            "huge-reason": (
+                "rating",
+                '{"msg_id": "huge-reason", "level": 3, "reasons": [1e999]}',
+                "reasons[0]",
+            ),
+        }
+        for leaf, payload, _field in acked.values():
+            await terminal.publish_raw(leaf, payload)
+        for msg_id, (_leaf, _payload, field) in acked.items():
+            ack = await terminal.ack_for(msg_id, timeout=5)
+            assert (ack.status, ack.id) == ("rejected", None), ack
+            assert ack.error is not None
+            assert ack.error.startswith(f"{field}: number "), ack.error
+            assert len(ack.error) < 200, "the error never echoes the number back in full"
+
+        # A 30-digit session passes the JSON bound but not the field's: it never reaches SQLite.
+        ack = await terminal.rate(3, msg_id="big-session", session=10**29)
+        assert ack.status == "rejected"
+        assert ack.error == f"session: expected a value of at most {2**32 - 1}, got {10**29}"
+
+        # No usable msg_id (none, or the msg_id is itself the huge number): the error topic, by field.
+        for payload, field in (
+            ('{"level": ' + HUGE + "}", "level"),
+            ('{"msg_id": ' + HUGE + ', "level": 5}', "msg_id"),
+        ):
+            await terminal.publish_raw("rating", payload)
+            error = await terminal.next_error(timeout=5)
+            assert error.error.startswith(f"{field}: number "), error
+            assert error.topic == f"{ROOT}/dev/terminal-00/rating"
+        await terminal.publish_raw("health", '{"paper": "ok", "temp_c": -' + HUGE + "}")
+        error = await terminal.next_error(timeout=5)
+        assert error.error.startswith("temp_c: number "), error
+
+        # A window PC's request with a huge timeout: `failed`, naming the field, and no session.
+        async with aiomqtt.Client("127.0.0.1", broker.port, identifier="window-pc") as window_pc:
+            request = '{"request_id": "r-huge", "timeout_s": ' + HUGE + "}"
+            await window_pc.publish(f"{ROOT}/window/w0/evaluate", request, qos=1)
+            [update] = await seen.wait_for(f"{ROOT}/window/w0/session", timeout=5)
+        assert (update["request_id"], update["state"], update["session"]) == ("r-huge", "failed", 0)
+        assert update["error"].startswith("timeout_s: number "), update
+
+        assert (await terminal.rate(5, msg_id="after")).status == "stored", "the hub carries on"
+    assert hub_errors(caplog) == [], "no traceback, no error: each was an ordinary refusal"
+
+
+def test_every_number_a_device_may_send_has_a_bound() -> None:
+    """A guard for new fields: an unbounded int would reach SQLite, which overflows beyond 64 bits."""
+    unbounded: list[str] = []
+    models: list[type[BaseModel]] = [*DEVICE_PAYLOADS.values(), EvaluateRequest]
+    for model in models:
+        for name, prop in model.model_json_schema()["properties"].items():
+            for option in prop.get("anyOf", [prop]):
+                if option.get("type") in ("integer", "number") and not (
+                    {"minimum", "exclusiveMinimum"} & option.keys()
+                    and {"maximum", "exclusiveMaximum"} & option.keys()
+                ):
+                    unbounded.append(f"{model.__name__}.{name}")
+    assert unbounded == []
