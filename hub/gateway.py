@@ -73,6 +73,12 @@ LEAVES_BY_KIND = {
     "scan": frozenset({"qr", "terminal"}),
     "print": frozenset({"terminal"}),
 }
+# Refusals that can come in floods: one log line per interval, with a count.
+REFUSAL_LOG_INTERVAL_S = 60.0
+RETAINED_ERROR = (
+    "retained message refused: only dev/{device}/state may be retained; "
+    "publish commands and data with retain false"
+)
 
 StateProvider = Callable[[], Awaitable[tuple[int, str | None]]]
 HealthListener = Callable[[str, dict[str, Any]], Awaitable[None]]
@@ -111,6 +117,7 @@ class MqttGateway:
         self.health_listener: HealthListener | None = None  # hub.device_alerts
         self.connects = 0
         self.overloaded = 0
+        self._retained_log = _LogThrottle(REFUSAL_LOG_INTERVAL_S)
 
     @property
     def connected(self) -> bool:
@@ -207,7 +214,7 @@ class MqttGateway:
         """Ends with an MqttError when the connection goes; messages come to `_take_message` instead."""
         async for message in client.messages:
             payload = message.payload if isinstance(message.payload, bytes) else str(message.payload).encode()
-            self._take_message(str(message.topic), payload)
+            self._take_message(str(message.topic), payload, bool(message.retain))
 
     def _spawn(self, coro: Awaitable[None]) -> None:
         """Run a message handler in a task of its own, tracked for `drain`."""
@@ -299,8 +306,13 @@ class MqttGateway:
 
     # -- handling ------------------------------------------------------------------------------
 
-    def _take_message(self, topic: str, payload: bytes) -> None:
-        """paho's message callback: a terminal's acked message at once, anything else in a task."""
+    def _take_message(self, topic: str, payload: bytes, retain: bool) -> None:
+        """paho's message callback: a terminal's acked message at once, anything else in a task.
+
+        Refused at once: a retained message (the broker sends those at every subscription, so a
+        retained command or rating would be obeyed again after every reconnect) except on
+        `dev/{device}/state`, which is retained by contract.
+        """
         parsed = self.topics.parse(topic)
         if parsed is None:
             return
@@ -309,6 +321,9 @@ class MqttGateway:
             self._count_overload(name)
             return
         device = self.config.devices_by_id.get(name) if area == "dev" else None
+        if retain and not (area == "dev" and (device is None or leaf == "state")):
+            self._refuse_retained(device, leaf, topic)
+            return
         if device is None or leaf not in ACKED_LEAVES or (device.kind == "pad" and self.sessions is not None):
             self._spawn(self._handle(topic, payload))
             return
@@ -324,6 +339,24 @@ class MqttGateway:
                 MAX_CONCURRENT_MESSAGES,
                 self.overloaded,
                 name,
+            )
+
+    def _refuse_retained(self, device: DeviceSection | None, leaf: str, topic: str) -> None:
+        """A retained command or data message: never acted on nor acked; counted, logged within
+        bounds, and a device hears why on its error topic."""
+        self.metrics.inc(self.metrics.rejects, "retained")
+        if device is not None:
+            self.registry.count_error(device.id, "retained")
+            self.publish_nowait(
+                self.topics.error(device.id), ErrorPayload(error=RETAINED_ERROR, topic=topic).encode()
+            )
+        count = self._retained_log.due(time.monotonic())
+        if count:
+            log.warning(
+                "mqtt: retained %s on %s refused (%d retained message(s) refused since the last report)",
+                leaf,
+                topic,
+                count,
             )
 
     def _handle_acked_now(self, device: DeviceSection, topic: str, leaf: str, payload: bytes) -> None:
@@ -634,6 +667,25 @@ async def _cancel_all(tasks: tuple[asyncio.Task[Any], ...]) -> None:
     for task in tasks:
         if not task.cancelled():
             task.exception()
+
+
+class _LogThrottle:
+    """At most one log line per interval for an event that can come in floods; counts the rest."""
+
+    __slots__ = ("_count", "_last", "interval_s")
+
+    def __init__(self, interval_s: float) -> None:
+        self.interval_s = interval_s
+        self._last = -interval_s
+        self._count = 0
+
+    def due(self, now: float) -> int:
+        """Count one event; the number of events to report if a line is due now, else 0."""
+        self._count += 1
+        if now - self._last < self.interval_s:
+            return 0
+        count, self._count, self._last = self._count, 0, now
+        return count
 
 
 def _request_id(obj: dict[str, object] | None) -> str | None:

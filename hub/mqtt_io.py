@@ -10,8 +10,8 @@ message a `MQTTMessage`, a `MQTTMessageInfo` with its `threading.Condition`, and
 - reads: one `recv` of up to 64 KiB, split into packets here and handed to paho's `_packet_handle`;
 - writes: everything queued during one turn of the event loop goes out in one `send` at its end,
   without registering the socket for writing first (only when the socket is full);
-- `message_handler`: MQTT 3.1.1 PUBLISHes at QoS 0/1 go straight to it as (topic, payload), after
-  which the PUBACK is queued, exactly as paho orders it (aiomqtt's message queue is then unused);
+- `message_handler`: MQTT 3.1.1 PUBLISHes at QoS 0/1 go straight to it as (topic, payload, retain),
+  after which the PUBACK is queued, exactly as paho orders it (aiomqtt's message queue is then unused);
 - `publish_quick`: a QoS-1 publish with no message object, for acks and event mirrors that nobody
   awaits; its PUBACK is matched here. Like aiomqtt's, it is not re-sent after a reconnect (each
   connection is a new client): a device retries until it hears its ack.
@@ -62,7 +62,9 @@ PAHO_HOOKS = (
     "_protocol",
 )
 
-MessageHandler = Callable[[str, bytes], None]
+# (topic, payload, retain): retain is the PUBLISH's RETAIN flag, set when the broker sends a retained
+# message because of a (re)subscription; the hub refuses those on command and data topics.
+MessageHandler = Callable[[str, bytes, bool], None]
 
 
 class FastPahoClient(paho.Client):
@@ -164,7 +166,8 @@ class FastPahoClient(paho.Client):
             return MQTTErrorCode.MQTT_ERR_PROTOCOL
 
     def _handle_publish_quick(self, command: int, body: bytes) -> MQTTErrorCode:
-        """A 3.1.1 QoS 0/1 PUBLISH: hand (topic, payload) to `message_handler`, then PUBACK a QoS-1 one."""
+        """A 3.1.1 QoS 0/1 PUBLISH: hand (topic, payload, retain) to `message_handler`, then PUBACK a
+        QoS-1 one. The RETAIN flag is bit 0 of the command byte."""
         qos = (command >> 1) & 3
         if len(body) < 2:
             return MQTTErrorCode.MQTT_ERR_PROTOCOL
@@ -180,7 +183,7 @@ class FastPahoClient(paho.Client):
         handler = self.message_handler
         if topic and handler is not None:
             try:
-                handler(topic, body[payload_start:])
+                handler(topic, body[payload_start:], bool(command & 1))
             except Exception:  # one bad message must not cost the connection (and every other one)
                 log.exception("mqtt: the message handler failed on a message to %s", topic)
         if qos == 1:

@@ -18,9 +18,9 @@ from hub.mqtt_io import PAHO_HOOKS, FastPahoClient, _frame_at, use_fast_io
 from tests.support.mqtt import observe
 
 
-def _publish_packet(topic: str, payload: bytes, mid: int) -> bytes:
+def _publish_packet(topic: str, payload: bytes, mid: int, *, retain: bool = False) -> bytes:
     body = len(topic.encode()).to_bytes(2, "big") + topic.encode() + mid.to_bytes(2, "big") + payload
-    length, header = len(body), bytearray(b"\x32")
+    length, header = len(body), bytearray(b"\x33" if retain else b"\x32")
     while True:
         byte, length = length & 0x7F, length >> 7
         header.append(byte | 0x80 if length else byte)
@@ -54,13 +54,24 @@ def wired_client() -> Iterator[tuple[FastPahoClient, socket.socket, list[tuple[s
     client.__class__ = FastPahoClient
     assert isinstance(client, FastPahoClient)
     got: list[tuple[str, bytes]] = []
-    client.message_handler = lambda topic, payload: got.append((topic, payload))
+    client.message_handler = lambda topic, payload, _retain: got.append((topic, payload))
     client._sock = ours
     try:
         yield client, broker_side, got
     finally:
         ours.close()
         broker_side.close()
+
+
+def test_the_retain_flag_reaches_the_handler(
+    wired_client: tuple[FastPahoClient, socket.socket, list[tuple[str, bytes]]],
+) -> None:
+    client, broker_side, _ = wired_client
+    flags: list[tuple[str, bool]] = []
+    client.message_handler = lambda topic, _payload, retain: flags.append((topic, retain))
+    broker_side.sendall(_publish_packet("a", b"{}", 1, retain=True) + _publish_packet("b", b"{}", 2))
+    assert client.loop_read() == MQTTErrorCode.MQTT_ERR_SUCCESS
+    assert flags == [("a", True), ("b", False)]
 
 
 def test_packets_split_anywhere_are_reassembled(
@@ -100,7 +111,7 @@ def test_packet_ids_still_waiting_for_a_puback_are_not_reused(
     wired_client: tuple[FastPahoClient, socket.socket, list[tuple[str, bytes]]],
 ) -> None:
     client, _, _ = wired_client
-    client._state = paho._ConnectionState.MQTT_CS_CONNECTED
+    client._state = paho._ConnectionState.MQTT_CS_CONNECTED  # type: ignore[attr-defined]
     assert client.publish_quick(b"a", b"1")
     waiting = next(iter(client._quick_mids or ()))
     client._last_mid = waiting - 1 if waiting > 1 else 65535  # as if the ids had wrapped around
@@ -138,10 +149,16 @@ def test_a_closed_socket_is_a_lost_connection(
 
 @contextlib.asynccontextmanager
 async def fast_client(
-    broker: MosquittoBroker, received: list[tuple[str, bytes]]
+    broker: MosquittoBroker, received: list[tuple[str, bytes]], retained: list[bool] | None = None
 ) -> AsyncIterator[aiomqtt.Client]:
     client = aiomqtt.Client("127.0.0.1", broker.port, identifier="fast-io-test")
-    use_fast_io(client).message_handler = lambda topic, payload: received.append((topic, payload))
+
+    def handle(topic: str, payload: bytes, retain: bool) -> None:
+        received.append((topic, payload))
+        if retained is not None:
+            retained.append(retain)
+
+    use_fast_io(client).message_handler = handle
     async with client:
         yield client
 
@@ -174,6 +191,24 @@ async def test_messages_reach_the_handler_in_order_over_a_real_broker(broker: Mo
             while len(received) < 300:
                 await asyncio.sleep(0.02)
     assert received == [("in/rating", b"%d" % n) for n in range(300)]
+
+
+async def test_a_retained_message_is_flagged_when_a_subscription_brings_it(broker: MosquittoBroker) -> None:
+    """MQTT 3.1.1: the broker sets RETAIN on what it sends because of a (re)subscription only."""
+    received: list[tuple[str, bytes]] = []
+    retained: list[bool] = []
+    async with aiomqtt.Client("127.0.0.1", broker.port, identifier="sender") as sender:
+        await sender.publish("kept/cmd", b"old", qos=1, retain=True)
+        async with fast_client(broker, received, retained) as client:
+            await client.subscribe("kept/#", qos=1)
+            await sender.publish("kept/cmd", b"live", qos=1, retain=True)
+            async with asyncio.timeout(10):
+                while len(received) < 2:
+                    await asyncio.sleep(0.02)
+    assert list(zip(received, retained, strict=True)) == [
+        (("kept/cmd", b"old"), True),
+        (("kept/cmd", b"live"), False),
+    ]
 
 
 def test_only_a_plain_paho_client_is_switched() -> None:

@@ -150,3 +150,61 @@ def test_every_number_a_device_may_send_has_a_bound() -> None:
                 ):
                     unbounded.append(f"{model.__name__}.{name}")
     assert unbounded == []
+
+
+# -- retained messages ----------------------------------------------------------------------------
+
+
+async def test_a_retained_evaluate_is_not_obeyed_after_a_restart(
+    tmp_path: Path, broker: MosquittoBroker
+) -> None:
+    """A retained `window/w0/evaluate` re-prompted the pad at every hub restart, cancelling whatever
+    session the window had. The broker re-sends it flagged retained: the hub refuses and counts it."""
+    config = node_config(tmp_path / "data", broker.port)
+    async with device(broker, "pad-00", "pad") as pad:
+        async with running_hub(config) as hub:
+            async with aiomqtt.Client("127.0.0.1", broker.port, identifier="window-pc") as window_pc:
+                await window_pc.publish(
+                    f"{ROOT}/window/w0/evaluate", '{"request_id": "kept"}', qos=1, retain=True
+                )
+            # The live copy arrives unflagged (MQTT 3.1.1 clears the flag for existing subscribers).
+            assert await until(lambda: len(pad.log.commands) == 1 or rejects(hub, "retained") == 1, 5)
+        prompts_before = len(pad.log.commands)
+        for restart in range(2):
+            async with running_hub(config) as hub:
+                refused = await until(
+                    lambda: rejects(hub, "retained") >= 1 or len(pad.log.commands) > prompts_before, 5
+                )
+                await asyncio.sleep(0.3)  # room for a prompt that would follow the refusal
+                assert [c.cmd for c in pad.log.commands[prompts_before:]] == [], (
+                    f"restart {restart}: the retained request prompted the pad again"
+                )
+                assert refused
+                assert rejects(hub, "retained") == 1
+                assert hub.sessions.open_sessions() == []
+
+
+async def test_a_retained_rating_is_refused_not_acked_duplicate_forever(
+    tmp_path: Path, broker: MosquittoBroker
+) -> None:
+    """A rating published retained came back at every restart and was acked `duplicate` each time.
+    Now it is refused on the device's error topic, never acked; the retained `state` still counts."""
+    config = node_config(tmp_path / "data", broker.port)
+    async with device(broker, "terminal-00") as terminal:
+        async with running_hub(config):
+            await terminal.publish_raw("rating", '{"msg_id": "kept-1", "level": 1}', retain=True)
+            await until(lambda: any(a.msg_id == "kept-1" for a in terminal.log.acks), 5)
+        acks_before = [a.status for a in terminal.log.acks if a.msg_id == "kept-1"]
+        assert acks_before in ([], ["stored"])  # the live copy: stored, unless the broker flagged it
+        for _restart in range(2):
+            async with running_hub(config) as hub:
+                error = await terminal.next_error(timeout=5)
+                assert "retained" in error.error
+                assert error.topic == f"{ROOT}/dev/terminal-00/rating"
+                await asyncio.sleep(0.3)  # an ack would have followed by now
+                assert [a.status for a in terminal.log.acks if a.msg_id == "kept-1"] == acks_before
+                assert rejects(hub, "retained") == 1
+                state = hub.registry.get("terminal-00")
+                assert state is not None
+                assert state.online, "the retained dev/terminal-00/state is the contract's, and obeyed"
+    assert len(stored_records(tmp_path, "evaluation")) == len(acks_before)
