@@ -298,7 +298,7 @@ class Hub:
                 "connected": self.gateway.connected,
             },
             "devices": [device.to_json() for device in self.registry.all()],
-            "unknown_devices": dict(self.registry.unknown),
+            **self.registry.unknown_status(),  # unknown_devices, unknown_devices_dropped
             "outbox": {
                 "pending": stats.pending,
                 "pending_by_kind": stats.pending_by_kind,

@@ -24,6 +24,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiomqtt
+from prometheus_client import Counter
 
 from hub import __version__
 from hub.config import DeviceSection, HubConfig, Secrets
@@ -79,6 +80,11 @@ RETAINED_ERROR = (
     "retained message refused: only dev/{device}/state may be retained; "
     "publish commands and data with retain false"
 )
+# Unknown device ids: at most one error-topic reply per id a minute, and few a second in all.
+UNKNOWN_REPLY_INTERVAL_S = 60.0
+UNKNOWN_REPLIES_PER_S = 5.0
+UNKNOWN_REPLY_BURST = 10.0
+SHOWN_ID_CHARS = 64  # a made-up id longer than any real one is kept and logged cut to this
 
 StateProvider = Callable[[], Awaitable[tuple[int, str | None]]]
 HealthListener = Callable[[str, dict[str, Any]], Awaitable[None]]
@@ -118,6 +124,14 @@ class MqttGateway:
         self.connects = 0
         self.overloaded = 0
         self._retained_log = _LogThrottle(REFUSAL_LOG_INTERVAL_S)
+        self._unknown_replies = RateLimiter(UNKNOWN_REPLIES_PER_S, UNKNOWN_REPLY_BURST)
+        self._unknown_log = _LogThrottle(REFUSAL_LOG_INTERVAL_S)
+        unknown_dropped = Counter(
+            "hallhub_unknown_devices_dropped",
+            "Unknown device ids forgotten to keep their table bounded (the latest are kept)",
+            registry=metrics.registry,
+        )
+        registry.on_unknown_dropped = unknown_dropped.inc
 
     @property
     def connected(self) -> bool:
@@ -309,9 +323,9 @@ class MqttGateway:
     def _take_message(self, topic: str, payload: bytes, retain: bool) -> None:
         """paho's message callback: a terminal's acked message at once, anything else in a task.
 
-        Refused at once: a retained message (the broker sends those at every subscription, so a
-        retained command or rating would be obeyed again after every reconnect) except on
-        `dev/{device}/state`, which is retained by contract.
+        Refused at once: a message from an unknown device id, and a retained one (the broker sends
+        those at every subscription, so a retained command or rating would be obeyed again after
+        every reconnect) except on `dev/{device}/state`, which is retained by contract.
         """
         parsed = self.topics.parse(topic)
         if parsed is None:
@@ -321,7 +335,10 @@ class MqttGateway:
             self._count_overload(name)
             return
         device = self.config.devices_by_id.get(name) if area == "dev" else None
-        if retain and not (area == "dev" and (device is None or leaf == "state")):
+        if device is None and area == "dev":
+            self._refuse_unknown(name, topic)
+            return
+        if retain and not (area == "dev" and leaf == "state"):
             self._refuse_retained(device, leaf, topic)
             return
         if device is None or leaf not in ACKED_LEAVES or (device.kind == "pad" and self.sessions is not None):
@@ -339,6 +356,31 @@ class MqttGateway:
                 MAX_CONCURRENT_MESSAGES,
                 self.overloaded,
                 name,
+            )
+
+    def _refuse_unknown(self, name: str, topic: str) -> None:
+        """A message from a device id that is not configured: counted (the latest ids kept), answered
+        on its error topic and logged, each within bounds, so a stream of made-up ids costs little."""
+        self.metrics.inc(self.metrics.rejects, "unknown_device")
+        shown = name if len(name) <= SHOWN_ID_CHARS else name[:SHOWN_ID_CHARS] + "…"
+        registry = self.registry
+        registry.count_error(shown, "unknown_device")
+        now = time.monotonic()
+        if registry.may_answer_unknown(shown, UNKNOWN_REPLY_INTERVAL_S, now) and self._unknown_replies.allow(
+            "", now
+        ):
+            registry.answered_unknown(shown, now)
+            message = f'device "{name}" is not configured on node "{self.config.node.id}"'
+            self.publish_nowait(self.topics.error(name), ErrorPayload(error=message, topic=topic).encode())
+        count = self._unknown_log.due(now)
+        if count:
+            log.warning(
+                "mqtt: %d message(s) from device ids not configured on this node refused since the last "
+                "report (latest from %r; %d ids kept, %d forgotten)",
+                count,
+                shown,
+                len(registry.unknown),
+                registry.unknown_dropped,
             )
 
     def _refuse_retained(self, device: DeviceSection | None, leaf: str, topic: str) -> None:
@@ -462,12 +504,7 @@ class MqttGateway:
             return
         device = self.config.devices_by_id.get(name)
         if device is None:
-            await self._error(
-                name,
-                topic,
-                "unknown_device",
-                f'device "{name}" is not configured on node "{self.config.node.id}"',
-            )
+            self._refuse_unknown(name, topic)
             return
         obj = self._admit(device, topic, leaf, payload)
         if obj is None:

@@ -26,7 +26,7 @@ from hub.app import Hub
 from hub.broker import MosquittoBroker
 from hub.schemas import DEVICE_PAYLOADS, EvaluateRequest
 from hub.simulate.mqtt_device import SimulatedMqttDevice
-from tests.support.hub import NODE_ID, node_config, running_hub
+from tests.support.hub import NODE_ID, node_config, running_hub, terminals
 from tests.support.mqtt import observe
 
 ROOT = f"hall/v1/{NODE_ID}"
@@ -208,3 +208,50 @@ async def test_a_retained_rating_is_refused_not_acked_duplicate_forever(
                 assert state is not None
                 assert state.online, "the retained dev/terminal-00/state is the contract's, and obeyed"
     assert len(stored_records(tmp_path, "evaluation")) == len(acks_before)
+
+
+# -- made-up device ids ------------------------------------------------------------------------------
+
+
+async def test_three_thousand_unknown_device_ids_keep_memory_and_log_bounded(
+    tmp_path: Path, broker: MosquittoBroker, caplog: pytest.LogCaptureFixture
+) -> None:
+    """3,000 made-up ids made 3,000 entries, 3,000 WARNING lines and 3,000 replies. Now the hub keeps
+    the 100 latest, counts the rest, and rate-limits its replies and log lines."""
+    caplog.set_level(logging.INFO, logger="hub")
+    config = node_config(tmp_path / "data", broker.port, terminals(1))
+    async with (
+        running_hub(config) as hub,
+        observe(broker.port, f"{ROOT}/dev/+/error") as seen,
+        aiomqtt.Client("127.0.0.1", broker.port, identifier="prober", max_inflight_messages=500) as prober,
+    ):
+        prober.pending_calls_threshold = 1000  # aiomqtt warns per publish beyond 10 unconfirmed
+        for start in range(0, 3000, 500):
+            await asyncio.gather(
+                *(
+                    prober.publish(f"{ROOT}/dev/ghost-{n:04d}/rating", '{"msg_id": "m", "level": 1}', qos=1)
+                    for n in range(start, start + 500)
+                )
+            )
+        assert await until(lambda: rejects(hub, "unknown_device") == 3000, 30)
+        await asyncio.sleep(0.5)  # replies still on their way
+        status = await hub.status()
+        assert len(status["unknown_devices"]) == 100
+        assert "ghost-2999" in status["unknown_devices"], "the most recently seen are kept"
+        assert status["unknown_devices_dropped"] == 2900
+        dropped = hub.metrics.registry.get_sample_value("hallhub_unknown_devices_dropped_total")
+        assert dropped == 2900
+        replies = sum(len(m) for t, m in seen.messages.items() if "/dev/ghost-" in t)
+        assert 1 <= replies <= 50, f"{replies} replies on error topics"
+        warnings = [
+            r for r in caplog.records if r.name.startswith("hub") and "not configured" in r.getMessage()
+        ]
+        assert 1 <= len(warnings) <= 3, [r.getMessage() for r in warnings[:5]]
+
+        # Throttled, not silenced: a new id a second later is answered.
+        await asyncio.sleep(1.1)
+        await prober.publish(f"{ROOT}/dev/ghost-new/rating", '{"msg_id": "m", "level": 1}', qos=1)
+        [reply] = await seen.wait_for(f"{ROOT}/dev/ghost-new/error", timeout=5)
+        assert reply["error"] == f'device "ghost-new" is not configured on node "{NODE_ID}"'
+        async with device(broker, "terminal-00") as terminal:
+            assert (await terminal.rate(4)).status == "stored", "a configured device is served throughout"
