@@ -74,6 +74,10 @@ LEAVES_BY_KIND = {
     "scan": frozenset({"qr", "terminal"}),
     "print": frozenset({"terminal"}),
 }
+# Self-service kinds: nobody serves at them, so a rating from one that names staff is refused. No kind
+# carries staff the hub uses: staff come from the window's session (docs/contracts.md §2).
+NO_STAFF_KINDS = frozenset({"terminal"})
+
 # Refusals that can come in floods: one log line per interval, with a count.
 REFUSAL_LOG_INTERVAL_S = 60.0
 RETAINED_ERROR = (
@@ -132,6 +136,8 @@ class MqttGateway:
             registry=metrics.registry,
         )
         registry.on_unknown_dropped = unknown_dropped.inc
+        # Every window some device of the node serves: a rating may name only these (hallhub rule).
+        self._windows = frozenset(d.window for d in config.device if d.window is not None)
 
     @property
     def connected(self) -> bool:
@@ -453,6 +459,8 @@ class MqttGateway:
             raise PayloadError("wrong_kind", f'a {device.kind} device cannot send "{leaf}" messages', msg_id)
         if leaf == "rating":
             rating = parse_device_payload(RatingPayload, obj)
+            if rating.window is not None or rating.staff_id is not None:
+                self._check_claims(device, rating, msg_id)
             return self._rating_records(device, rating), rating
         if leaf == "scan":
             return self.intake.scan(device, parse_device_payload(ScanPayload, obj)), None
@@ -532,6 +540,8 @@ class MqttGateway:
             records: list[Record] = []
             if leaf == "rating":
                 rating = parse_device_payload(RatingPayload, obj)
+                if rating.window is not None or rating.staff_id is not None:
+                    self._check_claims(device, rating, msg_id)
                 if device.kind != "pad" or self.sessions is None:
                     records = self._rating_records(device, rating)
             elif leaf == "scan":
@@ -607,6 +617,29 @@ class MqttGateway:
             },
         }
         await self.publish(self.topics.alerts, json.dumps(alert, ensure_ascii=False).encode())
+
+    def _check_claims(self, device: DeviceSection, rating: RatingPayload, msg_id: str) -> None:
+        """PayloadError naming `window` and `staff_id` where a rating claims what its device may not
+        (a hallhub rule, docs/contracts.md §2): a device bound to a window rates only that window,
+        any window named must be served by some device of the node, and a self-service terminal
+        names no staff. A pad's `staff_id` is not refused, but never used: staff come from the session.
+        """
+        problems: list[str] = []
+        window = rating.window
+        if window is not None:
+            if device.window is not None and window != device.window:
+                problems.append(
+                    f"window: {device.kind} {device.id} serves window {device.window}, not {window}"
+                )
+            elif window not in self._windows:
+                problems.append(f"window: no device of this node serves window {window}")
+        if rating.staff_id is not None and device.kind in NO_STAFF_KINDS:
+            problems.append(
+                f"staff_id: a {device.kind} is self-service and names no staff "
+                "(staff come from the window's session)"
+            )
+        if problems:
+            raise PayloadError("not_allowed", "; ".join(problems), msg_id)
 
     def _rating_records(self, device: DeviceSection, rating: RatingPayload) -> list[Record]:
         """A rating joins its session (case, staff, window) and any citizen identified there; a pad's

@@ -105,7 +105,11 @@ class Intake:
         citizen: CitizenIdentity | None = None,
         flags: list[str] | None = None,
     ) -> list[Record]:
-        """Records for an MQTT `rating`; a session's context fills what the payload leaves out."""
+        """Records for an MQTT `rating`; a session's context fills what the payload leaves out.
+
+        Staff come from the session only, never from the device (docs/contracts.md §2): the gateway
+        has refused a `staff_id` from a terminal, and a pad's is not used.
+        """
         device_ts = normalized_utc(payload.ts) if payload.ts else None
         return self.evaluation(
             device,
@@ -116,7 +120,7 @@ class Intake:
             item_code=payload.item_code or (context.item_code if context else None),
             item_name=payload.item_name or (context.item_name if context else None),
             window=payload.window or (context.window if context else None),
-            staff_id=payload.staff_id or (context.staff_id if context else None),
+            staff_id=context.staff_id if context else None,
             session=payload.session or None,
             device_ts=device_ts,
             citizen=citizen,

@@ -27,7 +27,7 @@ async def test_rating_round_trip(tmp_path: Path, broker: MosquittoBroker) -> Non
     config = node_config(tmp_path / "data", broker.port)
     async with running_hub(config) as hub, observe(broker.port, f"{ROOT}/events/#", f"{ROOT}/alerts") as seen:
         async with device(broker, "terminal-00") as terminal:
-            ack = await terminal.rate(5, case_no="SD2026001", item_code="370100-001-01", staff_id="S007")
+            ack = await terminal.rate(5, case_no="SD2026001", item_code="370100-001-01")
         assert ack.status == "stored"
         assert ack.error is None
         assert ack.id is not None

@@ -255,3 +255,62 @@ async def test_three_thousand_unknown_device_ids_keep_memory_and_log_bounded(
         assert reply["error"] == f'device "ghost-new" is not configured on node "{NODE_ID}"'
         async with device(broker, "terminal-00") as terminal:
             assert (await terminal.rate(4)).status == "stored", "a configured device is served throughout"
+
+
+# -- claims a device may not make ---------------------------------------------------------------------
+
+
+async def test_a_terminal_cannot_rate_for_another_window_or_name_staff(
+    tmp_path: Path, broker: MosquittoBroker
+) -> None:
+    """A terminal's rating for window "07" (not configured) naming staff "S999" raised a bad-review
+    alert against S999. Windows are checked against the config; staff come from the session only."""
+    config = node_config(tmp_path / "data", broker.port)  # terminal-00/01, pad-00 (w0), pad-01 (w1), qr-00
+    async with (
+        running_hub(config),
+        observe(broker.port, f"{ROOT}/alerts", f"{ROOT}/window/+/session") as seen,
+        device(broker, "terminal-00") as terminal,
+        device(broker, "pad-00", "pad") as pad0,
+        device(broker, "pad-01", "pad") as pad1,
+    ):
+        refused: list[tuple[SimulatedMqttDevice, dict[str, Any], list[str]]] = [
+            (terminal, {"window": "07", "staff_id": "S999"}, ["window", "staff_id"]),
+            (terminal, {"window": "w0", "staff_id": "S999"}, ["staff_id"]),
+            (terminal, {"window": "07"}, ["window"]),
+            (pad0, {"window": "w1"}, ["window"]),
+            (pad0, {"window": "07", "session": 5}, ["window"]),
+        ]
+        for sender, claims, fields in refused:
+            ack = await sender.rate(1, **claims)
+            assert ack.status == "rejected", (sender.device_id, claims, ack)
+            assert ack.error is not None
+            assert [part.split(":")[0] for part in ack.error.split("; ")] == fields, ack.error
+
+        # What a device may say: a configured window (a terminal), its own window (a pad).
+        assert (await terminal.rate(1, window="w0", case_no="T1")).status == "stored"
+        assert (await pad0.rate(1, window="w0", case_no="P1", staff_id="S999")).status == "stored"
+
+        # In a session the session's staff count, whatever the pad says.
+        async def answer(command: Any) -> None:
+            if command.cmd == "prompt":
+                asyncio.get_running_loop().create_task(
+                    pad1.rate(2, session=command.session, staff_id="S999", case_no="S1")
+                )
+
+        pad1.on_command = answer
+        async with aiomqtt.Client("127.0.0.1", broker.port, identifier="window-pc") as window_pc:
+            request = {"request_id": "r1", "staff_id": "S042", "case_no": "S1"}
+            await window_pc.publish(f"{ROOT}/window/w1/evaluate", json.dumps(request), qos=1)
+            updates = await seen.wait_for(f"{ROOT}/window/w1/session", 2, timeout=10)
+        assert [u["state"] for u in updates] == ["prompted", "rated"]
+        alerts = await seen.wait_for(f"{ROOT}/alerts", 3, timeout=5)
+    evaluations = {r["data"]["case_no"]: r["data"] for r in stored_records(tmp_path, "evaluation")}
+    assert set(evaluations) == {"T1", "P1", "S1"}, "nothing refused was stored"
+    assert (evaluations["T1"]["window"], evaluations["T1"]["staff_id"]) == ("w0", None)
+    assert (evaluations["P1"]["window"], evaluations["P1"]["staff_id"]) == ("w0", None)
+    assert (evaluations["S1"]["window"], evaluations["S1"]["staff_id"]) == ("w1", "S042")
+    assert sorted((a["data"]["window"], a["data"]["staff_id"]) for a in alerts) == [
+        ("w0", None),
+        ("w0", None),
+        ("w1", "S042"),
+    ]
