@@ -18,6 +18,7 @@ from hub.app import Hub
 from hub.broker import MosquittoBroker
 from hub.simulate.mqtt_device import SimulatedMqttDevice
 from tests.support.hub import NODE_ID, node_config, running_hub, terminals
+from tests.support.mqtt import Observer, observe
 
 ROOT = f"hall/v1/{NODE_ID}"
 
@@ -64,9 +65,34 @@ async def test_a_device_flooding_1000_messages_a_second_does_not_starve_others(
         assert flooder_state["errors"]["rate_limited"] == limited
 
 
+def answers(seen: Observer, leaf: str) -> list[dict[str, Any]]:
+    """Everything the hub sent on every device's `leaf` topic (`ack`, `error`)."""
+    return [m for topic, got in list(seen.messages.items()) if topic.endswith(f"/{leaf}") for m in got]
+
+
+async def wait_for_answers(seen: Observer, leaf: str, count: int, timeout: float) -> list[dict[str, Any]]:
+    """At least `count` messages on the devices' `leaf` topics, within `timeout` seconds."""
+    async with asyncio.timeout(timeout):
+        while len(answers(seen, leaf)) < count:
+            await asyncio.sleep(0.05)
+    return answers(seen, leaf)
+
+
+# Numbers no field can hold: beyond Python's 4,300-digit int limit, beyond 30 digits, infinite, NaN.
+HUGE_NUMBERS = ("9" * 5000, "1" * 4301, "-" + "1" * 31, "1e999", "-1e400", "0." + "5" * 80)
+NOT_NUMBERS = ("NaN", "Infinity", "-Infinity")
+_MARK = "\u0000number\u0000"
+
+
+def with_number(body: dict[str, Any], field: str, number: str) -> bytes:
+    """`body` with `field` (or `reasons[0]`) set to the JSON number text `number`, as it is."""
+    marked = {**body, "reasons": [_MARK]} if field == "reasons[0]" else {**body, field: _MARK}
+    return json.dumps(marked).replace(json.dumps(_MARK), number).encode()
+
+
 def mutate(rng: random.Random, valid: bytes) -> bytes:
     """One malformed or odd payload: flipped bits, cuts, junk, wrong types, huge or deep values."""
-    choice = rng.randrange(8)
+    choice = rng.randrange(9)
     data = bytearray(valid)
     if choice == 0 and data:
         for _ in range(rng.randint(1, 4)):
@@ -87,6 +113,9 @@ def mutate(rng: random.Random, valid: bytes) -> bytes:
         return json.dumps({"msg_id": "m" * rng.randint(0, 80), "level": rng.randint(-3, 9)}).encode()
     if choice == 6:
         return "评价".encode("gbk") + bytes(data)
+    if choice == 7:
+        body = json.loads(valid)
+        return with_number(body, rng.choice([*body, "extra"]), rng.choice(HUGE_NUMBERS + NOT_NUMBERS))
     return valid
 
 
@@ -144,6 +173,74 @@ async def test_100000_mutated_mqtt_payloads(tmp_path: Path, broker: MosquittoBro
     assert sent == 100_000
     rejects = metric(text, "hallhub_rejects_total")
     assert rejects > 30_000, "most mutated payloads were refused and counted"
+
+
+async def test_huge_numbers_and_retained_flags_at_volume(tmp_path: Path, broker: MosquittoBroker) -> None:
+    """3,000 acked messages each holding a number no field can hold, a fifth of them retained: each is
+    answered by field (a `rejected` ack) or on the error topic (NaN and the like), never a traceback;
+    after a restart the broker re-sends the retained ones, and the hub refuses them, acking none."""
+    rng = random.Random(4300)
+    devices = [*terminals(4), {"id": "qr-00", "kind": "qr", "transport": "mqtt"}]
+    limits = {"device_msgs_per_s": 100000.0, "device_burst": 100000}
+    config = node_config(tmp_path / "data", broker.port, devices, limits=limits)
+    bodies: dict[str, tuple[dict[str, Any], list[str]]] = {
+        "rating": ({"level": 3, "reasons": ["R1"]}, ["level", "session", "reasons[0]", "extra"]),
+        "print": ({"job_id": "j", "state": "done"}, ["pages", "job_id", "extra"]),
+        "scan": ({"data": "PICKUP-1"}, ["symbology", "extra"]),
+    }
+    expected_acks: dict[str, str] = {}  # msg_id -> the field its rejection must name
+    expected_errors = 0
+    retained: dict[str, bytes] = {}  # topic -> the last payload retained there
+    async with observe(broker.port, f"{ROOT}/dev/+/ack", f"{ROOT}/dev/+/error") as seen:
+        async with (
+            running_hub(config) as hub,
+            aiomqtt.Client(
+                "127.0.0.1", broker.port, identifier="fuzzer", max_inflight_messages=1000
+            ) as fuzzer,
+        ):
+            fuzzer.pending_calls_threshold = 2000
+            for batch in range(3):
+                publishes = []
+                for n in range(1000):
+                    leaf = rng.choice(list(bodies))
+                    device = "qr-00" if leaf == "scan" else f"terminal-{rng.randrange(4):02d}"
+                    base, fields = bodies[leaf]
+                    field = rng.choice(fields)
+                    msg_id = f"h{batch}-{n}"
+                    if rng.random() < 0.1:
+                        payload = with_number({"msg_id": msg_id, **base}, field, rng.choice(NOT_NUMBERS))
+                        expected_errors += 1
+                    else:
+                        payload = with_number({"msg_id": msg_id, **base}, field, rng.choice(HUGE_NUMBERS))
+                        expected_acks[msg_id] = field
+                    topic = f"{ROOT}/dev/{device}/{leaf}"
+                    retain = rng.random() < 0.2
+                    if retain:
+                        retained[topic] = payload
+                    publishes.append(fuzzer.publish(topic, payload, qos=1, retain=retain))
+                await asyncio.gather(*publishes)
+            acks = await wait_for_answers(seen, "ack", len(expected_acks), timeout=60)
+            errors = await wait_for_answers(seen, "error", expected_errors, timeout=30)
+            assert await hub.problems() == []
+        wrong = [
+            (a["msg_id"], a["error"])
+            for a in acks
+            if a["status"] != "rejected"
+            or not a["error"].startswith(f"{expected_acks[a['msg_id']]}: number ")
+        ]
+        assert wrong == [], wrong[:5]
+        assert sorted(a["msg_id"] for a in acks) == sorted(expected_acks), "one answer each"
+        assert all(e["error"].startswith("payload is not JSON the hub reads: ") for e in errors)
+
+        async with running_hub(config) as hub:
+            errors = await wait_for_answers(seen, "error", expected_errors + len(retained), timeout=15)
+            await asyncio.sleep(0.3)  # an ack would follow its refusal at once
+            text = await scrape(hub)
+            assert len(answers(seen, "ack")) == len(expected_acks), "no retained copy was acked"
+        refusals = [e for e in errors if "retained" in e["error"]]
+        assert sorted(e["topic"] for e in refusals) == sorted(retained)
+        assert len(errors) == expected_errors + len(retained)
+        assert metric(text, 'hallhub_rejects_total{reason="retained"}') == len(retained)
 
 
 async def test_serial_noise_mutated_frames_and_a_key_flood(tmp_path: Path, broker: MosquittoBroker) -> None:
