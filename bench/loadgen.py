@@ -268,7 +268,6 @@ class Generator:
             "level": level,
             "case_no": f"BENCH{msg_id}",
             "item_code": "11370100MB0000000X",
-            "staff_id": f"S{index:03d}",
             "ts": self._timestamp(),
         }
         if level <= 2:

@@ -265,7 +265,6 @@ def random_rating(rng: random.Random) -> dict[str, Any]:
         "case_no": f"SD{rng.randrange(10**9):09d}",
         "item_code": item_code,
         "item_name": item_name,
-        "staff_id": f"S{rng.randrange(1, 40):03d}",
     }
     if level <= 2:
         rating["reasons"] = rng.sample(["R1", "R2", "R3", "R4"], k=rng.randint(1, 2))

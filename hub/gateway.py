@@ -621,7 +621,8 @@ class MqttGateway:
     def _check_claims(self, device: DeviceSection, rating: RatingPayload, msg_id: str) -> None:
         """PayloadError naming `window` and `staff_id` where a rating claims what its device may not
         (a hallhub rule, docs/contracts.md §2): a device bound to a window rates only that window,
-        any window named must be served by some device of the node, and a self-service terminal
+        any window named must be served by some device of the node (on a node that serves windows),
+        and a self-service terminal
         names no staff. A pad's `staff_id` is not refused, but never used: staff come from the session.
         """
         problems: list[str] = []
@@ -631,7 +632,9 @@ class MqttGateway:
                 problems.append(
                     f"window: {device.kind} {device.id} serves window {device.window}, not {window}"
                 )
-            elif window not in self._windows:
+            elif self._windows and window not in self._windows:
+                # A node that serves no window at all (self-service terminals only) has nothing to
+                # check a window against; wherever windows exist, only theirs may be named.
                 problems.append(f"window: no device of this node serves window {window}")
         if rating.staff_id is not None and device.kind in NO_STAFF_KINDS:
             problems.append(

@@ -314,3 +314,19 @@ async def test_a_terminal_cannot_rate_for_another_window_or_name_staff(
         ("w0", None),
         ("w1", "S042"),
     ]
+
+
+async def test_on_a_node_without_windows_a_terminal_window_is_kept_but_staff_still_refused(
+    tmp_path: Path, broker: MosquittoBroker
+) -> None:
+    """A street-level node with self-service terminals only has no window to check against."""
+    config = node_config(tmp_path / "data", broker.port, terminals(1))
+    async with running_hub(config), device(broker, "terminal-00") as terminal:
+        assert (await terminal.rate(4, window="W3", case_no="N1")).status == "stored"
+        ack = await terminal.rate(4, staff_id="S999", case_no="N2")
+        assert ack.status == "rejected"
+        assert ack.error is not None
+        assert ack.error.startswith("staff_id:")
+    evaluations = {r["data"]["case_no"]: r["data"] for r in stored_records(tmp_path, "evaluation")}
+    assert (evaluations["N1"]["window"], evaluations["N1"]["staff_id"]) == ("W3", None)
+    assert "N2" not in evaluations
