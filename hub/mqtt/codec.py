@@ -267,29 +267,41 @@ def encode_publish(
     dup: bool = False,
 ) -> bytes:
     """A PUBLISH at QoS 0 or 1 (the hub uses no QoS 2). A `bytes` topic is taken as valid UTF-8."""
-    if isinstance(topic, str):
+    if type(topic) is bytes:
+        if not topic or b"+" in topic or b"#" in topic:
+            raise ValueError(f"topic {topic!r}: a topic name is not empty and has no wildcard")
+    else:
+        assert isinstance(topic, str)
         _check_topic(topic)
         topic = topic.encode()
-    elif not topic or b"+" in topic or b"#" in topic:
-        raise ValueError(f"topic {topic!r}: a topic name is not empty and has no wildcard")
-    if len(topic) > 0xFFFF:
-        raise ValueError(f"topic: {len(topic)} bytes, over MQTT's 65,535")
+    size = len(topic)
+    if size > 0xFFFF:
+        raise ValueError(f"topic: {size} bytes, over MQTT's 65,535")
     if qos == 1:
-        _check_packet_id(packet_id)
-        length = 4 + len(topic) + len(payload)
+        if not 0 < packet_id <= 0xFFFF:
+            raise ValueError(f"packet id {packet_id} not in 1..65535")
+        length = 4 + size + len(payload)
         first = 0x32 | retain | (dup << 3)
-        parts = (encode_remaining_length(length), len(topic).to_bytes(2, "big"), topic)
-        return bytes((first,)) + b"".join((*parts, packet_id.to_bytes(2, "big"), payload))
-    if qos != 0 or packet_id or dup:
+        tail = bytes((packet_id >> 8, packet_id & 0xFF))
+    elif qos == 0 and not packet_id and not dup:
+        length = 2 + size + len(payload)
+        first = 0x30 | retain
+        tail = b""
+    else:
         raise ValueError("PUBLISH: QoS 0 or 1; a QoS-0 one has no packet id and no DUP flag")
-    length = 2 + len(topic) + len(payload)
-    head = bytes((0x30 | retain,)) + encode_remaining_length(length) + len(topic).to_bytes(2, "big")
-    return b"".join((head, topic, payload))
+    # The fixed header with the topic's length in one bytes(): one or two length bytes cover 16 KiB.
+    if length < 128:
+        head = bytes((first, length, size >> 8, size & 0xFF))
+    elif length < 16384:
+        head = bytes((first, length & 0x7F | 0x80, length >> 7, size >> 8, size & 0xFF))
+    else:
+        head = bytes((first,)) + encode_remaining_length(length) + bytes((size >> 8, size & 0xFF))
+    return b"".join((head, topic, tail, payload))
 
 
 def encode_puback(packet_id: int) -> bytes:
     """PUBACK for `packet_id`."""
-    return b"\x40\x02" + packet_id.to_bytes(2, "big")
+    return bytes((0x40, 2, packet_id >> 8, packet_id & 0xFF))
 
 
 def encode(packet: Packet) -> bytes:
