@@ -7,10 +7,8 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-from sqlmodel import SQLModel
 
 from hub.records import Kind, Record
-from hub.store import models
 from hub.store.outbox import DedupKey, Duplicate, Outbox, Rejected, Stored, StoreUnavailable, pending_by_kind
 from hub.store.schema import MIGRATIONS, SCHEMA_VERSION, SchemaError, migrate, open_connection
 
@@ -199,16 +197,6 @@ def test_a_later_migration_applies_to_an_old_store(tmp_path: Path) -> None:
     with pytest.raises(SchemaError, match=f"migration to schema {SCHEMA_VERSION + 2} failed"):
         migrate(conn, [*MIGRATIONS, extra, broken])
     assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION + 1
-    conn.close()
-
-
-def test_sqlmodel_mirrors_match_the_migrated_schema(tmp_path: Path) -> None:
-    conn = open_connection(tmp_path / "c.db")
-    migrate(conn)
-    assert models.RecordRow.__tablename__ == "records"
-    for table in SQLModel.metadata.sorted_tables:
-        columns = {row[1] for row in conn.execute(f"PRAGMA table_info({table.name})")}
-        assert columns == {c.name for c in table.columns}, table.name
     conn.close()
 
 
