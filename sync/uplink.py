@@ -67,7 +67,7 @@ from hub.config import HubConfig, Secrets
 from hub.metrics import HubMetrics
 from hub.privacy import SealedIdentity, SecretFileError, UnsealError, derive_seal_key, load_or_create_secret
 from hub.records import Kind, Record, utc_now
-from hub.store.outbox import Outbox, StoreUnavailable
+from hub.store.outbox import Outbox, PendingRecord, StoreUnavailable
 from sync import wire
 
 __all__ = [
@@ -329,12 +329,10 @@ class Uplink:
         """The next batch from the queue, leaving out `exclude` (a batch still waiting for its answer)."""
         rows = await self.outbox.next_batch(self.batch_max + len(exclude))
         if exclude:
-            rows = [row for row in rows if row[1] not in exclude][: self.batch_max]
+            rows = [row for row in rows if row.id not in exclude][: self.batch_max]
         if not rows:
             return None
-        if self._seal_key is not None:
-            return await self._build(await self.outbox.pending_by_ids([rid for _s, rid, _b in rows]))
-        return await self._build([(seq, rid, body, None) for seq, rid, body in rows])
+        return await self._build(rows)
 
     async def _restore_inflight(self) -> _Batch | None:
         """The batch in flight when the hub last stopped, as it was sent, minus what is delivered."""
@@ -373,21 +371,21 @@ class Uplink:
 
     async def _build(
         self,
-        rows: list[tuple[int, str, str, str | None]],
+        rows: list[PendingRecord],
         batch_id: str | None = None,
         sent_at: str | None = None,
     ) -> _Batch | None:
         """Encode rows as one request; a record that is not valid on the wire is dead-lettered here."""
         records: list[wire.Record] = []
-        for _seq, record_id, body, sealed in rows:
+        for row in rows:
             try:
-                raw = json.loads(body)
-                if sealed and self._seal_key is not None:
-                    self._add_identity(raw, sealed)
+                raw = json.loads(row.body)
+                if row.sealed and self._seal_key is not None:
+                    self._add_identity(raw, row.sealed)
                 records.append(wire.Record.model_validate(raw))
             except (ValueError, ValidationError) as exc:
-                log.error("uplink: record %s is not valid on the wire, dead-lettered: %s", record_id, exc)
-                await self.outbox.dead_letter(record_id, f"not sent, invalid record: {exc}")
+                log.error("uplink: record %s is not valid on the wire, dead-lettered: %s", row.id, exc)
+                await self.outbox.dead_letter(row.id, f"not sent, invalid record: {exc}")
         if not records:
             return None
         if len(records) != len(rows):

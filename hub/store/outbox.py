@@ -1,9 +1,14 @@
 """The durable outbox: SQLite in WAL mode with `synchronous=FULL`, written by one thread.
 
 Every write is an operation queued to a single writer. The writer takes everything queued, runs it
-in one transaction (a savepoint per operation, so one failure spoils nothing else) and commits once:
-concurrent writes share one fsync (group commit). A caller's future resolves only after COMMIT, so
-"stored" always means "survives kill -9 and power loss".
+in one transaction and commits once: concurrent writes share one fsync (group commit). Consecutive
+store writes go through one function, `_store_run`, as one run (a single write is a run of one); if
+the transaction fails, it is redone with a savepoint per write, so that the failing write fails
+alone. A caller's future resolves only after COMMIT, so "stored" always means "survives kill -9 and
+power loss". Reads go through a second, read-only connection and come out as typed rows.
+
+`hub/store` is the one place with SQL for the file: the hub opens it with `Outbox(path)`, tools
+beside the hub with `Outbox.attach(path)`.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ import logging
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Coroutine, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -24,7 +29,15 @@ from typing import Any
 
 from hub.records import Kind, Record, utc_now
 from hub.store.salvage import move_aside, salvage_records
-from hub.store.schema import MIGRATIONS, SchemaError, migrate, open_connection
+from hub.store.schema import (
+    MIGRATIONS,
+    SchemaError,
+    check_attachable,
+    migrate,
+    open_attached_writer,
+    open_connection,
+    open_read_only,
+)
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +50,9 @@ NEAR_FULL_RATIO = 0.9
 SIZE_INTERVAL_S = 1.0
 SIZE_GUESS_FACTOR = 2
 CLEAR_RATIO = 0.8
+# How long an attached tool (`hallhub outbox retry`) waits for the hub's write transaction.
+ATTACH_BUSY_TIMEOUT_S = 10.0
+_ATTACHED_STORE = "an attached outbox stores no records: the hub that owns the file assigns their seqs"
 
 # Shedding order of DESIGN guarantee 4: telemetry first; evaluations and alerts are never shed.
 SHED_WHEN_NEAR_FULL = frozenset({Kind.DEVICE_STATUS})
@@ -118,6 +134,36 @@ class OutboxStats:
             return 0.0
         moment = datetime.fromisoformat(self.oldest_pending_at.replace("Z", "+00:00"))
         return max(0.0, ((now or datetime.now(UTC)) - moment).total_seconds())
+
+
+@dataclass(frozen=True, slots=True)
+class PendingRecord:
+    """A pending record as stored: seq, id, its §1 wire JSON as written, and its sealed identity."""
+
+    seq: int
+    id: str
+    body: str
+    sealed: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """A record the platform refused, with its reason."""
+
+    id: str
+    seq: int
+    kind: str
+    reason: str
+    failed_at: str
+
+
+@dataclass(frozen=True, slots=True)
+class RatingCount:
+    """How many evaluations of one level a window got (None: evaluations without a window)."""
+
+    window: str | None
+    level: int
+    count: int
 
 
 # Called in the writer transaction for each evaluation (its seq already set) with the `data` of the
@@ -371,8 +417,21 @@ def _apply_each(w: _WriterState, batch: list[_Op]) -> list[Any]:
     return results
 
 
+@dataclass(frozen=True, slots=True)
+class _Attached:
+    """How an Outbox opened by `Outbox.attach` may use a file another process owns."""
+
+    writable: bool
+    busy_timeout_s: float
+
+
 class Outbox:
-    """The node's durable queue of records. Open it, store into it, read it, close it."""
+    """The node's durable queue of records: the one owner of the outbox file and its SQL.
+
+    The hub opens it with `Outbox(path).open()`: it creates, checks, migrates and salvages the file
+    and is the only one that stores records. A tool beside it (`hallhub outbox`) uses
+    `Outbox.attach(path)` and goes through the same methods.
+    """
 
     def __init__(
         self,
@@ -384,12 +443,15 @@ class Outbox:
         self.path = Path(path)
         self.max_bytes = max_bytes
         self._evaluation_hook = evaluation_hook
+        self._attached: _Attached | None = None
         self._queue: asyncio.Queue[_Op] = asyncio.Queue()
         self._writer_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="outbox-writer")
         self._reader_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="outbox-reader")
+        self._opened = False
         self._writer_task: asyncio.Task[None] | None = None
         self._state: _WriterState | None = None
         self._reader: sqlite3.Connection | None = None
+        self._snapshots = 0
         self._listeners: list[CommitListener] = []
         self._closing = False
         self._alerted = False
@@ -403,6 +465,22 @@ class Outbox:
         self.failed_writes = 0
         self.writer_died: asyncio.Future[BaseException] | None = None
 
+    @classmethod
+    def attach(
+        cls, path: Path | str, *, writable: bool = False, busy_timeout_s: float = ATTACH_BUSY_TIMEOUT_S
+    ) -> Outbox:
+        """An Outbox on a file the hub owns, for a tool that runs beside it (or while it is stopped).
+
+        It never creates, migrates, moves aside or sheds anything and never stores records (seqs
+        are the owner's); it refuses a file that is not a hallhub outbox or that a newer hallhub
+        wrote. Reads use a read-only connection; with `writable`, the other writes (dead-letter
+        retries, delivery marks, kv) wait up to `busy_timeout_s` for the owner's transaction and
+        are committed with `synchronous=FULL`, serialised with the owner's writer by SQLite's lock.
+        """
+        box = cls(path, max_bytes=0)
+        box._attached = _Attached(writable=writable, busy_timeout_s=busy_timeout_s)
+        return box
+
     @property
     def last_seq(self) -> int:
         """The highest seq assigned so far (0 before the first record)."""
@@ -411,11 +489,27 @@ class Outbox:
     # -- lifecycle -----------------------------------------------------------------------------
 
     async def open(self) -> None:
-        """Check integrity, migrate, and start the writer. A corrupt file is moved aside, not lost."""
+        """Check integrity, migrate, and start the writer. A corrupt file is moved aside, not lost.
+
+        Attached (`Outbox.attach`): only check that the file is a hallhub outbox this version reads.
+        Raises SchemaError for a file it must not use, StoreUnavailable for one it cannot open.
+        """
         loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self._writer_pool, self._open_writer)
-        await loop.run_in_executor(self._reader_pool, self._open_reader)
-        self.writer_died = asyncio.get_running_loop().create_future()
+        try:
+            if self._attached is None:
+                await loop.run_in_executor(self._writer_pool, self._open_writer)
+                await loop.run_in_executor(self._reader_pool, self._open_reader)
+            else:
+                await loop.run_in_executor(self._reader_pool, self._open_attached_reader)
+                if self._attached.writable:
+                    await loop.run_in_executor(self._writer_pool, self._open_attached_writer)
+        except BaseException:
+            await self._close_files()
+            raise
+        self._opened = True
+        if self._state is None:
+            return
+        self.writer_died = loop.create_future()
         self._writer_task = asyncio.create_task(self._run_writer(), name="outbox-writer")
         self._writer_task.add_done_callback(self._writer_ended)
         if self.recovered_from is not None:
@@ -485,18 +579,45 @@ class Outbox:
         self._reader = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         self._reader.execute("PRAGMA query_only = ON")
 
+    def _open_attached_reader(self) -> None:
+        assert self._attached is not None
+        try:
+            conn = open_read_only(self.path, self._attached.busy_timeout_s)
+            try:
+                check_attachable(conn)
+            except BaseException:
+                conn.close()
+                raise
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"cannot read it: {exc}") from exc
+        self._reader = conn
+
+    def _open_attached_writer(self) -> None:
+        assert self._attached is not None
+        try:
+            conn = open_attached_writer(self.path, self._attached.busy_timeout_s)
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"cannot open it for writing: {exc}") from exc
+        self._state = _WriterState(conn=conn, next_seq=0)
+
     async def close(self) -> None:
         """Stop intake, let the writer finish everything queued, and close the files."""
-        if self._writer_task is None:
+        if not self._opened:
             return
+        self._opened = False
         self._closing = True
-        stop = _Stop()
-        stop.future = asyncio.get_running_loop().create_future()
-        if not self._writer_task.done():
-            self._queue.put_nowait(stop)
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._writer_task
-        self._writer_task = None
+        if self._writer_task is not None:
+            stop = _Stop()
+            stop.future = asyncio.get_running_loop().create_future()
+            if not self._writer_task.done():
+                self._queue.put_nowait(stop)
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._writer_task
+            self._writer_task = None
+        await self._close_files()
+
+    async def _close_files(self) -> None:
+        """Close both connections (those that were opened) and end the two threads."""
         loop = asyncio.get_running_loop()
         if self._state is not None:
             await loop.run_in_executor(self._writer_pool, self._state.conn.close)
@@ -513,10 +634,16 @@ class Outbox:
 
     async def _submit(self, op: _Op) -> Any:
         if self._closing or self._writer_task is None:
-            raise StoreUnavailable("outbox is closed")
+            raise StoreUnavailable(self._refusal())
         op.future = asyncio.get_running_loop().create_future()
         self._queue.put_nowait(op)
         return await op.future
+
+    def _refusal(self) -> str:
+        """Why a write cannot be queued now."""
+        if self._attached is not None and not self._attached.writable and self._opened:
+            return "outbox attached read-only"
+        return "outbox is closed"
 
     def _writer_ended(self, task: asyncio.Task[None]) -> None:
         """A writer that ends without `close` is fatal: say why, fail what waits, tell the hub."""
@@ -672,6 +799,8 @@ class Outbox:
 
     async def store(self, records: Sequence[Record], dedup: DedupKey | None = None) -> StoreResult:
         """Commit records (with an optional dedup key); raise StoreUnavailable if it cannot."""
+        if self._attached is not None:
+            raise StoreUnavailable(_ATTACHED_STORE)
         result: StoreResult = await self._submit(_StoreOp(records=list(records), dedup=dedup))
         return result
 
@@ -683,8 +812,11 @@ class Outbox:
         For the MQTT gateway's hot path, which answers from a callback instead of a task per message.
         """
         future: asyncio.Future[StoreResult] = asyncio.get_running_loop().create_future()
+        if self._attached is not None:
+            future.set_exception(StoreUnavailable(_ATTACHED_STORE))
+            return future
         if self._closing or self._writer_task is None:
-            future.set_exception(StoreUnavailable("outbox is closed"))
+            future.set_exception(StoreUnavailable(self._refusal()))
             return future
         op = _StoreOp(records=list(records), dedup=dedup)
         op.future = future
@@ -742,18 +874,32 @@ class Outbox:
         result: bool = await self._submit(_SqlOp(action=action))
         return result
 
-    async def retry_dead_letter(self, record_id: str) -> bool:
-        """Put a dead letter back in the queue (after the platform or the record was fixed)."""
+    async def retry_dead_letters(
+        self, record_ids: Sequence[str] | None = None
+    ) -> tuple[list[str], list[str]]:
+        """Put dead letters back in the queue, all of them when `record_ids` is None, in one commit
+        (after the platform or the record was fixed): (ids queued again, ids of no dead letter)."""
+        wanted = None if record_ids is None else list(dict.fromkeys(record_ids))
 
-        def action(conn: sqlite3.Connection) -> bool:
-            row = conn.execute("SELECT seq FROM dead_letters WHERE record_id = ?", (record_id,)).fetchone()
-            if row is None:
-                return False
-            conn.execute(f"UPDATE records SET state = {PENDING} WHERE seq = ?", (row[0],))
-            conn.execute("DELETE FROM dead_letters WHERE seq = ?", (row[0],))
-            return True
+        def action(conn: sqlite3.Connection) -> tuple[list[str], list[str]]:
+            rows: list[tuple[int, str]] = []
+            unknown: list[str] = []
+            if wanted is None:
+                rows = conn.execute("SELECT seq, record_id FROM dead_letters ORDER BY seq").fetchall()
+            for record_id in wanted or []:
+                row = conn.execute(
+                    "SELECT seq, record_id FROM dead_letters WHERE record_id = ?", (record_id,)
+                ).fetchone()
+                if row is None:
+                    unknown.append(record_id)
+                else:
+                    rows.append(row)
+            seqs = [(seq,) for seq, _record_id in rows]
+            conn.executemany(f"UPDATE records SET state = {PENDING} WHERE seq = ? AND state = {DEAD}", seqs)
+            conn.executemany("DELETE FROM dead_letters WHERE seq = ?", seqs)
+            return [str(record_id) for _seq, record_id in rows], unknown
 
-        result: bool = await self._submit(_SqlOp(action=action))
+        result: tuple[list[str], list[str]] = await self._submit(_SqlOp(action=action))
         return result
 
     async def prune(self, delivered_older_than_s: float, dedup_older_than_s: float) -> tuple[int, int]:
@@ -794,10 +940,25 @@ class Outbox:
     # -- reads ---------------------------------------------------------------------------------
 
     async def _read(self, query: Callable[[sqlite3.Connection], Any]) -> Any:
-        if self._reader is None:
+        if self._reader is None or not self._opened:
             raise StoreUnavailable("outbox is not open")
         reader = self._reader
         return await asyncio.get_running_loop().run_in_executor(self._reader_pool, query, reader)
+
+    @contextlib.asynccontextmanager
+    async def read_snapshot(self) -> AsyncIterator[None]:
+        """Every read inside sees the file as the first of them found it (one read transaction), so
+        that a report or an export adds up while the hub writes. While it lasts every read of this
+        Outbox sees that state and the WAL cannot be checkpointed past it: keep it to tools."""
+        if self._snapshots == 0:
+            await self._read(lambda conn: conn.execute("BEGIN"))
+        self._snapshots += 1
+        try:
+            yield
+        finally:
+            self._snapshots -= 1
+            if self._snapshots == 0 and self._reader is not None and self._opened:
+                await self._read(lambda conn: conn.execute("COMMIT"))
 
     async def pending_page(
         self, after: int, limit: int, kind: str | None = None
@@ -824,37 +985,38 @@ class Outbox:
         result: tuple[list[str], int, bool] = await self._read(query)
         return result
 
-    async def next_batch(self, limit: int, exclude_after: int | None = None) -> list[tuple[int, str, str]]:
-        """Up to `limit` pending (seq, id, body): alerts first, then oldest first."""
+    async def next_batch(self, limit: int) -> list[PendingRecord]:
+        """Up to `limit` pending records, alerts first, then oldest first: the uplink's next batch."""
 
-        def query(conn: sqlite3.Connection) -> list[tuple[int, str, str]]:
+        def query(conn: sqlite3.Connection) -> list[PendingRecord]:
             rows = conn.execute(
-                f"SELECT seq, id, body FROM records WHERE state = {PENDING} ORDER BY priority, seq LIMIT ?",
+                f"SELECT seq, id, body, sealed FROM records WHERE state = {PENDING}"
+                " ORDER BY priority, seq LIMIT ?",
                 (limit,),
             ).fetchall()
-            return [(int(seq), str(rid), str(body)) for seq, rid, body in rows]
+            return [PendingRecord(int(seq), str(rid), str(body), sealed) for seq, rid, body, sealed in rows]
 
-        result: list[tuple[int, str, str]] = await self._read(query)
+        result: list[PendingRecord] = await self._read(query)
         return result
 
-    async def pending_by_ids(self, record_ids: Sequence[str]) -> list[tuple[int, str, str, str | None]]:
-        """Those of `record_ids` still pending, as (seq, id, body, sealed): alerts first, then oldest.
+    async def pending_by_ids(self, record_ids: Sequence[str]) -> list[PendingRecord]:
+        """Those of `record_ids` still pending, alerts first, then oldest first.
 
         The uplink uses it to resend an in-flight batch after a restart (minus what pull delivered
-        meanwhile) and to fetch the sealed identity tokens it opens only inside the TLS request.
+        meanwhile) and to split a batch the platform refused whole.
         """
         ids = list(record_ids)
 
-        def query(conn: sqlite3.Connection) -> list[tuple[int, str, str, str | None]]:
+        def query(conn: sqlite3.Connection) -> list[PendingRecord]:
             rows: list[tuple[int, int, str, str, str | None]] = conn.execute(
                 f"SELECT priority, seq, id, body, sealed FROM records WHERE state = {PENDING}"
                 f" AND id IN {_IN_JSON}",
                 (_json_list(ids),),
             ).fetchall()
             rows.sort(key=lambda row: (row[0], row[1]))
-            return [(int(seq), str(rid), str(body), sealed) for _p, seq, rid, body, sealed in rows]
+            return [PendingRecord(int(s), str(i), str(b), sealed) for _p, s, i, b, sealed in rows]
 
-        result: list[tuple[int, str, str, str | None]] = await self._read(query)
+        result: list[PendingRecord] = await self._read(query)
         return result
 
     async def get_record(self, record_id: str) -> dict[str, Any] | None:
@@ -889,19 +1051,66 @@ class Outbox:
         result: str | None = await self._read(query)
         return result
 
-    async def dead_letters(self, limit: int = 100) -> list[dict[str, Any]]:
+    async def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
         """The newest dead letters with their reasons."""
 
-        def query(conn: sqlite3.Connection) -> list[dict[str, Any]]:
+        def query(conn: sqlite3.Connection) -> list[DeadLetter]:
             rows = conn.execute(
                 "SELECT record_id, seq, kind, reason, failed_at FROM dead_letters ORDER BY seq DESC LIMIT ?",
                 (limit,),
             ).fetchall()
-            keys = ("id", "seq", "kind", "reason", "failed_at")
-            return [dict(zip(keys, row, strict=True)) for row in rows]
+            return [
+                DeadLetter(str(rid), int(seq), str(kind), str(reason), str(failed_at))
+                for rid, seq, kind, reason, failed_at in rows
+            ]
 
-        result: list[dict[str, Any]] = await self._read(query)
+        result: list[DeadLetter] = await self._read(query)
         return result
+
+    async def delivered_by_via(self) -> dict[str, int]:
+        """Delivered records still kept (until pruned), by how they went: `push`, `pull`."""
+
+        def query(conn: sqlite3.Connection) -> dict[str, int]:
+            rows = conn.execute(
+                f"SELECT delivered_via, count(*) FROM records WHERE state = {DELIVERED}"
+                " GROUP BY delivered_via"
+            ).fetchall()
+            return {str(via or "unknown"): int(count) for via, count in rows}
+
+        result: dict[str, int] = await self._read(query)
+        return result
+
+    async def ratings_since(self, since: str) -> list[RatingCount]:
+        """Evaluations captured since `since` (RFC 3339 UTC), counted by window and level.
+
+        It reads every evaluation still kept, so it runs on a read-only connection of its own in a
+        worker thread rather than on the shared reader, where it would hold up the uplink and pull.
+        Raises StoreUnavailable when the file cannot be read (a report, not a reason to fail).
+        """
+        if not self._opened:
+            raise StoreUnavailable("outbox is not open")
+
+        def query() -> list[RatingCount]:
+            try:
+                conn = open_read_only(self.path, busy_timeout_s=2.0)
+                try:
+                    rows = conn.execute(
+                        "SELECT json_extract(body, '$.data.window'), json_extract(body, '$.data.level'),"
+                        " count(*) FROM records WHERE kind = 'evaluation' AND created_at >= ?"
+                        " GROUP BY 1, 2",
+                        (since,),
+                    ).fetchall()
+                finally:
+                    conn.close()
+            except sqlite3.Error as exc:
+                raise StoreUnavailable(f"cannot count ratings: {exc}") from exc
+            return [
+                RatingCount(None if window is None else str(window), int(level), int(count))
+                for window, level, count in rows
+                if level is not None
+            ]
+
+        return await asyncio.to_thread(query)
 
     async def stats(self) -> OutboxStats:
         """Pending by kind, oldest pending time, dead letters, size against quota."""
@@ -993,13 +1202,23 @@ def _shed_telemetry(conn: sqlite3.Connection) -> int:
 
 
 __all__ = [
+    "ATTACH_BUSY_TIMEOUT_S",
+    "DEAD",
+    "DELIVERED",
     "MIGRATIONS",
+    "PENDING",
+    "DeadLetter",
     "DedupKey",
     "Duplicate",
     "Outbox",
     "OutboxStats",
+    "PendingRecord",
+    "RatingCount",
     "Rejected",
     "StoreResult",
     "StoreUnavailable",
     "Stored",
+    "WriteFailed",
+    "WriterDied",
+    "pending_by_kind",
 ]

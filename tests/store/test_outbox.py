@@ -1,4 +1,5 @@
-"""The outbox on a real SQLite file: group commit, dedup, quota, corruption, migrations."""
+"""The outbox on a real SQLite file: group commit, dedup, quota, corruption, migrations, typed reads,
+and a second process attached beside the owner."""
 
 from __future__ import annotations
 
@@ -9,7 +10,18 @@ from pathlib import Path
 import pytest
 
 from hub.records import Kind, Record
-from hub.store.outbox import DedupKey, Duplicate, Outbox, Rejected, Stored, StoreUnavailable, pending_by_kind
+from hub.store.outbox import (
+    DeadLetter,
+    DedupKey,
+    Duplicate,
+    Outbox,
+    PendingRecord,
+    RatingCount,
+    Rejected,
+    Stored,
+    StoreUnavailable,
+    pending_by_kind,
+)
 from hub.store.schema import MIGRATIONS, SCHEMA_VERSION, SchemaError, migrate, open_connection
 
 
@@ -90,7 +102,7 @@ async def test_alerts_come_first_in_batches(outbox: Outbox) -> None:
     await outbox.store([evaluation(5)])
     await outbox.store([evaluation(1), Record(kind=Kind.ALERT, data={"type": "bad_review"})])
     batch = await outbox.next_batch(10)
-    assert [seq for seq, _id, _body in batch] == [3, 1, 2]
+    assert [row.seq for row in batch] == [3, 1, 2]
 
 
 async def test_dead_letter_and_retry(outbox: Outbox) -> None:
@@ -99,8 +111,8 @@ async def test_dead_letter_and_retry(outbox: Outbox) -> None:
     record_id = stored.records[0].id
     assert await outbox.dead_letter(record_id, "satisfaction: invalid")
     assert (await outbox.stats()).pending == 0
-    assert (await outbox.dead_letters())[0]["reason"] == "satisfaction: invalid"
-    assert await outbox.retry_dead_letter(record_id)
+    assert (await outbox.dead_letters())[0].reason == "satisfaction: invalid"
+    assert await outbox.retry_dead_letters([record_id]) == ([record_id], [])
     assert (await outbox.stats()).pending == 1
     assert await outbox.mark_delivered([record_id], "push") == 1
     assert await outbox.mark_delivered([record_id], "push") == 0
@@ -299,7 +311,7 @@ async def test_pending_counts_stay_exact_through_every_kind_of_write(tmp_path: P
         assert await box.dead_letter(ids[3], "rejected")
         await check()
         assert (await box.stats()).pending_by_kind["evaluation"] == 2
-        assert await box.retry_dead_letter(ids[3])
+        assert await box.retry_dead_letters([ids[3]]) == ([ids[3]], [])
         await check()
         assert await box.prune(delivered_older_than_s=-60, dedup_older_than_s=86400) == (3, 0)
         await check()
@@ -336,3 +348,228 @@ def test_an_unmigrated_store_is_still_counted(tmp_path: Path) -> None:
     )
     assert pending_by_kind(conn) == ({"alert": 1}, "t")
     conn.close()
+
+
+async def test_a_write_alone_after_a_failed_batch_still_dedups_sheds_and_numbers(outbox: Outbox) -> None:
+    """The one-by-one retry stores each write as a run of one, through the same function."""
+    clash = evaluation()
+    assert isinstance(await outbox.store([clash]), Stored)
+    writes = [
+        outbox.store([evaluation()], DedupKey("t1", "again")),
+        outbox.store([clash]),
+        outbox.store([evaluation()], DedupKey("t1", "again")),
+        outbox.store([evaluation()]),
+    ]
+    results = await asyncio.gather(*writes, return_exceptions=True)
+    first = results[0]
+    assert isinstance(first, Stored)
+    assert isinstance(results[1], StoreUnavailable)
+    assert results[2] == Duplicate(record_id=first.records[0].id)
+    assert isinstance(results[3], Stored)
+    assert [first.records[0].seq, results[3].records[0].seq] == [2, 3]
+
+
+async def test_batches_and_resends_come_as_typed_rows_with_their_sealed_identity(outbox: Outbox) -> None:
+    plain = evaluation(5)
+    sealed = evaluation(4)
+    sealed.sealed = "v1.sealed-token"
+    alert = Record(kind=Kind.ALERT, data={"type": "bad_review"})
+    assert isinstance(await outbox.store([plain, sealed, alert]), Stored)
+    batch = await outbox.next_batch(10)
+    assert [row.id for row in batch] == [alert.id, plain.id, sealed.id]
+    assert batch[2] == PendingRecord(seq=2, id=sealed.id, body=sealed.wire_json, sealed="v1.sealed-token")
+    assert batch[1].sealed is None
+    again = await outbox.pending_by_ids([sealed.id, plain.id, alert.id, "not-stored"])
+    assert again == batch
+    await outbox.mark_delivered([sealed.id], via="push")
+    assert [row.id for row in await outbox.pending_by_ids([sealed.id, plain.id])] == [plain.id]
+
+
+async def test_dead_letters_are_typed_and_queued_again_in_one_commit(outbox: Outbox) -> None:
+    stored = await outbox.store([evaluation(n=n) for n in range(4)])
+    assert isinstance(stored, Stored)
+    ids = [record.id for record in stored.records]
+    for record_id in ids[:3]:
+        assert await outbox.dead_letter(record_id, f"no: {record_id}")
+    dead = await outbox.dead_letters()
+    assert dead[0] == DeadLetter(ids[2], 3, "evaluation", f"no: {ids[2]}", dead[0].failed_at)
+    commits = outbox.commits
+    assert await outbox.retry_dead_letters([ids[1], "unknown", ids[1], ids[0]]) == (
+        [ids[1], ids[0]],
+        ["unknown"],
+    )
+    assert outbox.commits == commits + 1
+    assert await outbox.retry_dead_letters() == ([ids[2]], [])
+    assert await outbox.dead_letters() == []
+    assert (await outbox.stats()).pending == 4
+    assert await outbox.retry_dead_letters() == ([], [])
+
+
+async def test_a_retried_dead_letter_that_is_no_longer_dead_stays_as_it_is(tmp_path: Path) -> None:
+    path = tmp_path / "o.db"
+    box = Outbox(path)
+    await box.open()
+    try:
+        stored = await box.store([evaluation()])
+        assert isinstance(stored, Stored)
+        record_id = stored.records[0].id
+        assert await box.dead_letter(record_id, "rejected")
+        conn = sqlite3.connect(path)  # a record delivered although a dead letter still names it
+        conn.execute("UPDATE records SET state = 1")
+        conn.commit()
+        conn.close()
+        assert await box.retry_dead_letters([record_id]) == ([record_id], [])
+        assert (await box.stats()).pending == 0, "a delivered record is not sent again"
+    finally:
+        await box.close()
+
+
+async def test_delivered_records_are_counted_by_how_they_went(outbox: Outbox) -> None:
+    stored = await outbox.store([evaluation(n=n) for n in range(5)])
+    assert isinstance(stored, Stored)
+    ids = [record.id for record in stored.records]
+    await outbox.mark_delivered(ids[:2], via="push")
+    await outbox.ack_upto(3)
+    assert await outbox.delivered_by_via() == {"push": 2, "pull": 1}
+
+
+async def test_ratings_are_counted_by_window_and_level_since_a_moment(outbox: Outbox) -> None:
+    old = evaluation(5, window="07")
+    old.created_at = "2026-11-21T23:59:59.999Z"
+    today = [
+        evaluation(5, window="07"),
+        evaluation(5, window="07"),
+        evaluation(1, window="08"),
+        evaluation(3),
+    ]
+    for record in today:
+        record.created_at = "2026-11-22T08:00:00.000Z"
+    await outbox.store([old, *today, Record(kind=Kind.ALERT, data={"type": "bad_review", "level": 1})])
+    counts = await outbox.ratings_since("2026-11-22T00:00:00.000Z")
+    assert sorted(counts, key=lambda c: (c.window or "", c.level)) == [
+        RatingCount(None, 3, 1),
+        RatingCount("07", 5, 2),
+        RatingCount("08", 1, 1),
+    ]
+
+
+async def test_ratings_of_a_closed_outbox_are_unavailable(tmp_path: Path) -> None:
+    box = Outbox(tmp_path / "o.db")
+    with pytest.raises(StoreUnavailable):
+        await box.ratings_since("2026-11-22T00:00:00.000Z")
+
+
+async def test_reads_in_a_snapshot_see_one_state_of_the_file(outbox: Outbox) -> None:
+    await outbox.store([evaluation()])
+    async with outbox.read_snapshot():
+        assert (await outbox.stats()).pending == 1
+        await outbox.store([evaluation()])
+        async with outbox.read_snapshot():
+            assert len(await outbox.next_batch(10)) == 1, "the snapshot holds"
+        assert (await outbox.stats()).pending == 1
+    assert (await outbox.stats()).pending == 2
+
+
+# -- attached beside the owner -----------------------------------------------------------------
+
+
+async def test_an_attached_outbox_reads_and_writes_beside_the_running_owner(outbox: Outbox) -> None:
+    stored = await outbox.store([evaluation(), evaluation()])
+    assert isinstance(stored, Stored)
+    dead_id = stored.records[0].id
+    await outbox.dead_letter(dead_id, "rejected")
+    await outbox.kv_set("uplink.inflight", '{"ids": []}')
+    tool = Outbox.attach(outbox.path, writable=True, busy_timeout_s=5)
+    await tool.open()
+    try:
+        assert (await tool.stats()).pending == 1
+        assert await tool.kv_get("uplink.inflight") == '{"ids": []}'
+        assert await tool.retry_dead_letters([dead_id]) == ([dead_id], [])
+        with pytest.raises(StoreUnavailable, match="stores no records"):
+            await tool.store([evaluation()])
+        with pytest.raises(StoreUnavailable, match="stores no records"):
+            await tool.store_soon([evaluation()])
+    finally:
+        await tool.close()
+    assert (await outbox.stats()).pending == 2, "the owner sees the retried record"
+    after = await outbox.store([evaluation()])
+    assert isinstance(after, Stored)
+    assert after.records[0].seq == 3, "the owner's seqs go on undisturbed"
+
+
+async def test_a_read_only_attachment_refuses_writes(outbox: Outbox) -> None:
+    await outbox.store([evaluation()])
+    tool = Outbox.attach(outbox.path)
+    await tool.open()
+    try:
+        assert len(await tool.next_batch(10)) == 1
+        with pytest.raises(StoreUnavailable, match="attached read-only"):
+            await tool.kv_set("k", "v")
+    finally:
+        await tool.close()
+
+
+async def test_attaching_never_creates_migrates_or_adopts_a_file(tmp_path: Path) -> None:
+    missing = tmp_path / "missing.db"
+    with pytest.raises(StoreUnavailable, match="cannot read it"):
+        await Outbox.attach(missing).open()
+    assert not missing.exists()
+
+    garbage = tmp_path / "garbage.db"
+    garbage.write_bytes(b"this is not a database" * 100)
+    with pytest.raises(StoreUnavailable, match="cannot read it"):
+        await Outbox.attach(garbage, writable=True).open()
+    assert garbage.read_bytes().startswith(b"this is not"), "a tool never moves a file aside"
+    assert [p.name for p in tmp_path.iterdir()] == ["garbage.db"]
+
+    foreign = tmp_path / "other.db"
+    sqlite3.connect(foreign).execute("CREATE TABLE t (x)").connection.close()
+    with pytest.raises(SchemaError, match="not a hallhub outbox"):
+        await Outbox.attach(foreign, writable=True).open()
+    check = sqlite3.connect(foreign)
+    assert [name for (name,) in check.execute("SELECT name FROM sqlite_master")] == ["t"]
+    check.close()
+
+    older = tmp_path / "v2.db"
+    conn = open_connection(older)
+    migrate(conn, MIGRATIONS[:2])
+    conn.execute(
+        "INSERT INTO records (seq, id, kind, priority, created_at, body) VALUES (1, 'r', 'scan', 1, 't', '{}')"
+    )
+    conn.close()
+    tool = Outbox.attach(older, writable=True)
+    await tool.open()
+    try:
+        assert (await tool.stats()).pending_by_kind == {"scan": 1}
+    finally:
+        await tool.close()
+    check = sqlite3.connect(older)
+    assert check.execute("PRAGMA user_version").fetchone()[0] == 2, "migrating is the hub's job"
+    check.close()
+
+    newer = tmp_path / "v9.db"
+    conn = open_connection(newer)
+    migrate(conn)
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    conn.close()
+    with pytest.raises(SchemaError, match="written by a newer hallhub"):
+        await Outbox.attach(newer).open()
+
+
+async def test_an_attached_writer_waits_for_the_owners_lock(outbox: Outbox) -> None:
+    stored = await outbox.store([evaluation()])
+    assert isinstance(stored, Stored)
+    await outbox.dead_letter(stored.records[0].id, "rejected")
+    holder = sqlite3.connect(outbox.path, isolation_level=None, check_same_thread=False)
+    holder.execute("BEGIN IMMEDIATE")
+    tool = Outbox.attach(outbox.path, writable=True, busy_timeout_s=0.2)
+    await tool.open()
+    try:
+        with pytest.raises(StoreUnavailable, match="locked"):
+            await tool.retry_dead_letters()
+        holder.execute("COMMIT")
+        assert await tool.retry_dead_letters() == ([stored.records[0].id], [])
+    finally:
+        holder.close()
+        await tool.close()
+    assert (await outbox.stats()).pending == 1

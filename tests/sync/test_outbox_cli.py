@@ -94,7 +94,7 @@ async def test_retry_waits_for_the_hubs_writer_and_queues_again(tmp_path: Path, 
         assert result.exit_code == 0, result.output
         assert f"queued again {records[2].id}" in result.output
         assert waited >= 0.4
-        assert [d["id"] for d in await outbox.dead_letters()] == [records[4].id]
+        assert [d.id for d in await outbox.dead_letters()] == [records[4].id]
         assert await outbox.pending_by_ids([records[2].id])
         # The hub's writer keeps working on the same file afterwards.
         assert await outbox.mark_delivered([records[2].id], via="push") == 1

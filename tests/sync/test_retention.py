@@ -48,5 +48,5 @@ async def test_maintenance_prunes_old_deliveries_and_keeps_dead_letters(
     assert not set(ids[:15]) & set(states), "delivered past retention: pruned"
     assert [states[i][0] for i in ids[15:20]] == [DELIVERED] * 5, "delivered within retention: kept"
     assert [states[i][0] for i in ids[20:23]] == [DEAD] * 3, "dead letters are kept"
-    assert sorted(d["id"] for d in dead) == sorted(ids[20:23])
+    assert sorted(d.id for d in dead) == sorted(ids[20:23])
     assert [states[i][0] for i in ids[23:]] == [PENDING] * 17

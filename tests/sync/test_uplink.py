@@ -248,9 +248,9 @@ async def test_one_poisoned_record_in_500_is_dead_lettered_alone(tmp_path: Path)
             async with running_uplink(host):
                 await wait_until(lambda: _none_pending(outbox), 30, "the batch to be resolved")
             dead = await outbox.dead_letters()
-    assert [d["id"] for d in dead] == [poison.id]
-    assert dead[0]["reason"].startswith("refused by the platform (422): record ")
-    assert "refuse_ids" in dead[0]["reason"]
+    assert [d.id for d in dead] == [poison.id]
+    assert dead[0].reason.startswith("refused by the platform (422): record ")
+    assert "refuse_ids" in dead[0].reason
     rows = central_rows(central_db)
     assert sorted(i for _s, i, _k in rows) == sorted(r.id for r in records if r.id != poison.id)
     refused = [seen for seen in central.requests if seen.status == 422]
@@ -273,8 +273,8 @@ async def test_oversized_record_is_isolated_by_413(tmp_path: Path) -> None:
             async with running_uplink(StubHost(config, outbox)):
                 await wait_until(lambda: _none_pending(outbox), 30, "the batch to be resolved")
             dead = await outbox.dead_letters()
-    assert [d["id"] for d in dead] == [big.id]
-    assert "(413)" in dead[0]["reason"]
+    assert [d.id for d in dead] == [big.id]
+    assert "(413)" in dead[0].reason
     assert len(central_rows(central_db)) == 40
     assert any(seen.status == 413 for seen in central.requests)
 
@@ -291,9 +291,9 @@ async def test_records_rejected_one_by_one_become_dead_letters(tmp_path: Path) -
                 await wait_until(lambda: _none_pending(outbox), 20, "delivery")
             dead = await outbox.dead_letters()
             states = outbox_states(tmp_path / "data" / "outbox.db")
-    assert sorted(d["id"] for d in dead) == sorted(s.id for s in scans)
+    assert sorted(d.id for d in dead) == sorted(s.id for s in scans)
     assert all(
-        d["reason"] == "rejected by the platform: kind 'scan' is not accepted by this receiver" for d in dead
+        d.reason == "rejected by the platform: kind 'scan' is not accepted by this receiver" for d in dead
     )
     assert Counter(state for state, _via in states.values()) == {DELIVERED: 10, DEAD: 3}
     assert len(central.requests) == 1
