@@ -1,21 +1,24 @@
-"""`hallhub outbox`: look into the outbox file directly, so that it works while the hub is stopped.
+"""`hallhub outbox`: look into the outbox file and queue dead letters again, hub running or stopped.
 
-Reads go through a read-only SQLite connection (WAL readers never block the hub's writer). The one
-write, putting dead letters back in the queue, is a short `BEGIN IMMEDIATE` transaction with a busy
-timeout: SQLite's own lock serialises it with the hub's writer if the hub is running, and the hub's
-uplink picks the records up at its next look at the queue.
+Everything goes through `Outbox.attach` (hub/store), the same reads and writes the hub uses, on
+connections of this command's own. Reads are one read transaction on a read-only connection (WAL
+readers never block the hub's writer), so a summary or an export adds up while the hub writes. The
+one write, putting dead letters back in the queue, is one transaction that waits (up to 10 s) for
+the hub's writer on SQLite's lock; the hub's uplink picks the records up at its next look at the
+queue. Nothing here creates, migrates or repairs the file: that is the hub's job.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import sqlite3
-import urllib.parse
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Annotated, Any, Final
+from typing import IO, Annotated, Any, Final, TypeVar
 
 import typer
 from rich.console import Console
@@ -24,7 +27,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from hub.config import DEFAULT_CONFIG_PATH, ConfigError, load_config
-from hub.store.outbox import DEAD, DELIVERED, PENDING, pending_by_kind
+from hub.records import Kind
+from hub.store import DeadLetter, Outbox, SchemaError, StoreUnavailable, WriteFailed
+from sync.uplink import INFLIGHT_KEY, UNAUTHORIZED_KEY
 
 __all__ = [
     "DeadLetter",
@@ -37,24 +42,15 @@ __all__ = [
     "retry_dead_letters",
 ]
 
-BUSY_TIMEOUT_MS: Final = 10_000
+BUSY_TIMEOUT_S: Final = 10.0
 EXPORT_CHUNK: Final = 2000
-KINDS: Final = ("evaluation", "alert", "scan", "card", "print", "device_status")
+KINDS: Final = tuple(str(kind) for kind in Kind)
+
+_T = TypeVar("_T")
 
 
 class OutboxFileError(Exception):
     """The outbox file is missing, unreadable, locked for too long, or not a hallhub outbox."""
-
-
-@dataclass(frozen=True, slots=True)
-class DeadLetter:
-    """A record the platform refused, with its reason."""
-
-    id: str
-    seq: int
-    kind: str
-    reason: str
-    failed_at: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,95 +100,84 @@ class OutboxSummary:
         }
 
 
-def _connect_read_only(path: Path) -> sqlite3.Connection:
+@contextlib.asynccontextmanager
+async def _attached(path: Path, *, writable: bool = False) -> AsyncIterator[Outbox]:
+    """The outbox at `path`, attached beside the hub; every failure becomes an OutboxFileError."""
+    outbox = Outbox.attach(path, writable=writable, busy_timeout_s=BUSY_TIMEOUT_S)
+    try:
+        await outbox.open()
+    except (SchemaError, StoreUnavailable) as exc:
+        raise OutboxFileError(f"{path}: {exc}") from exc
+    try:
+        yield outbox
+    except sqlite3.Error as exc:
+        raise OutboxFileError(f"{path}: cannot read it: {exc}") from exc
+    finally:
+        await outbox.close()
+
+
+def _run(path: Path, work: Coroutine[Any, Any, _T]) -> _T:
+    """Run one command's work on the file at `path`, which must exist (this never creates it)."""
     if not path.is_file():
+        work.close()
         raise OutboxFileError(
             f"{path}: no outbox file here (it is node.data_dir/outbox.db, created when the hub first runs)"
         )
-    uri = f"file:{urllib.parse.quote(str(path.resolve()))}?mode=ro"
-    try:
-        conn = sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
-        conn.execute("PRAGMA query_only = ON")
-        tables = {name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-    except sqlite3.Error as exc:
-        raise OutboxFileError(f"{path}: cannot read it: {exc}") from exc
-    if not {"records", "dead_letters", "kv"} <= tables:
-        conn.close()
-        raise OutboxFileError(f"{path}: not a hallhub outbox (no records/dead_letters/kv tables)")
-    return conn
+    return asyncio.run(work)
 
 
-def _kv_json(conn: sqlite3.Connection, key: str) -> dict[str, Any] | None:
-    row = conn.execute("SELECT value FROM kv WHERE key = ?", (key,)).fetchone()
-    if row is None:
+def _kv_json(value: str | None) -> dict[str, Any] | None:
+    if value is None:
         return None
     try:
-        value = json.loads(row[0])
+        loaded = json.loads(value)
     except ValueError:
-        return {"value": row[0]}
-    return value if isinstance(value, dict) else {"value": value}
+        return {"value": value}
+    return loaded if isinstance(loaded, dict) else {"value": loaded}
 
 
-def _inflight(conn: sqlite3.Connection) -> dict[str, Any] | None:
+async def _inflight(outbox: Outbox) -> dict[str, Any] | None:
     """The uplink's batch in flight (id, time, size), or None when none of its records is pending."""
-    saved = _kv_json(conn, "uplink.inflight")
+    saved = _kv_json(await outbox.kv_get(INFLIGHT_KEY))
     ids = saved.get("ids") if saved is not None else None
     if saved is None or not isinstance(ids, list) or not ids:
         return None
-    still = 0
-    for start in range(0, len(ids), 500):
-        chunk = [str(i) for i in ids[start : start + 500]]
-        marks = ",".join("?" * len(chunk))
-        still += int(
-            conn.execute(
-                f"SELECT count(*) FROM records WHERE state = {PENDING} AND id IN ({marks})", chunk
-            ).fetchone()[0]
-        )
-    if not still:
+    if not await outbox.pending_by_ids([str(record_id) for record_id in ids]):
         return None
     return {"batch_id": saved.get("batch_id"), "sent_at": saved.get("sent_at"), "records": len(ids)}
 
 
-def read_summary(path: Path, dead_limit: int = 20) -> OutboxSummary:
-    """Read the queue's state from the file, read-only, in one consistent snapshot."""
-    conn = _connect_read_only(path)
-    try:
-        conn.execute("BEGIN")
-        pending, oldest = pending_by_kind(conn)
-        delivered = {
-            str(via or "unknown"): int(count)
-            for via, count in conn.execute(
-                f"SELECT delivered_via, count(*) FROM records WHERE state = {DELIVERED}"
-                " GROUP BY delivered_via"
-            )
-        }
-        dead_count = int(conn.execute("SELECT count(*) FROM dead_letters").fetchone()[0])
-        dead = [
-            DeadLetter(str(rid), int(seq), str(kind), str(reason), str(failed_at))
-            for rid, seq, kind, reason, failed_at in conn.execute(
-                "SELECT record_id, seq, kind, reason, failed_at FROM dead_letters ORDER BY seq DESC LIMIT ?",
-                (dead_limit,),
-            )
-        ]
-        inflight = _inflight(conn)
-        last_seq = int(conn.execute("SELECT coalesce(max(seq), 0) FROM records").fetchone()[0])
-        unauthorized = _kv_json(conn, "uplink.unauthorized")
-        conn.execute("COMMIT")
+async def _read_summary(path: Path, dead_limit: int) -> OutboxSummary:
+    async with _attached(path) as outbox, outbox.read_snapshot():
+        stats = await outbox.stats()
         return OutboxSummary(
             path=path,
-            pending_by_kind=pending,
-            oldest_pending_at=oldest,
-            delivered_by_via=delivered,
-            dead_letter_count=dead_count,
-            dead_letters=dead,
-            inflight=inflight,
-            unauthorized=unauthorized,
-            last_seq=last_seq,
+            pending_by_kind=stats.pending_by_kind,
+            oldest_pending_at=stats.oldest_pending_at,
+            delivered_by_via=await outbox.delivered_by_via(),
+            dead_letter_count=stats.dead_letters,
+            dead_letters=await outbox.dead_letters(dead_limit),
+            inflight=await _inflight(outbox),
+            unauthorized=_kv_json(await outbox.kv_get(UNAUTHORIZED_KEY)),
+            last_seq=stats.last_seq,
         )
-    except sqlite3.Error as exc:
-        raise OutboxFileError(f"{path}: cannot read it: {exc}") from exc
-    finally:
-        conn.close()
+
+
+def read_summary(path: Path, dead_limit: int = 20) -> OutboxSummary:
+    """Read the queue's state from the file, read-only, in one consistent snapshot."""
+    return _run(path, _read_summary(path, dead_limit))
+
+
+async def _retry(path: Path, record_ids: Sequence[str] | None) -> tuple[list[str], list[str]]:
+    async with _attached(path, writable=True) as outbox:
+        try:
+            return await outbox.retry_dead_letters(record_ids)
+        except StoreUnavailable as exc:
+            if "locked" in str(exc) or "busy" in str(exc):
+                raise OutboxFileError(f"{path}: the outbox stayed locked for 10 s; try again") from exc
+            raise OutboxFileError(f"{path}: cannot write it: {exc}") from exc
+        except WriteFailed as exc:
+            raise OutboxFileError(f"{path}: cannot write it: {exc}") from exc
 
 
 def retry_dead_letters(path: Path, record_ids: Sequence[str] | None) -> tuple[list[str], list[str]]:
@@ -200,83 +185,34 @@ def retry_dead_letters(path: Path, record_ids: Sequence[str] | None) -> tuple[li
 
     One short write transaction; SQLite's lock makes it wait (up to 10 s) for the hub's writer.
     """
-    _connect_read_only(path).close()
-    try:
-        conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
-    except sqlite3.Error as exc:
-        raise OutboxFileError(f"{path}: cannot open it for writing: {exc}") from exc
-    try:
-        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-        conn.execute("PRAGMA synchronous = FULL")
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            if record_ids is None:
-                rows = conn.execute("SELECT seq, record_id FROM dead_letters ORDER BY seq").fetchall()
-                unknown: list[str] = []
-            else:
-                rows, unknown = [], []
-                for record_id in dict.fromkeys(record_ids):
-                    row = conn.execute(
-                        "SELECT seq, record_id FROM dead_letters WHERE record_id = ?", (record_id,)
-                    ).fetchone()
-                    if row is None:
-                        unknown.append(record_id)
-                    else:
-                        rows.append(row)
-            for seq, _record_id in rows:
-                conn.execute(f"UPDATE records SET state = {PENDING} WHERE seq = ? AND state = {DEAD}", (seq,))
-                conn.execute("DELETE FROM dead_letters WHERE seq = ?", (seq,))
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-    except sqlite3.OperationalError as exc:
-        if "locked" in str(exc) or "busy" in str(exc):
-            raise OutboxFileError(f"{path}: the outbox stayed locked for 10 s; try again") from exc
-        raise OutboxFileError(f"{path}: cannot write it: {exc}") from exc
-    except sqlite3.Error as exc:
-        raise OutboxFileError(f"{path}: cannot write it: {exc}") from exc
-    finally:
-        conn.close()
-    return [str(record_id) for _seq, record_id in rows], unknown
+    return _run(path, _retry(path, record_ids))
+
+
+async def _count_pending(path: Path, kind: str | None) -> int:
+    async with _attached(path) as outbox:
+        stats = await outbox.stats()
+    return stats.pending if kind is None else stats.pending_by_kind.get(kind, 0)
 
 
 def count_pending(path: Path, kind: str | None = None) -> int:
     """How many records are pending (of one kind, or all)."""
-    conn = _connect_read_only(path)
-    try:
-        if kind is None:
-            row = conn.execute(f"SELECT count(*) FROM records WHERE state = {PENDING}").fetchone()
-        else:
-            row = conn.execute(
-                f"SELECT count(*) FROM records WHERE state = {PENDING} AND kind = ?", (kind,)
-            ).fetchone()
-        return int(row[0])
-    except sqlite3.Error as exc:
-        raise OutboxFileError(f"{path}: cannot read it: {exc}") from exc
-    finally:
-        conn.close()
+    return _run(path, _count_pending(path, kind))
 
 
-def _pending_bodies(conn: sqlite3.Connection, kind: str | None) -> Iterator[str]:
-    after = 0
-    while True:
-        if kind is None:
-            rows = conn.execute(
-                f"SELECT seq, body FROM records WHERE state = {PENDING} AND seq > ? ORDER BY seq LIMIT ?",
-                (after, EXPORT_CHUNK),
-            ).fetchall()
-        else:
-            rows = conn.execute(
-                f"SELECT seq, body FROM records WHERE state = {PENDING} AND kind = ? AND seq > ?"
-                " ORDER BY seq LIMIT ?",
-                (kind, after, EXPORT_CHUNK),
-            ).fetchall()
-        if not rows:
-            return
-        for _seq, body in rows:
-            yield str(body)
-        after = int(rows[-1][0])
+async def _export(path: Path, out: IO[str], kind: str | None, progress: Callable[[int], None] | None) -> int:
+    written = 0
+    async with _attached(path) as outbox, outbox.read_snapshot():
+        after, more = 0, True
+        while more:
+            bodies, after, more = await outbox.pending_page(after, EXPORT_CHUNK, kind)
+            for body in bodies:
+                out.write(body + "\n")
+                written += 1
+                if progress is not None and written % 500 == 0:
+                    progress(500)
+    if progress is not None and written % 500:
+        progress(written % 500)
+    return written
 
 
 def export_pending(
@@ -290,23 +226,7 @@ def export_pending(
     One read snapshot, so the file is consistent even while the hub writes. Sealed identities are
     never exported: only the record bodies are.
     """
-    conn = _connect_read_only(path)
-    written = 0
-    try:
-        conn.execute("BEGIN")
-        for body in _pending_bodies(conn, kind):
-            out.write(body + "\n")
-            written += 1
-            if progress is not None and written % 500 == 0:
-                progress(500)
-        conn.execute("COMMIT")
-    except sqlite3.Error as exc:
-        raise OutboxFileError(f"{path}: cannot read it: {exc}") from exc
-    finally:
-        conn.close()
-    if progress is not None and written % 500:
-        progress(written % 500)
-    return written
+    return _run(path, _export(path, out, kind, progress))
 
 
 # -- the commands ------------------------------------------------------------------------------

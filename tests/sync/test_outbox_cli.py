@@ -19,7 +19,10 @@ from typer.testing import CliRunner, Result
 
 from hub.cli import app
 from hub.records import Kind, Record
+from hub.store import Stored
+from hub.store.schema import SCHEMA_VERSION
 from sync import outbox_cli, wire
+from sync.uplink import INFLIGHT_KEY, UNAUTHORIZED_KEY
 from tests.support.hub import write_toml
 from tests.sync.support import TOKEN, fill, open_outbox, ratings, sync_config, sync_raw
 
@@ -150,11 +153,58 @@ async def test_clear_errors(tmp_path: Path, config_path: Path) -> None:
     assert "file not found" in bad_config.output
     other = tmp_path / "other.db"
     sqlite3.connect(other).execute("CREATE TABLE t (x)").connection.close()
-    not_ours = _run("outbox", "--db", str(other))
+    not_ours = await asyncio.to_thread(_run, "outbox", "--db", str(other))  # the command runs its own loop
     assert not_ours.exit_code == 1
     assert "not a hallhub outbox" in not_ours.output
     for command in (["outbox"], ["outbox", "retry"], ["outbox", "export"], ["central"]):
         assert _run(*command, "--help").exit_code == 0
+
+
+async def test_summary_beside_the_running_hub_shows_the_uplinks_state(
+    tmp_path: Path, config_path: Path
+) -> None:
+    """The uplink's kv entries, read under the keys sync/uplink.py writes, while the hub's outbox is open."""
+    records = await _prepare(tmp_path)
+    config = sync_config(tmp_path / "data", "http://127.0.0.1:1")
+    async with open_outbox(config) as outbox:
+        inflight = {
+            "batch_id": "b-1",
+            "sent_at": "2026-11-22T08:00:00.000Z",
+            "ids": [records[0].id, records[3].id],
+        }
+        await outbox.kv_set(INFLIGHT_KEY, json.dumps(inflight))
+        await outbox.kv_set(
+            UNAUTHORIZED_KEY, json.dumps({"status": 401, "since": "2026-11-22T08:00:01.000Z"})
+        )
+        shown = await asyncio.to_thread(_run, "outbox", "--config", str(config_path), "--json")
+        assert shown.exit_code == 0, shown.output
+        document = json.loads(shown.output)
+        assert document["uplink_inflight"] == {
+            "batch_id": "b-1",
+            "sent_at": inflight["sent_at"],
+            "records": 2,
+        }
+        assert document["uplink_unauthorized"]["status"] == 401
+        assert document["last_seq"] == 33, "30 ratings and 3 bad-review alerts"
+        # The hub goes on storing: the command took no seq and left the file as the hub's.
+        after = await outbox.store([ratings(config, 1)[0]])
+        assert isinstance(after, Stored)
+        assert after.records[0].seq == 34
+        await outbox.mark_delivered([records[0].id, records[3].id], via="push")
+        shown = await asyncio.to_thread(_run, "outbox", "--config", str(config_path), "--json")
+        assert json.loads(shown.output)["uplink_inflight"] is None
+
+
+async def test_a_store_written_by_a_newer_hallhub_is_refused(tmp_path: Path, config_path: Path) -> None:
+    await _prepare(tmp_path)
+    db = tmp_path / "data" / "outbox.db"
+    conn = sqlite3.connect(db)
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    conn.close()
+    for command in (["outbox"], ["outbox", "retry", "--all"], ["outbox", "export", "-"]):
+        result = await asyncio.to_thread(_run, *command, "--db", str(db))
+        assert result.exit_code == 1, command
+        assert "written by a newer hallhub" in result.output
 
 
 async def test_retry_of_a_record_kept_as_alert_kind(tmp_path: Path, config_path: Path) -> None:
