@@ -12,16 +12,13 @@ page says so instead of showing stale numbers as if they were live.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import hashlib
 import json
-import sqlite3
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from html import escape
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import urlsplit, urlunsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -29,6 +26,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from aiohttp import web
 
 from hub.records import format_utc, parse_rfc3339
+from hub.store.outbox import Outbox, StoreUnavailable
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -143,36 +141,20 @@ def hall_zone(name: str) -> ZoneInfo:
         return ZoneInfo("UTC")
 
 
-def _count_ratings(db_path: Path, since: str) -> list[tuple[str | None, int, int]]:
-    """(window, level, count) of evaluations created since `since`, on a read-only connection."""
-    if not db_path.exists():
-        return []
-    conn = sqlite3.connect(f"{db_path.resolve().as_uri()}?mode=ro", uri=True, timeout=2.0)
-    try:
-        rows = conn.execute(
-            "SELECT json_extract(body, '$.data.window'), json_extract(body, '$.data.level'), count(*)"
-            " FROM records WHERE kind = 'evaluation' AND created_at >= ? GROUP BY 1, 2",
-            (since,),
-        ).fetchall()
-    finally:
-        conn.close()
-    return [(None if w is None else str(w), int(level), int(n)) for w, level, n in rows if level is not None]
-
-
-async def ratings_today(db_path: Path, timezone: str, now: datetime | None = None) -> RatingsToday:
-    """Today's ratings by window and level, read from the outbox without disturbing its writer."""
+async def ratings_today(outbox: Outbox, timezone: str, now: datetime | None = None) -> RatingsToday:
+    """Today's ratings by window and level, counted by the outbox beside its writer and reader."""
     zone = hall_zone(timezone)
     local = (now or datetime.now(UTC)).astimezone(zone)
     midnight = local.replace(hour=0, minute=0, second=0, microsecond=0)
     since = format_utc(midnight)
     try:
-        rows = await asyncio.to_thread(_count_ratings, db_path, since)
-    except sqlite3.Error:
-        rows = []
+        counts = await outbox.ratings_since(since)
+    except StoreUnavailable:
+        counts = []
     by_window: dict[str | None, WindowRatings] = {}
-    for window, level, count in rows:
-        entry = by_window.setdefault(window, WindowRatings(window))
-        entry.levels[level] = entry.levels.get(level, 0) + count
+    for count in counts:
+        entry = by_window.setdefault(count.window, WindowRatings(count.window))
+        entry.levels[count.level] = entry.levels.get(count.level, 0) + count.count
     windows = sorted(by_window.values(), key=lambda w: (w.window is None, w.window or ""))
     return RatingsToday(local.date().isoformat(), zone.key, since, windows)
 
@@ -430,14 +412,13 @@ def _refresh_param(request: web.Request) -> int:
 
 def status_page_routes(hub: Hub) -> list[web.RouteDef]:
     """`GET /` (the page) and `GET /v1/ratings/today` (JSON), bound to a hub."""
-    db_path = Path(hub.config.node.data_dir) / "outbox.db"
     timezone = hub.config.national.timezone
 
     async def page(request: web.Request) -> web.Response:
         status = await hub.status()
         problems = await hub.problems()
         bad_reviews = await _bad_reviews(hub, status)
-        ratings = await ratings_today(db_path, timezone)
+        ratings = await ratings_today(hub.outbox, timezone)
         html = render_page(
             status,
             problems,
@@ -459,7 +440,7 @@ def status_page_routes(hub: Hub) -> list[web.RouteDef]:
         )
 
     async def today(_request: web.Request) -> web.Response:
-        ratings = await ratings_today(db_path, timezone)
+        ratings = await ratings_today(hub.outbox, timezone)
         return web.json_response(ratings.to_json())
 
     return [web.get("/", page), web.get("/v1/ratings/today", today)]

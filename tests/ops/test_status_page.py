@@ -28,8 +28,10 @@ import pytest
 
 from hub.app import Hub
 from hub.broker import MosquittoBroker
+from hub.records import Kind, Record
 from hub.simulate.mqtt_device import SimulatedMqttDevice
-from hub.status_page import RatingsToday, human_duration, render_page
+from hub.status_page import RatingsToday, human_duration, ratings_today, render_page
+from hub.store import Outbox
 from tests.support.hub import NODE_ID, PULL_TOKEN, node_config, running_hub
 
 REPO = Path(__file__).resolve().parents[2]
@@ -162,6 +164,25 @@ def test_render_page_hides_url_credentials_and_says_how_old_the_last_upload_is()
     assert "<h2>Problems (1)</h2><ul><li>outbox writer not answering</li></ul>" in page
     assert "no ratings yet today" in page
     assert "no devices configured" in page
+
+
+async def test_ratings_today_are_counted_by_the_outbox_and_empty_when_it_is_closed(tmp_path: Path) -> None:
+    outbox = Outbox(tmp_path / "outbox.db")
+    await outbox.open()
+    try:
+        records = [Record(kind=Kind.EVALUATION, data={"level": level, "window": "07"}) for level in (5, 5, 2)]
+        yesterday = Record(kind=Kind.EVALUATION, data={"level": 1, "window": "07"})
+        yesterday.created_at = "2026-11-22T15:59:59.999Z"
+        for record in records:
+            record.created_at = "2026-11-22T16:00:00.000Z"
+        await outbox.store([*records, yesterday])
+        now = datetime(2026, 11, 23, 2, 0, tzinfo=UTC)
+        ratings = await ratings_today(outbox, "Asia/Shanghai", now)
+        assert (ratings.date, ratings.since, ratings.total) == ("2026-11-23", "2026-11-22T16:00:00.000Z", 3)
+        assert [(w.window, w.levels) for w in ratings.windows] == [("07", {5: 2, 2: 1})]
+    finally:
+        await outbox.close()
+    assert (await ratings_today(outbox, "Asia/Shanghai")).windows == []
 
 
 def test_human_durations() -> None:
