@@ -111,6 +111,7 @@ class Hub:
             allowed_hosts=config.api.allowed_hosts,
         )
         self._http: GuardedServer | None = None
+        self._fatal: WriterDied | None = None
         self.api = HubApi(
             self,
             secrets.pull_token,
@@ -156,9 +157,14 @@ class Hub:
         if not is_loopback(host):
             log.warning("api: listening on %s, not loopback: changes need api.control_token", host)
         api = self.config.api
-        # Idle keep-alive connections go after the header deadline too: they hold descriptors.
+        # Idle keep-alive connections go after the header deadline too: they hold descriptors. A
+        # request whose body was not read (refused, too slow) closes its connection at once instead
+        # of lingering 10 s to drain it: on a hostile network that is a task per abandoned request.
         self._runner = web.AppRunner(
-            self.api.make_app(), access_log=None, keepalive_timeout=api.header_timeout_s
+            self.api.make_app(),
+            access_log=None,
+            keepalive_timeout=api.header_timeout_s,
+            lingering_time=0,
         )
         await self._runner.setup()
         limits = ConnectionLimits(api.max_connections, api.header_timeout_s)
@@ -182,7 +188,7 @@ class Hub:
                 others = [group.create_task(service(), name=name) for name, service in self.services]
                 others.append(group.create_task(self._maintain(), name="maintenance"))
                 others.append(group.create_task(self._watchdog(), name="watchdog"))
-                others.append(group.create_task(self._fail_with_writer(), name="writer-watch"))
+                others.append(group.create_task(self._fail_with_writer(stop), name="writer-watch"))
                 self.ready.set()
                 notify("READY=1")
                 release_free_heap()
@@ -201,6 +207,8 @@ class Hub:
                 await cancel_and_wait(others)
                 await self.gateway.stop()
                 await gateway
+            if self._fatal is not None:
+                raise self._fatal
         finally:
             await self.sessions.close()
             if self._http is not None:
@@ -220,13 +228,15 @@ class Hub:
                     log.info("outbox: pruned %d delivered records and %d dedup entries", records, dedup)
             await asyncio.sleep(MAINTENANCE_INTERVAL_S)
 
-    async def _fail_with_writer(self) -> None:
-        """End the hub (non-zero exit, systemd restarts it) if the outbox writer ever stops:
-        a hub that takes messages it cannot store would only look alive."""
+    async def _fail_with_writer(self, stop: asyncio.Event) -> None:
+        """End the hub (`run` raises WriterDied: a non-zero exit, and systemd restarts it) if the
+        outbox writer ever stops: a hub that takes messages it cannot store would only look alive.
+        It stops by the ordinary path, which is quick and leaves nothing half-closed."""
         assert self.outbox.writer_died is not None
         error = await self.outbox.writer_died
         log.critical("hub: stopping because the outbox writer stopped (%r); systemd restarts it", error)
-        raise WriterDied(f"the outbox writer stopped: {error!r}")
+        self._fatal = WriterDied(f"the outbox writer stopped: {error!r}")
+        stop.set()
 
     async def _watchdog(self) -> None:
         """Send WATCHDOG=1 at half the interval, only while the loop and the writer are alive."""
