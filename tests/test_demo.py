@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sqlite3
@@ -40,11 +41,12 @@ def test_demo_runs_and_stores_evaluations(tmp_path: Path, broker: str) -> None:
     kinds = dict(conn.execute("SELECT kind, count(*) FROM records GROUP BY kind").fetchall())
     conn.close()
     assert kinds.get("evaluation", 0) > 5
-    channels = set(
-        sqlite3.connect(tmp_path / "data" / "outbox.db").execute(
-            "SELECT DISTINCT json_extract(body, '$.data.channel') FROM records WHERE kind = 'evaluation'"
+    with contextlib.closing(sqlite3.connect(tmp_path / "data" / "outbox.db")) as conn:
+        channels = set(
+            conn.execute(
+                "SELECT DISTINCT json_extract(body, '$.data.channel') FROM records WHERE kind = 'evaluation'"
+            )
         )
-    )
     assert ("keypad",) in channels, "keypad sessions ran"
     assert ("pad",) in channels or ("terminal",) in channels
     log = (tmp_path / "hallhub-demo.log").read_text()

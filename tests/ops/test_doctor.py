@@ -346,6 +346,11 @@ async def test_broker_down(tmp_path: Path) -> None:
     assert report.exit_code == 1
 
 
+@pytest.mark.loop_errors_expected(
+    "CancelledError",
+    reason="aiomqtt 2.5 cancelled while it connects to a silent broker leaves a cancelled callback "
+    "(its own; the MQTT client rewrite of issue 14 replaces it)",
+)
 async def test_a_silent_broker_port_costs_only_the_timeout(tmp_path: Path) -> None:
     writers: list[asyncio.StreamWriter] = []
 

@@ -118,6 +118,11 @@ async def test_logins_and_listeners(node_broker: NodeBroker) -> None:
     assert "not authorised" in node_broker.log()
 
 
+@pytest.mark.loop_errors_expected(
+    "Unexpected disconnection",
+    reason="the broker drops a client that breaks its ACL; aiomqtt 2.5 then leaves its pending calls' "
+    "futures unretrieved (its own objects; the MQTT client rewrite of issue 14 replaces it)",
+)
 async def test_a_device_publishes_only_as_itself(node_broker: NodeBroker) -> None:
     term_a = provision(node_broker, "term-a", "terminal")
     provision(node_broker, "term-b", "terminal")
@@ -166,6 +171,11 @@ async def test_a_device_reads_only_its_own_topics(node_broker: NodeBroker) -> No
         )
 
 
+@pytest.mark.loop_errors_expected(
+    "Unexpected disconnection",
+    reason="the broker drops a client that breaks its ACL; aiomqtt 2.5 then leaves its pending calls' "
+    "futures unretrieved (its own objects; the MQTT client rewrite of issue 14 replaces it)",
+)
 async def test_a_window_pc_is_limited_to_its_window(node_broker: NodeBroker) -> None:
     window = provision(node_broker, "window-07", "window", "07")
     queue = provision(node_broker, "queue", "queue")

@@ -199,7 +199,9 @@ async def recording_receiver(
     )
     app = receiver.make_app()
     app.middlewares.append(note)
-    runner = web.AppRunner(app, shutdown_timeout=1.0)
+    # A request still held by a slow or stuck receiver ends with the test: its handler is cancelled
+    # when the client goes, instead of sleeping on past the event loop.
+    runner = web.AppRunner(app, shutdown_timeout=1.0, handler_cancellation=True)
     await runner.setup()
     try:
         site = web.TCPSite(runner, "127.0.0.1", port, ssl_context=ssl_context)

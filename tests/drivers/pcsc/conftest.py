@@ -24,6 +24,8 @@ from typing import IO
 import pytest
 from smartcard import scard
 
+from tests.support.hygiene import outlives_tests
+
 VPCD_CONF = Path("/etc/reader.conf.d/vpcd")
 READY_TIMEOUT_S = 10.0
 STOP_TIMEOUT_S = 5.0
@@ -92,6 +94,7 @@ class Pcscd:
         self._process = subprocess.Popen(
             ["pcscd", "--foreground", "--debug"], stdout=self._log, stderr=subprocess.STDOUT
         )
+        outlives_tests(self._process.pid)  # the session's pcscd, even when a test restarts it
         deadline = time.monotonic() + READY_TIMEOUT_S
         while time.monotonic() < deadline:
             if self._process.poll() is not None:
