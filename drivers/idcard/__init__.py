@@ -1,8 +1,9 @@
 """Second-generation ID card readers speaking the SAM protocol over serial (CONTRACTS.md §4).
 
 Layers: `codec` (frames, commands, answers; pure), `textblock` (the 256-byte text block and its
-layouts), `protocol` (asyncio framing and request/answer), `driver` (the `Driver`), and
-`simulator` (a fake reader on a pty for tests and the demo, built on the same codec).
+layouts), `protocol` (asyncio framing and request/answer), `driver` (the `Driver`), `simulator`
+(a fake reader on a pty for tests and the demo, built on the same codec) and `probe` (what
+`hallhub doctor` asks).
 
 The driver (pyserial, tenacity) is imported on first use, for memory: a hub without ID-card readers
 still recognises `CardRead` (from `drivers.idcard.events`) but never loads the serial side.

@@ -1,7 +1,8 @@
 """Serial window keypads speaking HKP/1 (CONTRACTS §3).
 
 The hub uses `KeypadLineDriver` (one per serial port) and receives `KeyPressed` plus the common
-events of `drivers.base`; the codec and the simulator are importable from their own modules.
+events of `drivers.base`; the codec, the simulator and `probe` (what `hallhub doctor` asks) are
+importable from their own modules.
 
 The driver (pyserial, tenacity) is imported on first use, for memory: a hub without keypads still
 recognises `KeyPressed` (from `drivers.keypad.events`) but never loads the serial side.

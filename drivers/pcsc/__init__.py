@@ -2,6 +2,8 @@
 
 `PcscDriver` (pyscard, and through it pcscd's client library) is imported on first use, for
 memory: the hub recognises the events below on any node but loads pyscard only for a PC/SC reader.
+`describe_hresult` puts a PC/SC error code in a technician's words; `drivers.pcsc.probe` is what
+`hallhub doctor` asks.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from drivers.pcsc.events import (
 )
 
 if TYPE_CHECKING:
+    from drivers.pcsc._pcsc import describe_hresult
     from drivers.pcsc.driver import PcscDriver
 
 __all__ = [
@@ -31,9 +34,10 @@ __all__ = [
     "PcscDriver",
     "ReaderAttached",
     "ReaderDetached",
+    "describe_hresult",
 ]
 
 __getattr__ = lazy_attributes(
     __name__,
-    {"PcscDriver": "drivers.pcsc.driver"},
+    {"PcscDriver": "drivers.pcsc.driver", "describe_hresult": "drivers.pcsc._pcsc"},
 )

@@ -3,6 +3,7 @@
 The camera driver and the decoders load OpenCV and numpy (tens of MB), so they are imported on
 first use: a node with only serial scanners never pays for them. The serial driver (pyserial,
 tenacity) is imported on first use too, for memory: a node without QR scanners loads neither.
+`drivers.qr.probe` is what `hallhub doctor` asks of either kind.
 """
 
 from __future__ import annotations
