@@ -27,6 +27,7 @@ from hub.intake import Intake
 from hub.metrics import HubMetrics
 from hub.privacy import NodeIdentifier, load_or_create_secret, preload_crypto
 from hub.records import utc_now
+from hub.redact import redact
 from hub.sessions import PromptPort, SessionManager
 from hub.status_page import status_page_routes
 from hub.store.outbox import Outbox, StoreUnavailable, WriterDied
@@ -295,7 +296,7 @@ class Hub:
         stats = await self.outbox.stats()
         node = self.config.node
         broker = self.config.broker
-        return {
+        status = {
             "node": {
                 "id": node.id,
                 "hall_code": node.hall_code,
@@ -328,3 +329,4 @@ class Hub:
                 "pull": bool(self.secrets.pull_token),
             },
         }
+        return redact(status)

@@ -25,6 +25,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 from pydantic_core import ErrorDetails
 
+from hub.redact import redact_url
 from hub.validation import describe, key_path
 
 DEFAULT_CONFIG_PATH = Path("/etc/hallhub/node.toml")
@@ -490,22 +491,23 @@ def _api_access_checks(api: ApiSection) -> list[ConfigProblem]:
 def central_url_problem(url: str) -> str | None:
     """Why `central.url` cannot be used (§10: https, or http only to a loopback host), or None."""
     parts = urlsplit(url)
+    shown = redact_url(url)  # a password in the URL must not reach the terminal or the journal
     try:
         host = parts.hostname
         parts.port  # noqa: B018 (raises ValueError for a port that is not a number)
     except ValueError as exc:
-        return f'not a usable URL ({exc}): "{url}"'
+        return f'not a usable URL ({exc}): "{shown}"'
     if parts.scheme not in ("https", "http") or not host:
-        return f'expected an https:// URL such as "https://hcp.example.gov.cn/hallhub", got "{url}"'
+        return f'expected an https:// URL such as "https://hcp.example.gov.cn/hallhub", got "{shown}"'
     if parts.scheme == "http" and not is_loopback(host):
         return (
-            f'"{url}" is plain http to another host: the token and every record would cross the '
+            f'"{shown}" is plain http to another host: the token and every record would cross the '
             "network in cleartext; use https:// (http is allowed only to a loopback address)"
         )
     if parts.username or parts.password:
         return "put the token in central.token_file, not in the URL"
     if parts.query or parts.fragment:
-        return f'expected no query or fragment, got "{url}"'
+        return f'expected no query or fragment, got "{shown}"'
     return None
 
 

@@ -1,4 +1,7 @@
-"""Logging for journald and terminals: one line per event, level and logger, no personal data."""
+"""Logging for journald and terminals: one line per event, level and logger, no personal data.
+
+Every line passes `hub.redact` (URL user information, bearer tokens, ID numbers), tracebacks too.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +11,8 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+
+from hub.redact import RedactingFormatter
 
 REPEAT_INTERVAL_S = 10.0
 MAX_KINDS = 1000
@@ -69,7 +74,7 @@ def setup_logging(level: str = "INFO", file: str | None = None) -> None:
     handler: logging.Handler
     if file:
         handler = logging.FileHandler(file, encoding="utf-8")
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler.setFormatter(RedactingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     else:
         handler = logging.StreamHandler(sys.stderr)
         journald = "JOURNAL_STREAM" in os.environ
@@ -78,7 +83,7 @@ def setup_logging(level: str = "INFO", file: str | None = None) -> None:
             if journald
             else "%(asctime)s %(levelname)s %(name)s: %(message)s"
         )
-        handler.setFormatter(logging.Formatter(fmt))
+        handler.setFormatter(RedactingFormatter(fmt))
     handler.addFilter(RepeatFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]

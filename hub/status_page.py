@@ -20,12 +20,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from html import escape
 from typing import TYPE_CHECKING, Any, Final
-from urllib.parse import urlsplit, urlunsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from aiohttp import web
 
 from hub.records import format_utc, parse_rfc3339
+from hub.redact import redact_url
 from hub.store.outbox import Outbox, StoreUnavailable
 
 if TYPE_CHECKING:
@@ -221,20 +221,12 @@ def _section(title: str, body: str, css: str = "", ident: str = "") -> str:
     return f"<section{attrs}><h2>{title}</h2>{body}</section>"
 
 
-def _public_url(url: str) -> str:
-    """A URL without user information (a password in it must not reach the page)."""
-    parts = urlsplit(url)
-    if "@" not in parts.netloc:
-        return url
-    return urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
-
-
 def _connections(status: Mapping[str, Any], central_url: str, now: datetime) -> str:
     broker = status.get("broker", {})
     sync = status.get("sync", {})
     connected = bool(broker.get("connected"))
     broker_badge = _badge(connected, "connected", "not connected")
-    push = f"on, to {_public_url(central_url)}" if sync.get("push") else "off (central.url is empty)"
+    push = f"on, to {redact_url(central_url, mark='')}" if sync.get("push") else "off (central.url is empty)"
     pull = "on" if sync.get("pull") else "off"
     last = sync.get("last_sync")
     rows = [

@@ -9,16 +9,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-import urllib.parse
 from typing import TYPE_CHECKING, Annotated, Final
 
 import typer
 from rich.console import Console
 
+from hub.redact import redact_text, redact_url
+
 if TYPE_CHECKING:
     from sync.receiver import RunningReceiver
 
-__all__ = ["central_command", "redact_url"]
+__all__ = ["central_command"]
 
 DEFAULT_LISTEN: Final = "127.0.0.1:8781"
 TOKEN_ENV: Final = "HALLHUB_CENTRAL_TOKEN"  # noqa: S105 (the name of a variable, not a secret)
@@ -27,17 +28,9 @@ _console = Console()
 _err = Console(stderr=True)
 
 
-def redact_url(url: str) -> str:
-    """A database URL with its password hidden, for printing."""
-    parts = urllib.parse.urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
-
-
 def _fail(message: str) -> typer.Exit:
-    _err.print(f"[red]error[/] {message}", highlight=False)
+    """Print the error (redacted: a database error may quote the URL with its password); exit 1."""
+    _err.print(f"[red]error[/] {redact_text(message)}", highlight=False)
     return typer.Exit(1)
 
 
