@@ -30,10 +30,9 @@ from hub.records import utc_now
 from hub.redact import redact
 from hub.sessions import PromptPort, SessionManager
 from hub.status_page import status_page_routes
-from hub.store.outbox import Outbox, StoreUnavailable, WriterDied
+from hub.store.outbox import EvaluationHook, Outbox, StoreUnavailable, WriterDied
 from hub.systemd import notify, watchdog_interval_s
 from hub.windows_api import window_and_alert_routes
-from sync.annotate import make_evaluation_hook
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +73,11 @@ def release_free_heap() -> None:
 class Hub:
     """One node's hub. `run(stop)` serves until `stop` is set, then shuts down cleanly."""
 
-    def __init__(self, config: HubConfig, secrets: Secrets) -> None:
+    def __init__(
+        self, config: HubConfig, secrets: Secrets, *, evaluation_hook: EvaluationHook | None = None
+    ) -> None:
+        """Build every part from the config; `evaluation_hook` annotates each evaluation as it is
+        stored (the national mapping, wired in by `sync.node.build_hub`)."""
         self.config = config
         self.secrets = secrets
         self.metrics = HubMetrics()
@@ -82,7 +85,7 @@ class Hub:
         self.outbox = Outbox(
             data_dir / "outbox.db",
             max_bytes=config.outbox.max_mb * 2**20,
-            evaluation_hook=make_evaluation_hook(config),
+            evaluation_hook=evaluation_hook,
         )
         self.registry = DeviceRegistry(config.device)
         self.intake = Intake(config, self.outbox, self.metrics)
@@ -131,10 +134,6 @@ class Hub:
         self.gateway.health_listener = self.device_alerts.on_health
         self.add_service("device-alerts", self.device_alerts.run)
         self.api.extra_routes += status_page_routes(self)
-        if config.central.url:
-            from sync.uplink import Uplink  # noqa: PLC0415 (lazy, for memory: only when push is on)
-
-            self.add_service("uplink", Uplink(self).run)
 
     def add_service(self, name: str, service: Service) -> None:
         """Run `service()` beside the core (drivers, sessions, uplink) until shutdown."""

@@ -143,6 +143,7 @@ def run(
     from hub.logsetup import setup_logging
     from hub.privacy import SecretFileError
     from hub.runner import run_hub
+    from sync.node import build_hub
 
     setup_logging(log_level)
     cfg = _load_or_exit(config)
@@ -151,7 +152,7 @@ def run(
     except ConfigError as exc:
         raise _fail(exc.lines()) from None
     try:
-        run_hub(cfg, secrets)
+        run_hub(cfg, secrets, build_hub)
     except SecretFileError as exc:  # raised only while the hub is built, before it serves
         raise _fail([f"{config}: node.secret_file: {exc}"]) from None
 

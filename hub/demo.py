@@ -35,6 +35,7 @@ from hub.config import HubConfig, Secrets, parse_config
 from hub.records import Record
 from hub.simulate.mqtt_device import NotAcked, SimulatedMqttDevice
 from hub.simulate.window_pc import WindowPcSimulator
+from sync.node import build_hub
 from sync.receiver import start_receiver
 
 NODE_ID = "demo-hall-01"
@@ -315,7 +316,7 @@ async def run_demo(
     secrets = Secrets(
         broker_password="", pull_token=PULL_TOKEN, central_token=CENTRAL_TOKEN, control_token=CONTROL_TOKEN
     )
-    hub = Hub(config, secrets)
+    hub = build_hub(config, secrets)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -8,12 +8,15 @@ import logging
 import resource
 import signal
 import sys
+from collections.abc import Callable
 
 from hub.app import Hub
 from hub.config import HubConfig, Secrets
 from hub.store.outbox import WriterDied
 
 log = logging.getLogger(__name__)
+
+HubBuilder = Callable[[HubConfig, Secrets], Hub]
 
 EXIT_WRITER_DIED = 70
 """`EX_SOFTWARE`: the outbox writer stopped; systemd's `Restart=on-failure` starts the hub again."""
@@ -32,12 +35,13 @@ async def serve(hub: Hub) -> None:
             loop.remove_signal_handler(sig)
 
 
-def run_hub(config: HubConfig, secrets: Secrets) -> None:
-    """Blocking entry point of `hallhub run`; a watchdog SIGABRT leaves every thread's stack in the log."""
+def run_hub(config: HubConfig, secrets: Secrets, build: HubBuilder = Hub) -> None:
+    """Blocking entry point of `hallhub run`: `build` makes the hub (the CLI passes
+    `sync.node.build_hub`); a watchdog SIGABRT leaves every thread's stack in the log."""
     enable_stack_dumps()
     raise_open_file_limit()
     try:
-        asyncio.run(serve(Hub(config, secrets)))
+        asyncio.run(serve(build(config, secrets)))
     except* WriterDied as group:
         log.critical("hub: exiting with status %d: %s", EXIT_WRITER_DIED, group.exceptions[0])
         sys.exit(EXIT_WRITER_DIED)

@@ -30,8 +30,8 @@ import hub.runner
 from hub.app import Hub
 
 
-def build_only(config, secrets):
-    Hub(config, secrets)
+def build_only(config, secrets, build=Hub):
+    build(config, secrets)
     print(json.dumps(sorted(sys.modules)))
 
 

@@ -17,6 +17,7 @@ from typing import Any
 from hub.app import Hub
 from hub.broker import free_port, port_open
 from hub.config import HubConfig, Secrets, parse_config
+from sync.node import build_hub
 
 NODE_ID = "test-node"
 PULL_TOKEN = "pull-secret-token"
@@ -71,7 +72,7 @@ async def running_hub(config: HubConfig, pull_token: str = PULL_TOKEN) -> AsyncI
         control_token=config.api.control_token,
         view_token=config.api.view_token,
     )
-    hub = Hub(config, secrets)
+    hub = build_hub(config, secrets)
     stop = asyncio.Event()
     task = asyncio.create_task(hub.run(stop))
     try:

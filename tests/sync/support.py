@@ -26,6 +26,7 @@ from hub.metrics import HubMetrics
 from hub.records import Record
 from hub.store.outbox import Outbox, Stored
 from sync.annotate import make_evaluation_hook
+from sync.node import build_hub
 from sync.receiver import DEFAULT_TABLE, CentralReceiver, Misbehaviour, open_store
 from sync.uplink import Uplink
 from tests.support.hub import PULL_TOKEN, node_raw
@@ -239,11 +240,8 @@ def outbox_states(db: Path) -> dict[str, tuple[int, str | None]]:
 @contextlib.asynccontextmanager
 async def hub_with_uplink(config: HubConfig, **uplink_options: Any) -> AsyncIterator[Hub]:
     """A whole hub in this loop (broker, API, uplink with test timings); stopped cleanly on exit."""
-    hub = Hub(config, Secrets(broker_password="", pull_token=PULL_TOKEN, central_token=""))
-    hub.services = [
-        (name, Uplink(hub, **{**FAST, **uplink_options}).run if name == "uplink" else service)
-        for name, service in hub.services
-    ]
+    secrets = Secrets(broker_password="", pull_token=PULL_TOKEN, central_token="")
+    hub = build_hub(config, secrets, **{**FAST, **uplink_options})
     stop = asyncio.Event()
     task = asyncio.create_task(hub.run(stop))
     try:

@@ -152,12 +152,12 @@ async def test_an_unmappable_rating_is_stored_without_national(tmp_path: Path) -
 
 
 async def test_the_hub_sets_national_on_what_devices_send(tmp_path: Path) -> None:
-    """The hook is wired into the hub's own outbox (hub/app.py)."""
-    from hub.app import Hub
+    """The hook is wired into the hub's own outbox (sync/node.py)."""
     from hub.config import Secrets
+    from sync.node import build_hub
 
     config = _config(tmp_path)
-    hub = Hub(config, Secrets("", "", ""))
+    hub = build_hub(config, Secrets("", "", ""))
     await hub.outbox.open()
     try:
         records = hub.intake.evaluation(config.devices_by_id["pad-01"], level=4, reasons=[], case_no="HUB-1")
