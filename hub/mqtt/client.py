@@ -9,6 +9,9 @@ of the next; the socket has TCP_NODELAY (acks are small and latency-bound).
 
 One `Client` is one connection: enter it once (`async with`), and build a new one to reconnect. QoS-1
 publishes are not re-sent on a new connection (the hub's devices retry until they hear their ack).
+Every wait is bounded by `asyncio.timeout`, never `asyncio.wait_for`: in Python 3.11 wait_for returns
+the result of a future that completes as its task is cancelled and drops the cancellation, which left
+the gateway's task running after its TaskGroup had cancelled it.
 """
 
 from __future__ import annotations
@@ -160,7 +163,8 @@ class Client:
         transport.write(codec.encode(self._connect))
         self._last_sent = loop.time()
         try:
-            connack = await asyncio.wait_for(self._connack, self.timeout)
+            async with asyncio.timeout(self.timeout):
+                connack = await self._connack
         except TimeoutError:
             self._abort(MqttTimeout("CONNACK", self.timeout))
             raise MqttTimeout("CONNACK", self.timeout) from None
@@ -187,7 +191,8 @@ class Client:
         self._subacks[packet_id] = waiter
         try:
             self._write(codec.encode(codec.Subscribe(packet_id, ((topic_filter, qos),))))
-            suback = await asyncio.wait_for(waiter, self.timeout)
+            async with asyncio.timeout(self.timeout):
+                suback = await waiter
         except TimeoutError:
             raise MqttTimeout("SUBACK", self.timeout) from None
         finally:
@@ -234,7 +239,8 @@ class Client:
         self._inflight[packet_id] = waiter
         self._write(packet)
         try:
-            await asyncio.wait_for(waiter, self.timeout)
+            async with asyncio.timeout(self.timeout):
+                await waiter
         except TimeoutError:
             # The id stays reserved until its PUBACK comes, if ever: it is still in flight.
             if self._inflight.get(packet_id) is waiter:
@@ -267,7 +273,8 @@ class Client:
             self._closed.set()
             return
         try:
-            await asyncio.wait_for(self._closed.wait(), self.timeout)
+            async with asyncio.timeout(self.timeout):
+                await self._closed.wait()
         except TimeoutError:
             self._abort(None)
 
