@@ -370,8 +370,7 @@ class Client:
         if error is not None and self._error is None:
             self._error = error
         if self._transport is not None:
-            if error is None:
-                self._state = _CLOSING  # ended on purpose: not reported as lost
+            self._state = _CLOSING  # nothing more is queued; connection_lost keeps `error` if any
             self._transport.abort()
         elif self._state != _CLOSED:
             self._state = _CLOSED
