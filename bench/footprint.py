@@ -45,7 +45,7 @@ from _common import (
 )
 from loadgen import MqttLink, _utf8, open_link
 
-from hub.topics import Topics
+from contract.topics import Topics
 
 TARGET_RSS_MB = 60.0
 TARGET_READY_S = 2.0

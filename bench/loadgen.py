@@ -3,8 +3,8 @@
 Each device (a self-service terminal or a rating pad) is its own MQTT 3.1.1 connection (clean
 session, QoS 1), speaking the §2 contract: it publishes `dev/{device}/rating` with a distinct
 `msg_id`, waits for `dev/{device}/ack`, and resends an un-acked rating with the same `msg_id` after
-`retry_s`, as firmware must. Topics come from `hub.topics` and a sample payload is checked
-against `hub.schemas.RatingPayload` at start.
+`retry_s`, as firmware must. Topics come from `contract.topics` and a sample payload is checked
+against `contract.mqtt.RatingPayload` at start.
 
 The client is a small asyncio protocol with pre-built packet headers rather than paho or aiomqtt:
 on 2 cores every microsecond the generator spends is taken from the hub it measures, and a pure
@@ -37,8 +37,8 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from hub.schemas import RatingPayload  # noqa: E402
-from hub.topics import Topics  # noqa: E402
+from contract.mqtt import RatingPayload  # noqa: E402
+from contract.topics import Topics  # noqa: E402
 
 LEVEL_WEIGHTS = {5: 60, 4: 25, 3: 10, 2: 3, 1: 2}  # a plausible hall: 5 % bad reviews
 MAX_ATTEMPTS = 10

@@ -12,15 +12,16 @@ from typing import Annotated, Any, Literal, NoReturn, TypeVar
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
-from hub import jsonbounds
-from hub.records import parse_rfc3339
-from hub.validation import summarize
+from contract import jsonbounds
+from contract.records import WINDOW_REGEX, parse_rfc3339
+from contract.topics import Leaf
+from contract.validation import summarize
 
 MAX_PAYLOAD_BYTES = 16 * 1024
 
 MsgId = Annotated[str, Field(min_length=1, max_length=64)]
 ShortText = Annotated[str, Field(min_length=1, max_length=64)]
-WindowId = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,16}$")]
+WindowId = Annotated[str, Field(pattern=f"^{WINDOW_REGEX}$")]
 
 
 def _rfc3339(value: str) -> str:
@@ -165,13 +166,12 @@ class HubState(_Outgoing):
 
 
 DEVICE_PAYLOADS: dict[str, type[_Incoming]] = {
-    "rating": RatingPayload,
-    "scan": ScanPayload,
-    "print": PrintPayload,
-    "health": HealthPayload,
-    "state": StatePayload,
+    Leaf.RATING: RatingPayload,
+    Leaf.SCAN: ScanPayload,
+    Leaf.PRINT: PrintPayload,
+    Leaf.HEALTH: HealthPayload,
+    Leaf.STATE: StatePayload,
 }
-ACKED_LEAVES = frozenset({"rating", "scan", "print"})
 
 
 _T = TypeVar("_T", bound=_Incoming)
@@ -199,7 +199,7 @@ class PayloadError(Exception):
 
 
 class _Suspect(Exception):
-    """A number or constant the fast decoder leaves to `hub.jsonbounds` to judge."""
+    """A number or constant the fast decoder leaves to `contract.jsonbounds` to judge."""
 
 
 def _int_or_defer(text: str) -> int:
@@ -247,7 +247,7 @@ def decode_object(payload: bytes) -> dict[str, object]:
 
 
 def _decode_bounded(text: str) -> Any:
-    """`hub.jsonbounds.loads`, its errors as PayloadErrors (the uncommon path: suspect numbers)."""
+    """`contract.jsonbounds.loads`, its errors as PayloadErrors (the uncommon path: suspect numbers)."""
     try:
         return jsonbounds.loads(text)
     except json.JSONDecodeError as exc:

@@ -2,9 +2,35 @@
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass
 
-DEVICE_LEAVES = ("rating", "scan", "print", "health", "state")
+
+class Leaf(enum.StrEnum):
+    """The last part of a device's topic: what it publishes, and what it hears."""
+
+    STATE = "state"
+    RATING = "rating"
+    SCAN = "scan"
+    PRINT = "print"
+    HEALTH = "health"
+    ACK = "ack"
+    CMD = "cmd"
+    ERROR = "error"
+
+
+DEVICE_LEAVES: tuple[str, ...] = (Leaf.STATE, Leaf.RATING, Leaf.SCAN, Leaf.PRINT, Leaf.HEALTH)
+"""What a device publishes (device → hub); its broker account may write only these."""
+HUB_TO_DEVICE_LEAVES: tuple[str, ...] = (Leaf.ACK, Leaf.CMD, Leaf.ERROR)
+"""What a device hears (hub → device); its broker account may read only these."""
+ACKED_LEAVES = frozenset({Leaf.RATING, Leaf.SCAN, Leaf.PRINT})
+"""Messages the hub answers on `ack` once stored; a device retries them with the same `msg_id`."""
+LEAVES_BY_KIND: dict[str, frozenset[str]] = {
+    Leaf.RATING: frozenset({"terminal", "pad"}),
+    Leaf.SCAN: frozenset({"qr", "terminal"}),
+    Leaf.PRINT: frozenset({"terminal"}),
+}
+"""Which device kinds may send which acked leaves (a rating from a QR scanner is refused)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,15 +50,15 @@ class Topics:
 
     def ack(self, device_id: str) -> str:
         """Where a device hears that its message was stored."""
-        return self.device(device_id, "ack")
+        return self.device(device_id, Leaf.ACK)
 
     def cmd(self, device_id: str) -> str:
         """Where a device receives commands."""
-        return self.device(device_id, "cmd")
+        return self.device(device_id, Leaf.CMD)
 
     def error(self, device_id: str) -> str:
         """Where a device hears about a payload that could not be answered by msg_id."""
-        return self.device(device_id, "error")
+        return self.device(device_id, Leaf.ERROR)
 
     def event(self, kind: str) -> str:
         """`events/{kind}`: every stored record."""

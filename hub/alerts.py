@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from hub.records import Kind, Record, utc_now
+from contract.records import Kind, Record, utc_now
 from hub.store.outbox import Outbox
 
 OPEN_TYPES = frozenset({"bad_review"})

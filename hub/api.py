@@ -11,16 +11,16 @@ from typing import Any
 
 from aiohttp import web
 
-from hub import __version__, jsonbounds
+from contract import jsonbounds
+from contract.http import PULL_LIMIT_DEFAULT, PULL_LIMIT_MAX, ack_answer, pull_page
+from contract.records import KINDS
+from hub import __version__
 from hub.api_access import AccessGuard, AccessPolicy, RequestHook
 from hub.store.outbox import StoreUnavailable
 
 log = logging.getLogger(__name__)
 
-PULL_LIMIT_MAX = 5000
-PULL_LIMIT_DEFAULT = 500
 MAX_BODY_BYTES = 64 * 1024
-KINDS = ("evaluation", "alert", "scan", "card", "print", "device_status")
 BODY_TIMEOUT = web.AppKey("body_timeout_s", float)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -138,11 +138,7 @@ class HubApi:
         if kind is not None and kind not in KINDS:
             return json_error(400, f"kind: expected one of {', '.join(KINDS)}, got {kind!r}")
         bodies, last, more = await self.hub.outbox.pending_page(after, limit, kind)
-        text = (
-            '{"records":['
-            + ",".join(bodies)
-            + f'],"next_after":{last},"more":{"true" if more else "false"}}}'
-        )
+        text = pull_page(bodies, last, more)
         return web.Response(text=text, content_type="application/json")
 
     async def records_ack(self, request: web.Request) -> web.Response:
@@ -163,7 +159,7 @@ class HubApi:
             )
         acked = await self.hub.outbox.ack_upto(upto, via="pull")
         self.hub.metrics.records_delivered.labels(via="pull").inc(acked)
-        return web.json_response({"acked": acked, "upto": upto})
+        return web.json_response(ack_answer(acked, upto))
 
 
 async def read_json_object(request: web.Request) -> dict[str, Any] | web.Response:

@@ -13,6 +13,7 @@ from typing import Any
 
 from aiohttp import web
 
+from contract.records import utc_now
 from hub import __version__
 from hub.alerts import AlertBook
 from hub.api import HubApi
@@ -26,7 +27,6 @@ from hub.http_server import ConnectionLimits, GuardedServer
 from hub.intake import Intake
 from hub.metrics import HubMetrics
 from hub.privacy import NodeIdentifier, load_or_create_secret, preload_crypto
-from hub.records import utc_now
 from hub.redact import redact
 from hub.sessions import PromptPort, SessionManager
 from hub.status_page import status_page_routes

@@ -25,14 +25,15 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 from pydantic_core import ErrorDetails
 
+from contract.records import HALL_CODE_REGEX, ID_REGEX, WINDOW_REGEX
+from contract.validation import describe, key_path
 from hub.redact import redact_url
-from hub.validation import describe, key_path
 
 DEFAULT_CONFIG_PATH = Path("/etc/hallhub/node.toml")
 
-_ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
-_WINDOW_PATTERN = r"^[A-Za-z0-9_-]{1,16}$"
-_HALL_CODE_PATTERN = r"^[0-9]{6}$"
+_ID_PATTERN = f"^{ID_REGEX}$"
+_WINDOW_PATTERN = f"^{WINDOW_REGEX}$"
+_HALL_CODE_PATTERN = f"^{HALL_CODE_REGEX}$"
 _HOST_PATTERN = re.compile(r"^(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(?::[0-9]{1,5})?$")
 MIN_TOKEN_CHARS = 16
 

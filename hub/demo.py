@@ -26,13 +26,13 @@ from rich.live import Live
 from rich.panel import Panel
 from rich.table import Table
 
+from contract.records import Record
 from drivers.idcard.simulator import run_simulated_reader
 from drivers.keypad.simulator import run_simulated_line
 from drivers.qr.simulator import run_simulated_scanner
 from hub.app import Hub
 from hub.broker import EmbeddedBroker, MosquittoBroker, free_port, mosquitto_binary
 from hub.config import HubConfig, Secrets, parse_config
-from hub.records import Record
 from hub.simulate.mqtt_device import NotAcked, SimulatedMqttDevice
 from hub.simulate.window_pc import WindowPcSimulator
 from sync.node import build_hub

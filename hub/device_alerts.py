@@ -26,10 +26,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any, Final
 
+from contract.records import Kind, Record
 from hub.config import HubConfig
 from hub.devices import DeviceRegistry
 from hub.intake import Intake
-from hub.records import Kind, Record
 from hub.store.outbox import Stored, StoreUnavailable
 
 log = logging.getLogger(__name__)

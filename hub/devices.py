@@ -7,8 +7,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from contract.records import utc_now
 from hub.config import DeviceSection
-from hub.records import utc_now
 
 # Unknown device ids remembered (the most recently seen); older ones are forgotten and counted, so
 # that a stream of made-up ids costs neither memory nor an ever longer /v1/status.

@@ -13,6 +13,7 @@ from collections.abc import Callable, Coroutine
 from itertools import groupby
 from typing import TYPE_CHECKING, Any
 
+from contract.records import Kind, Record
 from drivers.base import (
     CitizenIdentifier,
     CitizenIdentity,
@@ -31,7 +32,6 @@ from hub.config import DeviceSection, HubConfig
 from hub.devices import DeviceRegistry
 from hub.intake import Intake
 from hub.metrics import HubMetrics
-from hub.records import Kind, Record
 from hub.sessions import PromptPort, SessionManager
 from hub.store.outbox import DedupKey, Duplicate, Rejected, Stored, StoreUnavailable
 

@@ -26,16 +26,7 @@ from typing import Any
 import aiomqtt
 from prometheus_client import Counter
 
-from hub import __version__
-from hub.config import DeviceSection, HubConfig, Secrets
-from hub.devices import DeviceRegistry
-from hub.intake import Intake
-from hub.metrics import HubMetrics
-from hub.mqtt_io import FastPahoClient, use_fast_io
-from hub.ratelimit import RateLimiter
-from hub.records import Kind, Record
-from hub.schemas import (
-    ACKED_LEAVES,
+from contract.mqtt import (
     AckPayload,
     CmdPayload,
     ErrorPayload,
@@ -52,9 +43,17 @@ from hub.schemas import (
     parse_device_payload,
     usable_msg_id,
 )
+from contract.records import Kind, Record
+from contract.topics import ACKED_LEAVES, LEAVES_BY_KIND, Topics
+from hub import __version__
+from hub.config import DeviceSection, HubConfig, Secrets
+from hub.devices import DeviceRegistry
+from hub.intake import Intake
+from hub.metrics import HubMetrics
+from hub.mqtt_io import FastPahoClient, use_fast_io
+from hub.ratelimit import RateLimiter
 from hub.sessions import PromptFailed, SessionManager
 from hub.store.outbox import DedupKey, Duplicate, Rejected, Stored, StoreResult, StoreUnavailable
-from hub.topics import Topics
 
 log = logging.getLogger(__name__)
 
@@ -68,12 +67,6 @@ STATE_INTERVAL_S = 15.0
 FAILURE_ALERT_INTERVAL_S = 60.0
 TOPIC_CACHE_SIZE = 10_000  # encoded topics kept (a node has tens of devices, each a few topics)
 
-# Which device kinds may publish which leaves (a keypad-shaped rating from a QR scanner is a bug).
-LEAVES_BY_KIND = {
-    "rating": frozenset({"terminal", "pad"}),
-    "scan": frozenset({"qr", "terminal"}),
-    "print": frozenset({"terminal"}),
-}
 # Self-service kinds: nobody serves at them, so a rating from one that names staff is refused. No kind
 # carries staff the hub uses: staff come from the window's session (docs/contracts.md §2).
 NO_STAFF_KINDS = frozenset({"terminal"})

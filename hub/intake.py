@@ -5,13 +5,13 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from contract.mqtt import PrintPayload, RatingPayload, ScanPayload
+from contract.records import Channel, Kind, Record, evaluation_data, normalized_utc
 from drivers.base import CitizenIdentity
 from hub.config import DeviceSection, HubConfig
 from hub.metrics import HubMetrics
 from hub.privacy import NodeIdentifier, load_or_create_secret
-from hub.records import Channel, Kind, Record, normalized_utc
 from hub.scans import ScanRecorder
-from hub.schemas import PrintPayload, RatingPayload, ScanPayload
 from hub.sessions import SessionContext
 from hub.store.outbox import DedupKey, Duplicate, Outbox, Rejected, Stored, StoreResult
 
@@ -53,24 +53,24 @@ class Intake:
     ) -> list[Record]:
         """An evaluation record, plus an `alert` record when it is a bad review."""
         node = self.config.node
-        data: dict[str, Any] = {
-            "level": level,
-            "reasons": list(reasons),
-            "comment": comment,
-            "channel": str(CHANNEL_BY_DEVICE_KIND.get(device.kind, Channel.TERMINAL)),
-            "device_id": device.id,
-            "window": window or device.window,
-            "staff_id": staff_id,
-            "case_no": case_no,
-            "item_code": item_code,
-            "session": session,
-            "citizen_ref": citizen.ref if citizen else None,
-            "citizen_masked": citizen.masked if citizen else None,
-            "device_ts": device_ts,
-            "node_id": node.id,
-            "hall_code": node.hall_code,
-            "flags": list(flags or []),
-        }
+        data = evaluation_data(
+            level=level,
+            reasons=list(reasons),
+            comment=comment,
+            channel=str(CHANNEL_BY_DEVICE_KIND.get(device.kind, Channel.TERMINAL)),
+            device_id=device.id,
+            window=window or device.window,
+            staff_id=staff_id,
+            case_no=case_no,
+            item_code=item_code,
+            session=session,
+            citizen_ref=citizen.ref if citizen else None,
+            citizen_masked=citizen.masked if citizen else None,
+            device_ts=device_ts,
+            node_id=node.id,
+            hall_code=node.hall_code,
+            flags=list(flags or []),
+        )
         if item_name is not None:
             data["item_name"] = item_name
         evaluation = Record(kind=Kind.EVALUATION, data=data, sealed=citizen.sealed if citizen else None)

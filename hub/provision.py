@@ -15,7 +15,6 @@ import contextlib
 import grp
 import json
 import os
-import re
 import secrets
 import shutil
 import subprocess
@@ -29,6 +28,8 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from contract.records import ID_PATTERN, WINDOW_PATTERN
+from contract.topics import DEVICE_LEAVES, HUB_TO_DEVICE_LEAVES
 from hub.config import DEFAULT_CONFIG_PATH, ConfigError, HubConfig, parse_config
 
 DEFAULT_BROKER_DIR = Path("/etc/mosquitto/hallhub")
@@ -39,11 +40,11 @@ LAN_PORT = 1883
 DEVICE_KINDS = ("terminal", "pad", "qr")
 ACCOUNT_KINDS = ("window", "queue")
 RESERVED_USERNAMES = frozenset({"hub"})
-DEVICE_WRITES = ("state", "rating", "scan", "print", "health")
-DEVICE_READS = ("ack", "cmd", "error")
+DEVICE_WRITES = DEVICE_LEAVES
+DEVICE_READS = HUB_TO_DEVICE_LEAVES
 
-_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-_WINDOW_RE = re.compile(r"^[A-Za-z0-9_-]{1,16}$")
+_ID_RE = ID_PATTERN
+_WINDOW_RE = WINDOW_PATTERN
 _PASSWD_TIMEOUT_S = 30.0
 
 

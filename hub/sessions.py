@@ -15,9 +15,9 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
+from contract.mqtt import EvaluateRequest, SessionUpdate
 from drivers.base import CitizenIdentity
 from hub.config import DeviceSection, HubConfig
-from hub.schemas import EvaluateRequest, SessionUpdate
 from hub.store.outbox import Outbox
 
 log = logging.getLogger(__name__)

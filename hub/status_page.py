@@ -24,7 +24,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from aiohttp import web
 
-from hub.records import format_utc, parse_rfc3339
+from contract.records import format_utc, parse_rfc3339
 from hub.redact import redact_url
 from hub.store.outbox import Outbox, StoreUnavailable
 

@@ -7,8 +7,8 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
+from contract.mqtt import EvaluateRequest, PayloadError, parse_device_payload
 from hub.api import json_error, read_json_object
-from hub.schemas import EvaluateRequest, PayloadError, parse_device_payload
 
 if TYPE_CHECKING:
     from hub.app import Hub

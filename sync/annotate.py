@@ -22,8 +22,8 @@ import logging
 from datetime import UTC, datetime
 from typing import Any
 
+from contract.records import Record
 from hub.config import HubConfig
-from hub.records import Record
 from hub.store.outbox import EvaluationHook
 from sync.national import (
     NationalMappingError,

@@ -26,6 +26,7 @@ from types import MappingProxyType
 from typing import Any, Final, Literal
 from zoneinfo import ZoneInfo
 
+from contract.wire import RecordError, evaluation_data, parse_timestamp, validate_record
 from hub.config import (
     DEFAULT_PF,
     DEFAULT_TIMEZONE,
@@ -34,7 +35,6 @@ from hub.config import (
     reason_code_problem,
     timezone_problem,
 )
-from sync.wire import RecordError, evaluation_data, parse_timestamp, validate_record
 
 __all__ = [
     "DEFAULT_PF",

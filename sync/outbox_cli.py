@@ -26,8 +26,8 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from contract.records import KINDS
 from hub.config import DEFAULT_CONFIG_PATH, ConfigError, load_config
-from hub.records import Kind
 from hub.store import DeadLetter, Outbox, SchemaError, StoreUnavailable, WriteFailed
 from sync.uplink import INFLIGHT_KEY, UNAUTHORIZED_KEY
 
@@ -44,7 +44,6 @@ __all__ = [
 
 BUSY_TIMEOUT_S: Final = 10.0
 EXPORT_CHUNK: Final = 2000
-KINDS: Final = tuple(str(kind) for kind in Kind)
 
 _T = TypeVar("_T")
 

@@ -63,12 +63,12 @@ from urllib.parse import urlsplit
 import aiohttp
 from pydantic import ValidationError
 
+from contract import wire
+from contract.records import Kind, Record, utc_now
 from hub.config import HubConfig, Secrets
 from hub.metrics import HubMetrics
 from hub.privacy import SealedIdentity, SecretFileError, UnsealError, derive_seal_key, load_or_create_secret
-from hub.records import Kind, Record, utc_now
 from hub.store.outbox import Outbox, PendingRecord, StoreUnavailable
-from sync import wire
 
 __all__ = [
     "AUTH_RETRY_S",

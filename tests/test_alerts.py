@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from contract.records import Kind, Record
 from hub.alerts import MAX_OPEN, AlertBook
-from hub.records import Kind, Record
 from hub.store.outbox import Outbox, Stored
 
 

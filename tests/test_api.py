@@ -9,9 +9,9 @@ from typing import Any
 import aiohttp
 import pytest
 
+from contract.records import Kind, Record
 from hub.app import Hub
 from hub.broker import MosquittoBroker
-from hub.records import Kind, Record
 from tests.support.hub import PULL_TOKEN, node_config, running_hub
 
 AUTH = {"Authorization": f"Bearer {PULL_TOKEN}"}

@@ -409,7 +409,7 @@ async def test_beyond_the_in_flight_bound_messages_wait_for_their_retry(
 def test_json_nested_too_deeply_is_a_clear_rejection_not_a_crash() -> None:
     import pytest
 
-    from hub.schemas import PayloadError, decode_object
+    from contract.mqtt import PayloadError, decode_object
 
     with pytest.raises(PayloadError, match="nested too deeply") as caught:
         decode_object(b'{"a":' + b"[" * 8000 + b"]" * 8000 + b"}")

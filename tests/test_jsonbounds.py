@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from hub.jsonbounds import MAX_NUMBER_DIGITS, JsonBoundsError, loads
+from contract.jsonbounds import MAX_NUMBER_DIGITS, JsonBoundsError, loads
 
 
 @pytest.mark.parametrize(

@@ -8,7 +8,7 @@ import time
 import uuid
 from datetime import UTC, datetime, timedelta, timezone
 
-from hub.records import format_utc, new_record_id, normalized_utc, utc_now
+from contract.records import format_utc, new_record_id, normalized_utc, utc_now
 
 UTC_MS = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
 

@@ -19,6 +19,7 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
+from contract.mqtt import PayloadError, ScanPayload, parse_device_payload
 from drivers.base import CitizenIdentifier
 from drivers.pcsc.ssc import is_valid_id_number
 from drivers.qr.simulator import SimulatedSerialScanner
@@ -26,7 +27,6 @@ from hub.broker import MosquittoBroker
 from hub.id_numbers import check_character, find_id_numbers, mask_id_numbers
 from hub.privacy import NodeIdentifier, citizen_ref, load_or_create_secret
 from hub.scans import ScanClassifier, ScanRecorder
-from hub.schemas import PayloadError, ScanPayload, parse_device_payload
 from hub.simulate.mqtt_device import SimulatedMqttDevice
 from tests.support.hub import NODE_ID, PULL_TOKEN, node_config, running_hub
 from tests.support.mqtt import observe

@@ -15,11 +15,11 @@ import aiohttp
 import aiomqtt
 import pytest
 
+from contract.mqtt import EvaluateRequest, SessionUpdate
 from drivers.keypad.simulator import SimulatedKeypad, SimulatedLine
 from hub.app import Hub
 from hub.broker import MosquittoBroker
 from hub.config import DeviceSection
-from hub.schemas import EvaluateRequest, SessionUpdate
 from hub.sessions import MAX_RECENT_SESSIONS, PromptPort, SessionManager
 from hub.simulate.mqtt_device import SimulatedMqttDevice
 from hub.store.outbox import Outbox

@@ -12,9 +12,9 @@ from typing import Any, Final
 import aiomqtt
 from aiomqtt.exceptions import MqttConnectError
 
+from contract.topics import Topics
 from hub.doctor.base import CheckContext
 from hub.doctor.report import Finding
-from hub.topics import Topics
 
 __all__ = ["check_broker"]
 

@@ -85,7 +85,7 @@ async def check_central(ctx: CheckContext) -> list[Finding]:
                 "check central.ca_file, central.cert_file and central.key_file",
             ),
         ]
-    from sync.wire import batch_path  # noqa: PLC0415
+    from contract.wire import batch_path  # noqa: PLC0415
 
     node_id = ctx.config.node.id
     batch_id = f"doctor-{uuid.uuid4()}"
@@ -160,7 +160,7 @@ def _verify_message(error: Exception) -> str:
 
 def _now_rfc3339() -> str:
     """`sent_at` of the test batch, as the uplink writes it."""
-    from hub.records import utc_now  # noqa: PLC0415
+    from contract.records import utc_now  # noqa: PLC0415
 
     return utc_now()
 

@@ -19,9 +19,9 @@ from typing import Any
 
 import aiomqtt
 
+from contract.mqtt import AckPayload, CmdPayload, ErrorPayload
+from contract.topics import Topics
 from drivers.history import remember
-from hub.schemas import AckPayload, CmdPayload, ErrorPayload
-from hub.topics import Topics
 
 
 class NotAcked(Exception):

@@ -17,8 +17,8 @@ from collections.abc import Sequence
 import aiohttp
 import aiomqtt
 
-from hub.schemas import SessionUpdate
-from hub.topics import Topics
+from contract.mqtt import SessionUpdate
+from contract.topics import Topics
 
 ITEMS = [
     ("370100-001-01", "居民身份证换领"),

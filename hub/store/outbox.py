@@ -27,7 +27,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from hub.records import Kind, Record, utc_now
+from contract.records import Kind, Record, utc_now
 from hub.store.salvage import move_aside, salvage_records
 from hub.store.schema import (
     MIGRATIONS,

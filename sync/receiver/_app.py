@@ -12,10 +12,9 @@ from typing import Final
 
 from aiohttp import web
 
-from sync.receiver._store import Store, StoreUnavailableError
-from sync.wire import (
+from contract.records import KINDS
+from contract.wire import (
     BATCH_PATH_TEMPLATE,
-    KINDS,
     MAX_BATCH_BYTES,
     BatchAnswer,
     DecodedBatch,
@@ -25,6 +24,7 @@ from sync.wire import (
     decode_batch,
     is_node_id,
 )
+from sync.receiver._store import Store, StoreUnavailableError
 
 __all__ = [
     "DEFAULT_PAGE",

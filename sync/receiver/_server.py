@@ -11,9 +11,9 @@ from typing import Final
 
 from aiohttp import web
 
+from contract.wire import MAX_BATCH_BYTES
 from sync.receiver._app import CentralReceiver, Misbehaviour, ReceiverStats
 from sync.receiver._store import DEFAULT_TABLE, open_store
-from sync.wire import MAX_BATCH_BYTES
 
 __all__ = ["DEFAULT_LISTEN", "RunningReceiver", "parse_listen", "run_receiver", "start_receiver"]
 

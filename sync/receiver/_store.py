@@ -30,7 +30,7 @@ from typing import Any, Final, Protocol, TypeVar
 import psycopg
 from psycopg import sql
 
-from sync.wire import Record, format_timestamp
+from contract.wire import Record, format_timestamp
 
 __all__ = [
     "DEFAULT_TABLE",

@@ -30,10 +30,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from contract import wire
+from contract.records import Record
 from hub.privacy import SealedIdentity, derive_seal_key, load_or_create_secret
-from hub.records import Record
 from hub.store.outbox import Outbox
-from sync import wire
 from sync.uplink import identity_allowed
 from tests.support.hub import NODE_ID
 from tests.sync.support import StubHost, fill, open_outbox, pending, ratings, running_uplink, sync_config

@@ -19,9 +19,9 @@ from typing import Any
 import aiohttp
 import pytest
 
+from contract.records import Kind, Record
 from hub.app import Hub
 from hub.broker import MosquittoBroker
-from hub.records import Kind, Record
 from hub.simulate.mqtt_device import SimulatedMqttDevice
 from hub.store.outbox import Outbox, Stored, WriteFailed, WriterDied
 from tests.support.hub import (

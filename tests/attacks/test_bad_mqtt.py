@@ -22,9 +22,9 @@ import aiomqtt
 import pytest
 from pydantic import BaseModel
 
+from contract.mqtt import DEVICE_PAYLOADS, EvaluateRequest
 from hub.app import Hub
 from hub.broker import MosquittoBroker
-from hub.schemas import DEVICE_PAYLOADS, EvaluateRequest
 from hub.simulate.mqtt_device import SimulatedMqttDevice
 from tests.support.hub import NODE_ID, node_config, running_hub, terminals
 from tests.support.mqtt import observe

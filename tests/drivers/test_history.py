@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import tracemalloc
 
+from contract.mqtt import AckPayload
 from drivers.history import HISTORY_KEPT, remember
-from hub.schemas import AckPayload
 
 
 def test_history_keeps_the_newest_entries_and_stays_a_list() -> None:

@@ -26,9 +26,9 @@ from typing import Any
 import aiohttp
 import pytest
 
+from contract.records import Kind, Record
 from hub.app import Hub
 from hub.broker import MosquittoBroker
-from hub.records import Kind, Record
 from hub.simulate.mqtt_device import SimulatedMqttDevice
 from hub.status_page import RatingsToday, human_duration, ratings_today, render_page
 from hub.store import Outbox

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from hub.records import Kind, Record
+from contract.records import Kind, Record
 from hub.store.outbox import (
     DeadLetter,
     DedupKey,

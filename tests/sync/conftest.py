@@ -16,8 +16,8 @@ import pytest
 import uuid6
 from psycopg import sql
 
+from contract.wire import format_timestamp
 from sync.receiver import RunningReceiver, start_receiver
-from sync.wire import format_timestamp
 
 TOKEN = "test-token-0123456789"
 NODE = "hall-370102-01"

@@ -17,11 +17,12 @@ import aiohttp
 import pytest
 from typer.testing import CliRunner, Result
 
+from contract import wire
+from contract.records import Kind, Record
 from hub.cli import app
-from hub.records import Kind, Record
 from hub.store import Stored
 from hub.store.schema import SCHEMA_VERSION
-from sync import outbox_cli, wire
+from sync import outbox_cli
 from sync.uplink import INFLIGHT_KEY, UNAUTHORIZED_KEY
 from tests.support.hub import write_toml
 from tests.sync.support import TOKEN, fill, open_outbox, ratings, sync_config, sync_raw

@@ -15,7 +15,7 @@ import pytest
 from multidict import CIMultiDictProxy
 from psycopg import sql
 
-from sync import wire
+from contract import wire
 from sync.receiver import (
     CentralReceiver,
     Misbehaviour,

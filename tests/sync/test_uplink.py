@@ -22,11 +22,11 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from contract import wire
+from contract.records import Kind, Record
 from hub.broker import free_port
 from hub.privacy import SealedIdentity, derive_seal_key, load_or_create_secret
-from hub.records import Kind, Record
 from hub.store.outbox import DEAD, DELIVERED, PENDING
-from sync import wire
 from sync.uplink import INFLIGHT_KEY, UNAUTHORIZED_KEY, full_jitter, parse_retry_after
 from tests.sync.conftest import Backend
 from tests.sync.support import (

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from sync import wire
+from contract import wire
 from tests.sync.conftest import NODE, batch_body, record
 
 
@@ -243,3 +243,30 @@ def test_answer_round_trip_and_errors() -> None:
         wire.decode_answer(b'{"rejected": [{"id": "x"}]}')
     with pytest.raises(ValueError, match=r"not a valid batch answer: .*Invalid JSON"):
         wire.decode_answer(b"<html>")
+
+
+def test_the_hubs_evaluation_data_has_exactly_the_keys_the_platform_checks() -> None:
+    """`contract.records.evaluation_data` (what the hub writes) and `wire.EvaluationData` (what the
+    platform checks) describe the same §1 record; `item_name` is the one optional extension."""
+    from contract.records import evaluation_data
+
+    written = evaluation_data(
+        level=4,
+        reasons=[],
+        comment=None,
+        channel="pad",
+        device_id="pad-01",
+        window="07",
+        staff_id=None,
+        case_no=None,
+        item_code=None,
+        session=None,
+        citizen_ref=None,
+        citizen_masked=None,
+        device_ts=None,
+        node_id="n1",
+        hall_code="370102",
+        flags=[],
+    )
+    assert set(written) == set(wire.EvaluationData.model_fields) - {"item_name"}
+    wire.EvaluationData.model_validate(written)
