@@ -17,7 +17,7 @@ from drivers.keypad.simulator import SimulatedKeypad, SimulatedLine
 from hub.app import Hub
 from hub.broker import MosquittoBroker
 from hub.simulate.mqtt_device import SimulatedMqttDevice
-from tests.support.hub import NODE_ID, node_config, running_hub, terminals
+from tests.support.hub import NODE_ID, PULL_TOKEN, node_config, running_hub, terminals
 from tests.support.mqtt import Observer, observe
 
 ROOT = f"hall/v1/{NODE_ID}"
@@ -305,6 +305,23 @@ def raw_http(port: int, request: bytes) -> bytes:
     return answer
 
 
+def _post(path: bytes, body: bytes, host: bytes, content_type: bytes, token: bytes = b"") -> bytes:
+    """A raw POST as a hostile client writes it (whatever Host, type and body it likes)."""
+    auth = b"Authorization: Bearer " + token + b"\r\n" if token else b""
+    return (
+        b"POST "
+        + path
+        + b" HTTP/1.1\r\nHost: "
+        + host
+        + b"\r\nContent-Type: "
+        + content_type
+        + b"\r\n"
+        + auth
+        + b"Content-Length: %d\r\n\r\n" % len(body)
+        + body
+    )
+
+
 def _content_length(head: bytes) -> int:
     for line in head.split(b"\r\n")[1:]:
         name, _, value = line.partition(b":")
@@ -343,5 +360,28 @@ async def test_broken_http_requests(tmp_path: Path, broker: MosquittoBroker) -> 
         assert token_answer.startswith(b"HTTP/1.1 401"), token_answer[:200]
         assert b"wrong token" in token_answer
         assert set(statuses) <= {b"400", b"401", b"404", b"405", b"413", b"431", b"closed"}
+        # The §9 shapes: numbers no field holds, foreign Hosts, cross-site form posts, at volume.
+        hostile: list[tuple[bytes, bytes]] = []
+        for n in range(200):
+            digits = b"9" * rng.choice((31, 400, 4301, 20000))
+            body = b'{"request_id": "r%d", "timeout_s": %s}' % (n, digits)
+            hostile.append(
+                (_post(b"/v1/windows/w0/evaluate", body, b"127.0.0.1", b"application/json"), b"400")
+            )
+            host = rng.choice((b"evil.example", b"10.9.9.9:8780", b"localhost.evil.example"))
+            hostile.append(
+                (_post(b"/v1/windows/w0/evaluate", b'{"request_id": "x"}', host, b"application/json"), b"421")
+            )
+            hostile.append((_post(b"/v1/alerts/a/ack", b"by=x", b"127.0.0.1", b"text/plain"), b"415"))
+            upto = b'{"upto": %s}' % digits
+            hostile.append(
+                (
+                    _post(b"/v1/records/ack", upto, b"127.0.0.1", b"application/json", PULL_TOKEN.encode()),
+                    b"400",
+                )
+            )
+        for request, expected in hostile:
+            answer = await asyncio.to_thread(raw_http, port, request)
+            assert answer.startswith(b"HTTP/1.1 " + expected), (request[:120], answer[:200])
         async with aiohttp.ClientSession() as http:
             assert (await http.get(f"http://127.0.0.1:{port}/healthz")).status == 200
