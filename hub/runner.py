@@ -12,12 +12,14 @@ from collections.abc import Callable
 
 from hub.app import Hub
 from hub.config import HubConfig, Secrets
-from hub.store.outbox import WriterDied
+from hub.store.outbox import StoreUnavailable, WriterDied
 
 log = logging.getLogger(__name__)
 
 HubBuilder = Callable[[HubConfig, Secrets], Hub]
 
+EXIT_STORE_UNUSABLE = 1
+"""The outbox cannot be opened at start (node.data_dir): a config problem, like a bad node.toml."""
 EXIT_WRITER_DIED = 70
 """`EX_SOFTWARE`: the outbox writer stopped; systemd's `Restart=on-failure` starts the hub again."""
 
@@ -42,6 +44,12 @@ def run_hub(config: HubConfig, secrets: Secrets, build: HubBuilder = Hub) -> Non
     raise_open_file_limit()
     try:
         asyncio.run(serve(build(config, secrets)))
+    except* StoreUnavailable as group:
+        log.error(
+            "hub: %s; node.data_dir must be a directory the hallhub user can create and write",
+            group.exceptions[0],
+        )
+        sys.exit(EXIT_STORE_UNUSABLE)
     except* WriterDied as group:
         log.critical("hub: exiting with status %d: %s", EXIT_WRITER_DIED, group.exceptions[0])
         sys.exit(EXIT_WRITER_DIED)

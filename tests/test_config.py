@@ -325,6 +325,30 @@ def test_run_prints_the_config_error_not_a_traceback(tmp_path: Path, section: st
     assert not (tmp_path / "data").exists()  # refused before anything was created
 
 
+def test_run_with_a_data_dir_it_cannot_create_says_so_not_a_traceback(tmp_path: Path) -> None:
+    """A data_dir under a file (or on a read-only mount) used to end `hallhub run` in a traceback."""
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("", encoding="utf-8")
+    path = tmp_path / "node.toml"
+    path.write_text(
+        f'[node]\nid = "n1"\nhall_code = "370102"\ndata_dir = "{blocker}/data"\n'
+        f'secret_file = "{tmp_path}/secret"\n[api]\nlisten = "127.0.0.1:0"\n',
+        encoding="utf-8",
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "hub", "run", "--config", str(path)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
+    assert f"cannot open the outbox {blocker}/data/outbox.db" in result.stderr
+    assert "node.data_dir" in result.stderr
+
+
 def test_config_values_are_shown_as_text_not_markup(tmp_path: Path) -> None:
     bad = tmp_path / "node.toml"
     bad.write_text('[node]\nid = "n1"\nhall_code = "[/x]"\n', encoding="utf-8")

@@ -503,6 +503,12 @@ class Outbox:
                 await loop.run_in_executor(self._reader_pool, self._open_attached_reader)
                 if self._attached.writable:
                     await loop.run_in_executor(self._writer_pool, self._open_attached_writer)
+        except (OSError, sqlite3.OperationalError) as exc:
+            # A data_dir that cannot be created or written: say which, not a traceback.
+            await self._close_files()
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            where = getattr(exc, "filename", None) or self.path
+            raise StoreUnavailable(f"cannot open the outbox {self.path}: {reason} ({where})") from exc
         except BaseException:
             await self._close_files()
             raise
