@@ -9,7 +9,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 
 class Outcome(enum.Enum):
@@ -78,6 +78,26 @@ class Driver(Protocol):
         ...
 
 
+@runtime_checkable
+class Prompter(Protocol):
+    """A driver whose devices show rating prompts (keypads): the hub's sessions drive it by device id."""
+
+    max_prompt_s: int
+    """The longest prompt the devices accept; the hub shortens longer session timeouts to it."""
+
+    async def prompt(self, device_id: str, session: int, timeout_s: int, text: str) -> None:
+        """Show a rating prompt for `session`; return once the device has it."""
+        ...
+
+    async def cancel(self, device_id: str, session: int) -> None:
+        """End the prompt of `session`."""
+        ...
+
+    async def show(self, device_id: str, text: str) -> None:
+        """Show a short message (the thanks after a rating)."""
+        ...
+
+
 @dataclass(frozen=True, slots=True)
 class CitizenIdentity:
     """What may be kept of a citizen: a masked number, a keyed reference, optionally sealed fields.
@@ -88,6 +108,30 @@ class CitizenIdentity:
     masked: str
     ref: str
     sealed: str | None = None
+
+
+@runtime_checkable
+class CardEvent(Protocol):
+    """A card a reader identified (`CardRead`, `CardIdentified`): what the hub's `card` record takes."""
+
+    @property
+    def device_id(self) -> str:
+        """The configured id of the reader."""
+        ...
+
+    @property
+    def card_type(self) -> str:
+        """What card it is (`resident`, `contactless`...)."""
+        ...
+
+    @property
+    def identity(self) -> CitizenIdentity | None:
+        """What may be kept of the citizen, if the card says who it is."""
+        ...
+
+    def card_fields(self) -> dict[str, object]:
+        """The fields of the record that only this reader knows (validity, UID...), in record order."""
+        ...
 
 
 class CitizenIdentifier(Protocol):

@@ -3,17 +3,24 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from contract.mqtt import PrintPayload, RatingPayload, ScanPayload
 from contract.records import Channel, Kind, Record, evaluation_data, normalized_utc
-from drivers.base import CitizenIdentity
+from drivers.base import CardEvent, CitizenIdentity, DeviceEvent, Outcome
+from drivers.keypad.events import KeyPressed
+from drivers.qr.events import CodeScanned
+from drivers.registry import RecordMapping
 from hub.config import DeviceSection, HubConfig
 from hub.metrics import HubMetrics
 from hub.privacy import NodeIdentifier, load_or_create_secret
 from hub.scans import ScanRecorder
-from hub.sessions import SessionContext
+from hub.sessions import SessionContext, SessionManager
 from hub.store.outbox import DedupKey, Duplicate, Outbox, Rejected, Stored, StoreResult
+
+log = logging.getLogger(__name__)
 
 CHANNEL_BY_DEVICE_KIND = {
     "keypad": Channel.KEYPAD,
@@ -187,3 +194,104 @@ class Intake:
     def count_failure(self) -> None:
         """Count a store that could not commit."""
         self.metrics.store_failures.inc()
+
+
+EventMapping = Callable[[DeviceSection, DeviceEvent], Awaitable[Outcome]]
+"""Turns one event a driver submitted into records, stores them and says what became of it."""
+
+
+class DriverRecords:
+    """The record mappings a driver registry entry names (`drivers.registry.RecordMapping`).
+
+    A driver reports what it knows; this decides what it means: a key press is an evaluation in
+    the window's session, a card remembers its citizen for the window's next rating, a code is a
+    scan. `StoreUnavailable` propagates: the caller answers FAILED so the device is asked again.
+    """
+
+    def __init__(
+        self,
+        config: HubConfig,
+        intake: Intake,
+        sessions: SessionManager,
+        thank: Callable[[DeviceSection], None],
+    ) -> None:
+        self.config = config
+        self.intake = intake
+        self.sessions = sessions
+        self._thank = thank
+        self._mappings: dict[RecordMapping, EventMapping] = {
+            "rating": self.rating,
+            "card": self.card,
+            "scan": self.scan,
+        }
+
+    def mapping(self, name: RecordMapping) -> EventMapping:
+        """The mapping a registry entry names."""
+        return self._mappings[name]
+
+    @staticmethod
+    def _unexpected(device: DeviceSection, event: DeviceEvent) -> Outcome:
+        log.warning("%s: unexpected event %s", device.id, type(event).__name__)
+        return Outcome.REJECTED
+
+    async def rating(self, device: DeviceSection, event: DeviceEvent) -> Outcome:
+        """A key press: an evaluation (and alert) filled from the window's session, then thanks."""
+        if not isinstance(event, KeyPressed):
+            return self._unexpected(device, event)
+        async with self.sessions.lock_for(device.id):
+            return await self._rating_locked(device, event)
+
+    async def _rating_locked(self, device: DeviceSection, event: KeyPressed) -> Outcome:
+        context = self.sessions.context(device.id, event.session)
+        window = context.window if context else device.window
+        records = self.intake.evaluation(
+            device,
+            level=event.level,
+            reasons=list(event.reasons),
+            case_no=context.case_no if context else None,
+            item_code=context.item_code if context else None,
+            item_name=context.item_name if context else None,
+            window=window,
+            staff_id=context.staff_id if context else None,
+            session=event.session or None,
+            citizen=self.sessions.take_citizen(window),
+            flags=self.sessions.flags_for(device.id, event.session),
+        )
+        result = await self.intake.store(records, DedupKey(device.id, event.dedup_key, event.dedup_window_s))
+        if isinstance(result, Stored):
+            await self.sessions.rated(device.id, event.session, event.level, result.records[0].id)
+            self._thank(device)
+            return Outcome.STORED
+        if isinstance(result, Duplicate):
+            return Outcome.DUPLICATE
+        assert isinstance(result, Rejected)
+        return Outcome.REJECTED
+
+    async def card(self, device: DeviceSection, event: DeviceEvent) -> Outcome:
+        """A card: a `card` record; its citizen is remembered for the window's next rating."""
+        if not isinstance(event, CardEvent):
+            return self._unexpected(device, event)
+        card = event
+        identity = card.identity
+        if identity is not None and device.window:
+            self.sessions.remember_citizen(device.window, identity)
+        data: dict[str, Any] = {
+            "device_id": device.id,
+            "window": device.window,
+            "node_id": self.config.node.id,
+            "card_type": str(card.card_type),
+            "citizen_masked": identity.masked if identity else None,
+            "citizen_ref": identity.ref if identity else None,
+        }
+        data.update(card.card_fields())
+        record = Record(kind=Kind.CARD, data=data, sealed=identity.sealed if identity else None)
+        result = await self.intake.store([record])
+        return Outcome.STORED if isinstance(result, Stored) else Outcome.REJECTED
+
+    async def scan(self, device: DeviceSection, event: DeviceEvent) -> Outcome:
+        """A code read by a scanner: a `scan` record (classified, ID numbers masked)."""
+        if not isinstance(event, CodeScanned):
+            return self._unexpected(device, event)
+        record = self.intake.scan_record(device, event.data, event.symbology, str(event.source))
+        result = await self.intake.store([record])
+        return Outcome.STORED if isinstance(result, Stored) else Outcome.REJECTED

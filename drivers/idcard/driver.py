@@ -28,7 +28,8 @@ import asyncio
 import logging
 import random
 from collections import Counter
-from typing import Final
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Final
 
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_random_exponential
 
@@ -44,8 +45,12 @@ from drivers.idcard.codec import Command, ProtocolError, Response, Status, decod
 from drivers.idcard.events import CardRead
 from drivers.idcard.protocol import ReaderLostError, ReaderTimeoutError, SamLink
 from drivers.idcard.textblock import TextBlockError, decode_text_block
+from drivers.registry import serial_baud
 
-__all__ = ["MIN_POLL_INTERVAL_S", "CardRead", "IdCardReaderDriver", "SamFaultError"]
+if TYPE_CHECKING:
+    from drivers.registry import DeviceConfig, DriverContext, DriverFactory
+
+__all__ = ["MIN_POLL_INTERVAL_S", "CardRead", "IdCardReaderDriver", "SamFaultError", "from_config"]
 
 logger = logging.getLogger(__name__)
 
@@ -342,3 +347,15 @@ def _describe_error(exc: BaseException | None, port: str) -> str:
         detail = exc.strerror or str(exc)
         return f"cannot use port {port}: {detail}"
     return f"{type(exc).__name__}: {exc}"
+
+
+def from_config(devices: Sequence[DeviceConfig], context: DriverContext) -> IdCardReaderDriver:
+    """The registry's factory: the reader of one configured `idcard` device."""
+    (device,) = devices
+    return IdCardReaderDriver(
+        device.id, device.port or "", serial_baud(device), identifier=context.identifier
+    )
+
+
+if TYPE_CHECKING:
+    _FACTORY: DriverFactory = from_config  # mypy checks that `IdCardReaderDriver` is a `drivers.base.Driver`

@@ -27,3 +27,7 @@ class CardRead(DeviceEvent):
     sex: Sex
     birth_year: int
     valid_until: str
+
+    def card_fields(self) -> dict[str, object]:
+        """What the `card` record adds for an ID card: sex, year of birth, end of validity."""
+        return {"sex": str(self.sex), "birth_year": self.birth_year, "valid_until": self.valid_until}

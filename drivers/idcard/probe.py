@@ -5,13 +5,18 @@
 
 from __future__ import annotations
 
-from typing import Final
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Final
 
 from drivers.idcard.codec import Command
 from drivers.idcard.protocol import ReaderTimeoutError, SamLink
 from drivers.probe import ProbeResult, ProbeStatus, describe_open_error
+from drivers.registry import serial_baud
 
-__all__ = ["SAM_STATUS_TIMEOUT_S", "probe"]
+if TYPE_CHECKING:
+    from drivers.registry import DeviceConfig, DeviceProbe
+
+__all__ = ["SAM_STATUS_TIMEOUT_S", "probe", "probe_config"]
 
 SAM_STATUS_TIMEOUT_S: Final = 1.0
 """How long the SAM may take to answer its status."""
@@ -38,3 +43,13 @@ async def probe(port: str, *, baud: int, timeout_s: float) -> ProbeResult:
     finally:
         await link.aclose()
     return ProbeResult(ProbeStatus.OK if response.ok else ProbeStatus.FAULT, response.describe())
+
+
+async def probe_config(devices: Sequence[DeviceConfig], *, timeout_s: float) -> ProbeResult:
+    """The registry's probe: one configured `idcard` reader."""
+    (device,) = devices
+    return await probe(device.port or "", baud=serial_baud(device), timeout_s=timeout_s)
+
+
+if TYPE_CHECKING:
+    _PROBE_CONFIG: DeviceProbe = probe_config  # the registry's probe shape, checked by mypy

@@ -13,10 +13,10 @@ import errno
 import logging
 import math
 import random
-from collections.abc import Coroutine, Mapping
+from collections.abc import Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, Final, TypeVar
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential, wait_random
 
@@ -56,6 +56,10 @@ from drivers.keypad.codec import (
 )
 from drivers.keypad.events import KeyPressed
 from drivers.keypad.protocol import HkpProtocol, open_serial
+from drivers.registry import serial_baud
+
+if TYPE_CHECKING:
+    from drivers.registry import DeviceConfig, DriverContext, DriverFactory
 
 __all__ = [
     "FREE_RATING_DEDUP_WINDOW_S",
@@ -64,6 +68,7 @@ __all__ = [
     "KeypadInfo",
     "KeypadLineDriver",
     "KeypadTimings",
+    "from_config",
 ]
 
 _LOG = logging.getLogger(__name__)
@@ -176,11 +181,14 @@ def _count(n: int, noun: str) -> str:
 
 
 class KeypadLineDriver:
-    """Serves every keypad on one serial port; implements `drivers.base.Driver`.
+    """Serves every keypad on one serial port; implements `drivers.base.Driver` and `Prompter`.
 
     `keypads` maps HKP/1 address (1–254) to the configured device id. `device_id` is the line's id
     (default: the device id of the lowest address), used for drops that no keypad can be blamed for.
     """
+
+    max_prompt_s: int = 0xFF
+    """PROMPT carries its timeout in one byte."""
 
     def __init__(
         self,
@@ -637,3 +645,14 @@ class KeypadLineDriver:
         except Exception:
             _LOG.exception("event sink failed to store %r", event)
             return Outcome.FAILED
+
+
+def from_config(devices: Sequence[DeviceConfig], context: DriverContext) -> KeypadLineDriver:
+    """The registry's factory: one driver for the keypads configured on one port."""
+    del context  # keypads see no card
+    first = devices[0]
+    return KeypadLineDriver(first.port or "", serial_baud(first), {d.address or 1: d.id for d in devices})
+
+
+if TYPE_CHECKING:
+    _FACTORY: DriverFactory = from_config  # mypy checks that `KeypadLineDriver` is a `drivers.base.Driver`

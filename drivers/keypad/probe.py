@@ -10,13 +10,17 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Awaitable, Sequence
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from drivers import keypad
 from drivers.base import DeviceEvent, DeviceOffline, Outcome
 from drivers.probe import ProbeResult, ProbeStatus
+from drivers.registry import serial_baud
 
-__all__ = ["PING_TIMEOUT_S", "PING_TRIES", "probe", "time_needed_s"]
+if TYPE_CHECKING:
+    from drivers.registry import DeviceConfig, DeviceProbe
+
+__all__ = ["PING_TIMEOUT_S", "PING_TRIES", "probe", "probe_config", "time_needed_s"]
 
 PING_TIMEOUT_S: Final = 0.5
 """How long one PING waits for its ACK."""
@@ -90,6 +94,13 @@ async def probe(port: str, *, baud: int, addresses: Sequence[int], timeout_s: fl
             await task
 
 
+async def probe_config(devices: Sequence[DeviceConfig], *, timeout_s: float) -> ProbeResult:
+    """The registry's probe: the keypads configured on one line; `units` keyed by address."""
+    first = devices[0]
+    addresses = [d.address or 1 for d in devices]
+    return await probe(first.port or "", baud=serial_baud(first), addresses=addresses, timeout_s=timeout_s)
+
+
 async def _ping(driver: keypad.KeypadLineDriver, device_id: str) -> ProbeResult:
     """PING one keypad; its firmware from the PONG that follows the ACK (waits briefly for it)."""
     try:
@@ -104,3 +115,7 @@ async def _ping(driver: keypad.KeypadLineDriver, device_id: str) -> ProbeResult:
             break
         await asyncio.sleep(0.01)
     return ProbeResult(ProbeStatus.OK, facts={"firmware": info.firmware} if info.firmware else {})
+
+
+if TYPE_CHECKING:
+    _PROBE_CONFIG: DeviceProbe = probe_config  # the registry's probe shape, checked by mypy

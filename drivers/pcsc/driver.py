@@ -55,6 +55,7 @@ import functools
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_random_exponential
 
@@ -85,7 +86,10 @@ from drivers.pcsc.events import (
 )
 from drivers.pcsc.ssc import SscReadError, read_identity
 
-__all__ = ["PcscDriver"]
+if TYPE_CHECKING:
+    from drivers.registry import DeviceConfig, DriverContext, DriverFactory
+
+__all__ = ["PcscDriver", "from_config"]
 
 logger = logging.getLogger(__name__)
 
@@ -378,3 +382,13 @@ class PcscDriver:
         return CardIdentified(
             self.device_id, reader=reader, card_type="social_security", uid=None, identity=identity
         )
+
+
+def from_config(devices: Sequence[DeviceConfig], context: DriverContext) -> PcscDriver:
+    """The registry's factory: the driver of one configured `pcsc` device."""
+    (device,) = devices
+    return PcscDriver(device.id, device.reader, context.identifier)
+
+
+if TYPE_CHECKING:
+    _FACTORY: DriverFactory = from_config  # mypy checks that `PcscDriver` is a `drivers.base.Driver`

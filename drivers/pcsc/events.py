@@ -65,3 +65,7 @@ class CardIdentified(DeviceEvent):
     card_type: CardType
     uid: str | None
     identity: CitizenIdentity | None
+
+    def card_fields(self) -> dict[str, object]:
+        """What the `card` record adds for a PC/SC card: its UID and the reader it was in."""
+        return {"uid": self.uid, "reader": self.reader}

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
 from drivers.probe import ProbeResult, ProbeStatus, in_daemon_thread
 
-__all__ = ["probe"]
+if TYPE_CHECKING:
+    from drivers.registry import DeviceConfig, DeviceProbe
+
+__all__ = ["probe", "probe_config"]
 
 
 async def probe(reader: str, *, timeout_s: float) -> ProbeResult:
@@ -36,3 +42,13 @@ def _list_readers() -> tuple[str | None, tuple[str, ...]]:
         return exc.reason, ()
     finally:
         poller.close()
+
+
+async def probe_config(devices: Sequence[DeviceConfig], *, timeout_s: float) -> ProbeResult:
+    """The registry's probe: one configured `pcsc` device (its `reader` filter; any reader if unset)."""
+    (device,) = devices
+    return await probe((device.reader or "").strip(), timeout_s=timeout_s)
+
+
+if TYPE_CHECKING:
+    _PROBE_CONFIG: DeviceProbe = probe_config  # the registry's probe shape, checked by mypy

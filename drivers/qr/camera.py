@@ -11,7 +11,7 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
@@ -28,6 +28,8 @@ from drivers.qr.events import CodeScanned
 if TYPE_CHECKING:
     import numpy as np
     from numpy.typing import NDArray
+
+    from drivers.registry import DeviceConfig, DriverContext, DriverFactory
 
 _log = logging.getLogger(__name__)
 
@@ -256,3 +258,16 @@ class CameraScannerDriver:
         _log.warning("QR camera %s offline (%s): %s", self.device_id, shown, reason)
         self._offline_reported = True
         sink.notify(DeviceOffline(self.device_id, reason=reason))
+
+
+def from_config(devices: Sequence[DeviceConfig], context: DriverContext) -> CameraScannerDriver:
+    """The registry's factory: the driver of one configured `qr` camera."""
+    del context  # a camera sees no card
+    (device,) = devices
+    return CameraScannerDriver(
+        device.id, _parse_source(device.source or ""), fps=device.fps or 5, decoder=device.decoder or "zxing"
+    )
+
+
+if TYPE_CHECKING:
+    _FACTORY: DriverFactory = from_config  # mypy checks that `CameraScannerDriver` is a `drivers.base.Driver`

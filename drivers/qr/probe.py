@@ -6,13 +6,19 @@ frame is neither decoded nor kept.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import serial
 
 from drivers.probe import ProbeResult, ProbeStatus, describe_open_error, in_daemon_thread
+from drivers.registry import serial_baud
 
-__all__ = ["probe_camera", "probe_serial"]
+if TYPE_CHECKING:
+    from drivers.registry import DeviceConfig, DeviceProbe
+
+__all__ = ["camera_source", "probe_camera", "probe_camera_config", "probe_serial", "probe_serial_config"]
 
 
 async def probe_serial(port: str, *, baud: int, timeout_s: float) -> ProbeResult:
@@ -69,3 +75,26 @@ def _missing_file(source: int | str) -> bool:
     if isinstance(source, int) or "://" in source or source.startswith("/dev/"):
         return False
     return not Path(source).exists()
+
+
+def camera_source(device: DeviceConfig) -> int | str:
+    """A camera's configured source: a device index as an int, a file or URL as it is."""
+    text = device.source or ""
+    return int(text) if text.isdigit() else text
+
+
+async def probe_serial_config(devices: Sequence[DeviceConfig], *, timeout_s: float) -> ProbeResult:
+    """The registry's probe: one configured serial `qr` scanner."""
+    (device,) = devices
+    return await probe_serial(device.port or "", baud=serial_baud(device), timeout_s=timeout_s)
+
+
+async def probe_camera_config(devices: Sequence[DeviceConfig], *, timeout_s: float) -> ProbeResult:
+    """The registry's probe: one configured `qr` camera."""
+    (device,) = devices
+    return await probe_camera(camera_source(device), timeout_s=timeout_s)
+
+
+if TYPE_CHECKING:
+    _PROBE_SERIAL_CONFIG: DeviceProbe = probe_serial_config  # the registry's probe shape, checked by mypy
+    _PROBE_CAMERA_CONFIG: DeviceProbe = probe_camera_config  # the registry's probe shape, checked by mypy

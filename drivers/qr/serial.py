@@ -6,7 +6,8 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import serial
 import serial_asyncio
@@ -23,6 +24,10 @@ from drivers.qr.codec import (
 )
 from drivers.qr.dedupe import RepeatFilter
 from drivers.qr.events import CodeScanned
+from drivers.registry import serial_baud
+
+if TYPE_CHECKING:
+    from drivers.registry import DeviceConfig, DriverContext, DriverFactory
 
 _log = logging.getLogger(__name__)
 
@@ -144,3 +149,20 @@ class SerialScannerDriver:
         _log.warning("QR scanner %s offline (%s): %s", self.device_id, self.port, reason)
         self._offline_reported = True
         sink.notify(DeviceOffline(self.device_id, reason=reason))
+
+
+def from_config(devices: Sequence[DeviceConfig], context: DriverContext) -> SerialScannerDriver:
+    """The registry's factory: the driver of one configured serial `qr` scanner."""
+    del context  # a scanner sees no card
+    (device,) = devices
+    return SerialScannerDriver(
+        device.id,
+        device.port or "",
+        baudrate=serial_baud(device),
+        terminator=device.terminator or "any",
+        encoding=device.encoding or AUTO_ENCODING,
+    )
+
+
+if TYPE_CHECKING:
+    _FACTORY: DriverFactory = from_config  # mypy checks that `SerialScannerDriver` is a `drivers.base.Driver`

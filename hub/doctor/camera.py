@@ -16,14 +16,14 @@ async def check_camera(ctx: CheckContext, device: DeviceSection) -> list[Finding
     """The camera (or stream, or file) delivers one frame; the frame is not decoded or kept."""
     from drivers.probe import ProbeStatus  # noqa: PLC0415 (drivers load only for doctor's checks)
     from drivers.qr.camera import describe_source  # noqa: PLC0415
-    from drivers.qr.probe import probe_camera  # noqa: PLC0415
+    from drivers.qr.probe import camera_source  # noqa: PLC0415
+    from drivers.registry import REGISTRY  # noqa: PLC0415
 
-    text = device.source or ""
-    source: int | str = int(text) if text.isdigit() else text
-    shown = describe_source(source)
+    shown = describe_source(camera_source(device))
     key = f"device[{ctx.index(device)}].source"
     timeout_s = ctx.options.timeout_s
-    result = await probe_camera(source, timeout_s=timeout_s)
+    probe = REGISTRY[(device.kind, device.transport)].load_probe()
+    result = await probe([device], timeout_s=timeout_s)
     if result.status is ProbeStatus.ABSENT:
         return [
             Finding.error(

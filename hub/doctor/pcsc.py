@@ -14,12 +14,13 @@ __all__ = ["check_pcsc"]
 
 async def check_pcsc(ctx: CheckContext, device: DeviceSection) -> list[Finding]:
     """pcscd answers and the configured reader (or any reader) is attached."""
-    from drivers.pcsc.probe import probe  # noqa: PLC0415 (drivers load only for doctor's checks)
-    from drivers.probe import ProbeStatus  # noqa: PLC0415
+    from drivers.probe import ProbeStatus  # noqa: PLC0415 (drivers load only for doctor's checks)
+    from drivers.registry import REGISTRY  # noqa: PLC0415
 
     wanted = (device.reader or "").strip()
     try:
-        result = await probe(wanted, timeout_s=ctx.options.timeout_s)
+        probe = REGISTRY[(device.kind, device.transport)].load_probe()
+        result = await probe([device], timeout_s=ctx.options.timeout_s)
     except ImportError as exc:
         return [
             Finding.error(

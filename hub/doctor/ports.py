@@ -9,9 +9,11 @@ from __future__ import annotations
 import contextlib
 import os
 import stat
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
+from drivers.probe import ProbeResult
+from drivers.registry import REGISTRY, entry_for, serial_baud
 from hub.config import DeviceSection, HubConfig
 from hub.doctor.access import group_name, owner_name
 from hub.doctor.base import CheckContext
@@ -24,8 +26,9 @@ def serial_groups(config: HubConfig) -> list[list[DeviceSection]]:
     """Serial devices grouped by port (keypads on one RS-485 line share it), in config order."""
     groups: dict[str, list[DeviceSection]] = {}
     for device in config.device:
-        if device.transport == "serial" and device.port:
-            key = device.port if device.kind == "keypad" else f"{device.port}#{device.id}"
+        entry = entry_for(device)
+        if device.transport == "serial" and device.port and entry is not None:
+            key = device.port if entry.shares_port else f"{device.port}#{device.id}"
             groups.setdefault(key, []).append(device)
     return list(groups.values())
 
@@ -108,15 +111,22 @@ def _not_open(subject: str, port: str, reason: str) -> Finding:
     return Finding.error("port", subject, f"cannot open {port}: {reason}", open_fix(reason, port))
 
 
+async def _probe(ctx: CheckContext, devices: Sequence[DeviceSection]) -> ProbeResult:
+    """Probe the devices on one port through their registry entry (the driver's own probe)."""
+    return await REGISTRY[(devices[0].kind, devices[0].transport)].load_probe()(
+        devices, timeout_s=ctx.options.timeout_s
+    )
+
+
 async def _check_keypads(ctx: CheckContext, devices: Sequence[DeviceSection]) -> list[Finding]:
     """Open the keypad line with the hub's own driver and PING every keypad on it."""
-    from drivers.keypad.probe import PING_TRIES, probe  # noqa: PLC0415
+    from drivers.keypad.probe import PING_TRIES  # noqa: PLC0415
 
     port = devices[0].port or ""
-    baud = devices[0].baud or 9600
+    baud = serial_baud(devices[0])
     subject = ",".join(d.id for d in devices)
     addresses = [d.address or 1 for d in devices]
-    result = await probe(port, baud=baud, addresses=addresses, timeout_s=ctx.options.timeout_s)
+    result = await _probe(ctx, devices)
     if not result.ok:
         return [_not_open(subject, port, result.detail)]
     findings = [Finding.ok("port", subject, f"{port} opens at {baud} baud")]
@@ -141,14 +151,15 @@ async def _check_keypads(ctx: CheckContext, devices: Sequence[DeviceSection]) ->
     return findings
 
 
-async def _check_idcard(ctx: CheckContext, device: DeviceSection) -> list[Finding]:
+async def _check_idcard(ctx: CheckContext, devices: Sequence[DeviceSection]) -> list[Finding]:
     """Open the SAM reader and ask for its status (`11 FF`); no card is read."""
-    from drivers.idcard.probe import SAM_STATUS_TIMEOUT_S, probe  # noqa: PLC0415
+    (device,) = devices
+    from drivers.idcard.probe import SAM_STATUS_TIMEOUT_S  # noqa: PLC0415
     from drivers.probe import ProbeStatus  # noqa: PLC0415
 
     port = device.port or ""
-    baud = device.baud or 115200
-    result = await probe(port, baud=baud, timeout_s=ctx.options.timeout_s)
+    baud = serial_baud(device)
+    result = await _probe(ctx, [device])
     if result.status is ProbeStatus.UNAVAILABLE:
         return [_not_open(device.id, port, result.detail)]
     opened = Finding.ok("port", device.id, f"{port} opens at {baud} baud")
@@ -176,13 +187,12 @@ async def _check_idcard(ctx: CheckContext, device: DeviceSection) -> list[Findin
     return [opened, answer]
 
 
-async def _check_serial_qr(ctx: CheckContext, device: DeviceSection) -> list[Finding]:
+async def _check_serial_qr(ctx: CheckContext, devices: Sequence[DeviceSection]) -> list[Finding]:
     """A serial QR scanner only talks when it reads a code: check that the port opens."""
-    from drivers.qr.probe import probe_serial  # noqa: PLC0415
-
+    (device,) = devices
     port = device.port or ""
-    baud = device.baud or 9600
-    result = await probe_serial(port, baud=baud, timeout_s=ctx.options.timeout_s)
+    baud = serial_baud(device)
+    result = await _probe(ctx, [device])
     if not result.ok:
         return [_not_open(device.id, port, result.detail)]
     return [
@@ -190,14 +200,18 @@ async def _check_serial_qr(ctx: CheckContext, device: DeviceSection) -> list[Fin
     ]
 
 
+_FINDINGS: dict[str, Callable[[CheckContext, Sequence[DeviceSection]], Awaitable[list[Finding]]]] = {
+    "keypad": _check_keypads,
+    "idcard": _check_idcard,
+}
+"""How a probe's result reads for a technician, by kind (doctor knows the config keys and the fixes);
+a serial device of any other kind gets the plain "the port opens" reading."""
+
+
 async def check_serial(ctx: CheckContext, devices: Sequence[DeviceSection]) -> list[Finding]:
     """Access, open and protocol for one serial port (a keypad line may carry several keypads)."""
     problems = check_port_access(ctx, devices)
     if problems:
         return problems
-    kind = devices[0].kind
-    if kind == "keypad":
-        return await _check_keypads(ctx, devices)
-    if kind == "idcard":
-        return await _check_idcard(ctx, devices[0])
-    return await _check_serial_qr(ctx, devices[0])
+    findings = _FINDINGS.get(devices[0].kind, _check_serial_qr)
+    return await findings(ctx, devices)
