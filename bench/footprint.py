@@ -43,7 +43,7 @@ from _common import (
     write_hub_config,
     write_result,
 )
-from loadgen import MqttLink, _utf8, open_link
+from loadgen import MqttLink, open_link
 
 from contract.topics import Topics
 
@@ -68,7 +68,7 @@ async def connect_devices(port: int, device_ids: list[str]) -> list[MqttLink]:
         for leaf in ("ack", "cmd", "error"):
             await link.subscribe(topics.device(device, leaf))
         state = json.dumps({"online": True, "kind": "pad", "fw": "bench-1"}).encode()
-        link.publish(_utf8(topics.device(device, "state")), state, retain=True)
+        link.publish(topics.device(device, "state").encode(), state, retain=True)
         links.append(link)
     return links
 

@@ -39,38 +39,19 @@ if str(REPO) not in sys.path:
 
 from contract.mqtt import RatingPayload  # noqa: E402
 from contract.topics import Topics  # noqa: E402
+from hub.mqtt.codec import (  # noqa: E402
+    Connect,
+    Framer,
+    Subscribe,
+    encode,
+    encode_puback,
+    encode_publish,
+    parse_publish,
+)
 
 LEVEL_WEIGHTS = {5: 60, 4: 25, 3: 10, 2: 3, 1: 2}  # a plausible hall: 5 % bad reviews
 MAX_ATTEMPTS = 10
 CONNECT_TIMEOUT_S = 10.0
-
-
-def _remaining_length(length: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, length = length % 128, length // 128
-        out.append(byte | (0x80 if length else 0))
-        if not length:
-            return bytes(out)
-
-
-def _utf8(text: str) -> bytes:
-    data = text.encode()
-    return len(data).to_bytes(2, "big") + data
-
-
-def _frame(buffer: bytearray, pos: int) -> tuple[int, int, int] | None:
-    """(header byte, body start, body end) of the complete packet at `pos`, or None if incomplete."""
-    end = len(buffer)
-    length, shift, index = 0, 0, pos + 1
-    while index < end and shift < 28:
-        byte = buffer[index]
-        index += 1
-        length |= (byte & 0x7F) << shift
-        shift += 7
-        if not byte & 0x80:
-            return (buffer[pos], index, index + length) if index + length <= end else None
-    return None
 
 
 class MqttLink(asyncio.Protocol):
@@ -85,7 +66,7 @@ class MqttLink(asyncio.Protocol):
         self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.pubacks = 0
         self.lost = False
-        self._buffer = bytearray()
+        self._framer = Framer()
         self._next_id = 0
         self._can_write = asyncio.Event()
         self._can_write.set()
@@ -93,8 +74,7 @@ class MqttLink(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
-        body = b"\x00\x04MQTT\x04\x02\x00\x00" + _utf8(self.client_id)  # clean session, no keepalive
-        transport.write(b"\x10" + _remaining_length(len(body)) + body)
+        transport.write(encode(Connect(self.client_id, clean_session=True, keepalive=0)))
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
@@ -112,49 +92,38 @@ class MqttLink(asyncio.Protocol):
         """Wait while the socket's send buffer is full."""
         await self._can_write.wait()
 
-    def _packet_id(self) -> bytes:
+    def _packet_id(self) -> int:
         self._next_id = self._next_id % 65535 + 1
-        return self._next_id.to_bytes(2, "big")
+        return self._next_id
 
     async def subscribe(self, topic: str) -> None:
         """SUBSCRIBE at QoS 1 and wait for the SUBACK."""
         assert self.transport is not None
         self.suback = asyncio.get_running_loop().create_future()
-        body = self._packet_id() + _utf8(topic) + b"\x01"
-        self.transport.write(b"\x82" + _remaining_length(len(body)) + body)
+        self.transport.write(encode(Subscribe(self._packet_id(), ((topic, 1),))))
         codes = await asyncio.wait_for(self.suback, CONNECT_TIMEOUT_S)
         if 0x80 in codes:
             raise ConnectionError(f"{self.client_id}: subscription to {topic} refused")
 
     def publish(self, topic: bytes, payload: bytes, *, retain: bool = False) -> None:
-        """PUBLISH at QoS 1 to `topic` (length-prefixed, see `_utf8`); the broker's PUBACK is counted."""
+        """PUBLISH at QoS 1 to `topic` (UTF-8 bytes); the broker's PUBACK is counted."""
         assert self.transport is not None
-        length = len(topic) + 2 + len(payload)
-        header = b"\x33" if retain else b"\x32"
-        self.transport.write(header + _remaining_length(length) + topic + self._packet_id() + payload)
+        self.transport.write(
+            encode_publish(topic, payload, qos=1, retain=retain, packet_id=self._packet_id())
+        )
 
     def data_received(self, data: bytes) -> None:
-        buffer = self._buffer
-        buffer += data
-        pos = 0
-        while (frame := _frame(buffer, pos)) is not None:
-            header, start, stop = frame
-            self._dispatch(header, bytes(buffer[start:stop]))
-            pos = stop
-        if pos:
-            del buffer[:pos]
+        for header, body in self._framer.feed(data):
+            self._dispatch(header, body)
 
     def _dispatch(self, header: int, body: bytes) -> None:
         kind = header >> 4
         if kind == 3:
-            qos = (header >> 1) & 3
-            topic_len = int.from_bytes(body[:2], "big")
-            offset = 2 + topic_len
+            topic, payload, qos, packet_id, _retain = parse_publish(header, body)
             if qos:
                 assert self.transport is not None
-                self.transport.write(b"\x40\x02" + body[offset : offset + 2])
-                offset += 2
-            self.on_message(body[2 : 2 + topic_len], body[offset:])
+                self.transport.write(encode_puback(packet_id))
+            self.on_message(topic.encode(), payload)
         elif kind == 4:
             self.pubacks += 1
         elif kind == 2:
@@ -211,7 +180,7 @@ class Generator:
         self.spec = spec
         self.topics = Topics(spec["node_id"])
         self.devices: list[str] = list(spec["devices"])
-        self.rating_topics = [_utf8(self.topics.device(d, "rating")) for d in self.devices]
+        self.rating_topics = [self.topics.device(d, "rating").encode() for d in self.devices]
         self.links: list[MqttLink] = []
         self.pending: dict[str, Pending] = {}
         self.tally = Tally()
@@ -241,7 +210,7 @@ class Generator:
             await link.subscribe(self.topics.ack(device))
             await link.subscribe(self.topics.error(device))
             state = json.dumps({"online": True, "kind": self.spec["kind"], "fw": "bench-1"}).encode()
-            link.publish(_utf8(self.topics.device(device, "state")), state, retain=True)
+            link.publish(self.topics.device(device, "state").encode(), state, retain=True)
             self.links.append(link)
 
     def _receiver(self, index: int) -> Any:

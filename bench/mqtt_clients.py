@@ -9,7 +9,8 @@ is messages per second from the first message to "all received and every ack PUB
 client process's CPU seconds per message over the same span (`resource.getrusage`, all threads).
 
 Clients (`--clients`, in this order, rotated each round so that none always runs first):
-- `fastpaho`: today's hub/mqtt_io.py (aiomqtt with paho's private I/O replaced; the baseline);
+- (`fastpaho`, the hub's earlier paho-with-private-overrides path, was measured against these and
+  removed with it; its figures stay in docs/benchmarks.md);
 - `aiomqtt-tasks`: aiomqtt's public API only: `client.messages` and a task per `client.publish`;
 - `aiomqtt-gather`: the same, the publishes of what is queued gathered in one await (pipelined);
 - `gmqtt`: gmqtt 0.8 (MQTT 3.1.1), a sync callback with its default optimistic PUBACK;
@@ -57,7 +58,7 @@ from _common import (
 )
 from loadgen import MqttLink, _utf8, open_link
 
-CLIENTS = ("fastpaho", "aiomqtt-tasks", "aiomqtt-gather", "gmqtt", "gmqtt-async", "hubmqtt")
+CLIENTS = ("aiomqtt-tasks", "aiomqtt-gather", "gmqtt", "gmqtt-async", "hubmqtt")
 DEVICES = 50
 SUBSCRIPTION = "bench/+/rating"
 ACK_PAYLOAD = b'{"msg_id":"0123456789abcdef","id":"0190f1f2-0000-7000-8000-000000000000","status":"stored"}'
@@ -126,46 +127,6 @@ def _result(tally: Tally, completed: bool, in_flight: int) -> Result:
 
 
 # -- the clients under test --------------------------------------------------------------------------
-
-
-async def run_fastpaho(port: int, n: int, cid: str, timeout_s: float) -> Result:
-    """Today's path: hub/mqtt_io.py under aiomqtt (the one place private names are read: a bench)."""
-    import aiomqtt
-
-    from hub.mqtt_io import use_fast_io
-
-    tally = Tally(n)
-    topics: dict[str, bytes] = {}
-    client = aiomqtt.Client(
-        "127.0.0.1",
-        port,
-        identifier=cid,
-        clean_session=False,
-        keepalive=60,
-        max_inflight_messages=0,
-        socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
-    )
-    fast = use_fast_io(client)
-
-    def handler(topic: str, _payload: bytes, _retain: bool) -> None:
-        tally.got()
-        ack = topics.get(topic)
-        if ack is None:
-            ack = topics[topic] = _ack_topic(topic).encode()
-        fast.publish_quick(ack, ACK_PAYLOAD)
-
-    fast.message_handler = handler
-    async with client:
-        client.pending_calls_threshold = 10 * n
-        await client.subscribe(SUBSCRIPTION, qos=1)
-        tally.cpu_start = _cpu_s()
-        _ready()
-
-        def in_flight() -> int:
-            return len(fast._quick_mids or ())
-
-        ok = await _until(lambda: tally.received >= n and not in_flight(), timeout_s)
-        return _result(tally, ok, in_flight())
 
 
 async def _aiomqtt_client(port: int, cid: str) -> Any:
@@ -300,8 +261,6 @@ async def run_hubmqtt(port: int, n: int, cid: str, timeout_s: float) -> Result:
 
 async def client_main(impl: str, port: int, n: int, cid: str, timeout_s: float) -> Result:
     """Run one client under test; returns its result."""
-    if impl == "fastpaho":
-        return await run_fastpaho(port, n, cid, timeout_s)
     if impl in ("aiomqtt-tasks", "aiomqtt-gather"):
         return await run_aiomqtt(port, n, cid, timeout_s, gather=impl == "aiomqtt-gather")
     if impl in ("gmqtt", "gmqtt-async"):

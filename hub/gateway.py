@@ -5,8 +5,8 @@ afterwards), answers each device message only after the outbox has decided, and 
 record on `events/{kind}` and `alerts`. Publishes are pipelined: many messages are in the outbox's
 queue at once, and acks and mirrors are queued at QoS 1 without waiting for each PUBACK.
 
-The common case, a terminal's rating, scan or print report, is handled at once in paho's message
-callback and answered from the commit's callback (`hub.mqtt_io`); everything else (pads in sessions,
+The common case, a terminal's rating, scan or print report, is handled at once in the MQTT client's
+message callback and answered from the commit's callback (`hub.mqtt`); everything else (pads in sessions,
 windows, health, state, errors) runs in a task of its own.
 """
 
@@ -18,12 +18,10 @@ import functools
 import json
 import logging
 import random
-import socket
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import aiomqtt
 from prometheus_client import Counter
 
 from contract.mqtt import (
@@ -45,12 +43,11 @@ from contract.mqtt import (
 )
 from contract.records import Kind, Record
 from contract.topics import ACKED_LEAVES, LEAVES_BY_KIND, Topics
-from hub import __version__
+from hub import __version__, mqtt
 from hub.config import DeviceSection, HubConfig, Secrets
 from hub.devices import DeviceRegistry
 from hub.intake import Intake
 from hub.metrics import HubMetrics
-from hub.mqtt_io import FastPahoClient, use_fast_io
 from hub.ratelimit import RateLimiter
 from hub.sessions import PromptFailed, SessionManager
 from hub.store.outbox import DedupKey, Duplicate, Rejected, Stored, StoreResult, StoreUnavailable
@@ -60,7 +57,6 @@ log = logging.getLogger(__name__)
 # Device messages being handled or stored at once. Beyond it a message is dropped unanswered (and
 # counted): its device retries, and the hub's memory stays bounded however hard it is flooded.
 MAX_CONCURRENT_MESSAGES = 5000
-PENDING_CALLS_WARNING = 4 * MAX_CONCURRENT_MESSAGES  # unconfirmed publishes before aiomqtt warns
 BACKOFF_FIRST_S = 0.5
 BACKOFF_MAX_S = 30.0
 STATE_INTERVAL_S = 15.0
@@ -107,8 +103,7 @@ class MqttGateway:
         self.topics = Topics(config.node.id)
         self.state_provider = state_provider
         self.sessions: SessionManager | None = None
-        self._client: aiomqtt.Client | None = None
-        self._paho: FastPahoClient | None = None
+        self._client: mqtt.Client | None = None
         self._storing: set[asyncio.Future[StoreResult]] = set()
         self._topic_bytes: dict[str, bytes] = {}
         self._connected = asyncio.Event()
@@ -141,44 +136,36 @@ class MqttGateway:
         """Wait until the gateway is connected and subscribed."""
         await asyncio.wait_for(self._connected.wait(), timeout)
 
-    def _client_options(self) -> dict[str, Any]:
+    def _new_client(self) -> mqtt.Client:
+        """A client for one connection; messages go to `_take_message` from the first one on."""
         broker = self.config.broker
         offline = HubState(online=False, version=__version__, outbox_pending=-1, last_sync=None)
-        return {
-            "hostname": broker.host,
-            "port": broker.port,
-            "username": broker.username or None,
-            "password": self.secrets.broker_password or None,
-            "identifier": broker.client_id or f"hallhub-{self.config.node.id}",
-            "clean_session": False,
-            "keepalive": broker.keepalive_s,
-            "will": aiomqtt.Will(self.topics.hub_state, offline.encode(), qos=1, retain=True),
-            # 0 = no client-side cap (paho): with a cap, paho rescans every queued message on each
-            # PUBACK, O(in flight) per ack. In-flight work is bounded by MAX_CONCURRENT_MESSAGES.
-            "max_inflight_messages": 0,
-            "timeout": 10.0,
-            # paho leaves Nagle on: an ack written right after a PUBACK then waits for the peer's
-            # delayed ACK (~40 ms a hop). Acks are tiny and latency-bound, so send them at once.
-            "socket_options": [(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
-        }
+        return mqtt.Client(
+            broker.host,
+            broker.port,
+            identifier=broker.client_id or f"hallhub-{self.config.node.id}",
+            username=broker.username or None,
+            password=self.secrets.broker_password or None,
+            clean_session=False,
+            keepalive=broker.keepalive_s,
+            will=mqtt.Will(self.topics.hub_state, offline.encode(), qos=1, retain=True),
+            timeout=10.0,
+            message_handler=self._take_message,
+        )
 
     async def run(self) -> None:
         """Serve until `stop()`, reconnecting after any broker error."""
         delay = BACKOFF_FIRST_S
         while not self._stop.is_set():
             try:
-                client = aiomqtt.Client(**self._client_options())
-                fast = use_fast_io(client)
-                fast.message_handler = self._take_message
-                # Before connecting: what the broker kept for this session arrives right after CONNACK.
-                self._paho = fast
+                client = self._new_client()
+                # Before connecting: what the broker kept for this session arrives right after CONNACK,
+                # and its acks go out through this client.
+                self._client = client
                 async with client:
-                    # aiomqtt logs a WARNING per publish while more than 10 are unconfirmed: under
-                    # load that floods the journal (and cost ~15 % of the hub's CPU when measured).
-                    client.pending_calls_threshold = PENDING_CALLS_WARNING
                     delay = BACKOFF_FIRST_S
                     await self._serve(client)
-            except aiomqtt.MqttError as exc:
+            except mqtt.MqttError as exc:
                 log.warning(
                     "mqtt: broker %s:%d unavailable (%s); retrying",
                     self.config.broker.host,
@@ -187,7 +174,6 @@ class MqttGateway:
                 )
             finally:
                 self._client = None
-                self._paho = None
                 self._connected.clear()
                 self.metrics.mqtt_connected.set(0)
             if self._stop.is_set():
@@ -201,7 +187,7 @@ class MqttGateway:
         """Stop taking messages, finish those in flight, publish `hub/state` offline, disconnect."""
         self._stop.set()
 
-    async def _serve(self, client: aiomqtt.Client) -> None:
+    async def _serve(self, client: mqtt.Client) -> None:
         for topic in self.topics.subscriptions():
             await client.subscribe(topic, qos=1)
         self._client = client
@@ -209,7 +195,7 @@ class MqttGateway:
         self._connected.set()
         self.metrics.mqtt_connected.set(1)
         log.info("mqtt: connected to %s:%d", self.config.broker.host, self.config.broker.port)
-        reader = asyncio.create_task(self._read(client))
+        reader = asyncio.create_task(client.wait_closed())
         state = asyncio.create_task(self._publish_state_periodically())
         stopping = asyncio.create_task(self._stop.wait())
         try:
@@ -222,12 +208,6 @@ class MqttGateway:
             return
         await self.drain()
         await self.publish_state(online=False)
-
-    async def _read(self, client: aiomqtt.Client) -> None:
-        """Ends with an MqttError when the connection goes; messages come to `_take_message` instead."""
-        async for message in client.messages:
-            payload = message.payload if isinstance(message.payload, bytes) else str(message.payload).encode()
-            self._take_message(str(message.topic), payload, bool(message.retain))
 
     def _spawn(self, coro: Awaitable[None]) -> None:
         """Run a message handler in a task of its own, tracked for `drain`."""
@@ -254,14 +234,14 @@ class MqttGateway:
             return False
         try:
             await client.publish(topic, payload, qos=1, retain=retain)
-        except aiomqtt.MqttError as exc:
+        except mqtt.MqttError as exc:
             log.debug("mqtt: publish to %s failed: %s", topic, exc)
             return False
         return True
 
     def mirror(self, records: list[Record]) -> None:
         """Outbox listener: publish each stored record on events/{kind}, alerts also on alerts."""
-        if self._paho is None:
+        if self._client is None:
             return
         for record in records:
             body = _wire_bytes(record)
@@ -273,19 +253,20 @@ class MqttGateway:
         """Queue a QoS-1 publish without waiting for the broker's PUBACK; False if not connected.
 
         For acks and event mirrors, whose failure the hub never acts on (a device retries until it
-        hears its ack). Awaiting each PUBACK through aiomqtt costs a task, an event and a scan of all
-        unconfirmed publishes: about a third of the hub's CPU per rating under load (bench/ingest.py).
+        hears its ack). Awaiting each PUBACK would cost a future and a task per publish.
         """
-        fast = self._paho
-        if fast is None:
+        client = self._client
+        if client is None:
             return False
         encoded = self._topic_bytes.get(topic)
         if encoded is None:
             encoded = topic.encode()
             if len(self._topic_bytes) < TOPIC_CACHE_SIZE:
                 self._topic_bytes[topic] = encoded
-        if not fast.publish_quick(encoded, payload):
-            log.debug("mqtt: publish to %s not queued: not connected", topic)
+        try:
+            client.publish_nowait(encoded, payload)
+        except mqtt.MqttError as exc:  # not connected (any more), or 65,535 publishes unconfirmed
+            log.debug("mqtt: publish to %s not queued: %s", topic, exc)
             return False
         return True
 
@@ -320,7 +301,7 @@ class MqttGateway:
     # -- handling ------------------------------------------------------------------------------
 
     def _take_message(self, topic: str, payload: bytes, retain: bool) -> None:
-        """paho's message callback: a terminal's acked message at once, anything else in a task.
+        """The MQTT client's message callback: a terminal's acked message at once, anything else in a task.
 
         Refused at once: a message from an unknown device id, and a retained one (the broker sends
         those at every subscription, so a retained command or rating would be obeyed again after
