@@ -31,8 +31,6 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Final
 
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_random_exponential
-
 from drivers.base import (
     CitizenIdentifier,
     DeviceOffline,
@@ -46,6 +44,7 @@ from drivers.idcard.events import CardRead
 from drivers.idcard.protocol import ReaderLostError, ReaderTimeoutError, SamLink
 from drivers.idcard.textblock import TextBlockError, decode_text_block
 from drivers.registry import serial_baud
+from drivers.reopen import open_with_backoff
 
 if TYPE_CHECKING:
     from drivers.registry import DeviceConfig, DriverContext, DriverFactory
@@ -153,28 +152,18 @@ class IdCardReaderDriver:
 
     async def _connect(self, sink: EventSink) -> SamLink:
         """Open the port and check the SAM, retrying with exponential backoff and full jitter."""
-        retrying = AsyncRetrying(
-            wait=wait_random_exponential(
-                multiplier=self._reconnect_min_s,
-                max=self._reconnect_max_s,
-                min=self._reconnect_min_s / 2,
-            ),
-            retry=retry_if_exception_type(
-                (OSError, ReaderLostError, ReaderTimeoutError, ProtocolError, SamFaultError)
-            ),
-            before_sleep=lambda state: self._connect_failed(sink, state),
-            reraise=True,
+        return await open_with_backoff(
+            lambda: self._open_checked(sink),
+            retry_on=(OSError, ReaderLostError, ReaderTimeoutError, ProtocolError, SamFaultError),
+            min_s=self._reconnect_min_s,
+            max_s=self._reconnect_max_s,
+            floor_s=self._reconnect_min_s / 2,
+            on_failure=lambda error, delay: self._connect_failed(sink, error, delay),
         )
-        async for attempt in retrying:
-            with attempt:
-                return await self._open_checked(sink)
-        raise AssertionError("the reconnect loop never gives up")
 
-    def _connect_failed(self, sink: EventSink, state: RetryCallState) -> None:
+    def _connect_failed(self, sink: EventSink, exc: Exception, delay: float) -> None:
         """Report the device offline (once) and log what a technician should check."""
-        exc = state.outcome.exception() if state.outcome is not None else None
         reason = _describe_error(exc, self.port)
-        delay = state.next_action.sleep if state.next_action is not None else 0.0
         changed = self._set_offline(sink, reason)
         logger.log(
             logging.WARNING if changed else logging.DEBUG,

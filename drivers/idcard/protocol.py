@@ -15,9 +15,7 @@ import logging
 from collections.abc import Callable
 from typing import Any, Final
 
-import serial
-import serial_asyncio
-
+from drivers import serial_port
 from drivers.idcard.codec import (
     Command,
     DropReason,
@@ -142,16 +140,8 @@ class SamLink:
     @classmethod
     async def open(cls, port: str, baud: int, on_drop: Callable[[str], None]) -> SamLink:
         """Open the port (exclusively) at `baud`, 8N1; raise `OSError` if it cannot be opened."""
-        loop = asyncio.get_running_loop()
-        transport, protocol = await serial_asyncio.create_serial_connection(
-            loop,
-            lambda: SamProtocol(on_drop),
-            port,
-            baudrate=baud,
-            bytesize=serial.EIGHTBITS,
-            parity=serial.PARITY_NONE,
-            stopbits=serial.STOPBITS_ONE,
-            exclusive=True,
+        transport, protocol = await serial_port.open_serial(
+            port, baud, lambda: SamProtocol(on_drop), exclusive=True
         )
         return cls(transport, protocol, port)
 

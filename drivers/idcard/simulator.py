@@ -2,7 +2,7 @@
 
 It speaks the real wire protocol through the same codec as the driver: the driver opens a stable
 symlink (e.g. `/tmp/…/ttyIDCARD`) that points at the slave side of a raw pty pair
-(`os.openpty()`; DTR/RTS do not exist on a pty), and the simulator answers on the master side.
+(`drivers.pty_port`; DTR/RTS do not exist on a pty), and the simulator answers on the master side.
 Helpers place and remove cards (built into text blocks of the right layout by
 `textblock.encode_text_block`), inject faults into the next answers (bad checksum, truncation,
 noise, oversized or short LEN, silence), and unplug/replug the reader by closing the pty and
@@ -15,12 +15,10 @@ All card data here is fictitious.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import enum
 import logging
 import os
 import random
-import tty
 from collections import Counter, deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -42,6 +40,7 @@ from drivers.idcard.codec import (
     encode_response,
 )
 from drivers.idcard.textblock import encode_text_block
+from drivers.pty_port import PtyPort
 
 __all__ = [
     "Fault",
@@ -206,8 +205,8 @@ class SimulatedSamReader:
         self._card: SimCard | None = None
         self._selected = False
         self._miss_next_find = False
+        self._port = PtyPort(link)
         self._master: int | None = None
-        self._slave: int | None = None
         self._out = bytearray()
         self._writing = False
         self._decoder = FrameDecoder(self._host_drop)
@@ -242,38 +241,23 @@ class SimulatedSamReader:
             raise RuntimeError("call start() first")
         if self._master is not None:
             return
-        master, slave = os.openpty()
-        tty.setraw(master)
-        tty.setraw(slave)
-        os.set_blocking(master, False)
-        self._master, self._slave = master, slave
+        master = self._master = self._port.plug()
         self._decoder = FrameDecoder(self._host_drop)
         self._out.clear()
         self._writing = False
-        self.link.parent.mkdir(parents=True, exist_ok=True)
-        temp = self.link.with_name(f".{self.link.name}.{os.getpid()}.new")
-        with contextlib.suppress(FileNotFoundError):
-            temp.unlink()
-        temp.symlink_to(os.ttyname(slave))
-        temp.replace(self.link)
         self._loop.add_reader(master, self._on_readable)
 
     def unplug(self) -> None:
         """Pull the cable: close the pty (the host sees an I/O error) and remove the symlink."""
-        master, slave = self._master, self._slave
-        self._master = self._slave = None
+        master = self._master
+        self._master = None
         if master is not None and self._loop is not None:
             self._loop.remove_reader(master)
             if self._writing:
                 self._loop.remove_writer(master)
         self._writing = False
         self._out.clear()
-        for fd in (master, slave):
-            if fd is not None:
-                with contextlib.suppress(OSError):
-                    os.close(fd)
-        with contextlib.suppress(FileNotFoundError):
-            self.link.unlink()
+        self._port.unplug()
         self._selected = False
 
     def replug(self) -> None:

@@ -18,8 +18,6 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
-from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential, wait_random
-
 from drivers.base import (
     DeviceEvent,
     DeviceFault,
@@ -57,6 +55,7 @@ from drivers.keypad.codec import (
 from drivers.keypad.events import KeyPressed
 from drivers.keypad.protocol import HkpProtocol, open_serial
 from drivers.registry import serial_baud
+from drivers.reopen import open_with_backoff
 
 if TYPE_CHECKING:
     from drivers.registry import DeviceConfig, DriverContext, DriverFactory
@@ -333,29 +332,30 @@ class KeypadLineDriver:
     async def _open_with_backoff(self) -> HkpProtocol:
         """Open the port, retrying with exponential backoff and jitter while it is missing."""
         timings = self._timings
-        # Exponential backoff capped at reopen_max_s, plus up to reopen_initial_s of jitter so that
-        # several lines on one USB hub do not retry in step.
-        retrying = AsyncRetrying(
-            wait=wait_exponential(multiplier=timings.reopen_initial_s, max=timings.reopen_max_s)
-            + wait_random(0, timings.reopen_initial_s),
-            retry=retry_if_exception_type(OSError),
-            reraise=True,
+
+        async def open_once() -> HkpProtocol:
+            try:
+                return await open_serial(
+                    self.port,
+                    self.baud,
+                    self._on_frame,
+                    self._on_drop,
+                    silence_s=self._silence_s,
+                    **self._serial_options,
+                )
+            except OSError as exc:
+                self._line_down(f"cannot open serial port {self.port}: {_port_error(exc)}")
+                raise
+
+        # At least half of reopen_initial_s between tries, so a line that fails at once cannot spin.
+        return await open_with_backoff(
+            open_once,
+            retry_on=(OSError,),
+            min_s=timings.reopen_initial_s,
+            max_s=timings.reopen_max_s,
+            floor_s=timings.reopen_initial_s / 2,
+            on_failure=lambda _error, _wait_s: None,  # reported by open_once, also on the first try
         )
-        async for attempt in retrying:
-            with attempt:
-                try:
-                    return await open_serial(
-                        self.port,
-                        self.baud,
-                        self._on_frame,
-                        self._on_drop,
-                        silence_s=self._silence_s,
-                        **self._serial_options,
-                    )
-                except OSError as exc:
-                    self._line_down(f"cannot open serial port {self.port}: {_port_error(exc)}")
-                    raise
-        raise AssertionError("tenacity retries forever on OSError")  # pragma: no cover
 
     async def _serve(self, proto: HkpProtocol) -> Exception | None:
         """Run keepalive and silence watch until the port closes; return why it closed."""

@@ -13,8 +13,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import serial_asyncio
-
+from drivers import serial_port
 from drivers.keypad.codec import (
     DroppedFrame,
     Frame,
@@ -132,20 +131,14 @@ async def open_serial(
     silence_s: float | None = None,
     **serial_kwargs: Any,
 ) -> HkpProtocol:
-    """Open `port` (a device path or any pyserial URL) 8N1 at `baud` and return its protocol.
+    """Open `port` (a device path, `tcp://` or any pyserial URL) 8N1 at `baud`; return its protocol.
 
     Raises `serial.SerialException` (an `OSError`) if the port cannot be opened. The silence rule
     defaults to the contract's 50 ms at 9600 baud, scaled by the baud rate.
     """
-    loop = asyncio.get_running_loop()
     silence = silence_for_baud(baud) if silence_s is None else silence_s
-    _, protocol = await serial_asyncio.create_serial_connection(
-        loop,
-        lambda: HkpProtocol(on_frame, on_drop, silence_s=silence),
-        url=port,
-        baudrate=baud,
-        **serial_kwargs,
+    _, protocol = await serial_port.open_serial(
+        port, baud, lambda: HkpProtocol(on_frame, on_drop, silence_s=silence), **serial_kwargs
     )
-    assert isinstance(protocol, HkpProtocol)
     _LOG.debug("opened %s at %d baud", port, baud)
     return protocol

@@ -1,8 +1,8 @@
 """Simulated HKP/1 keypads on the far end of a pseudo-terminal, for tests, the demo and the CLI.
 
 The simulator speaks the real wire protocol through the same codec and framing as the driver. A
-`PtyPort` stands in for a USB-serial adapter: a pty pair set raw on both ends, reachable through a
-stable symlink that the driver opens like `/dev/serial/by-id/...`, which can be unplugged (pair
+`PtyPort` (`drivers.pty_port`) stands in for a USB-serial adapter: a raw pty pair reachable through
+a stable symlink that the driver opens like `/dev/serial/by-id/...`, which can be unplugged (pair
 closed, link removed) and plugged back (new pair, same link).
 """
 
@@ -10,11 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import logging
-import os
 import random
-import tty
 from collections.abc import Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +40,7 @@ from drivers.keypad.codec import (
     make_frame,
 )
 from drivers.keypad.protocol import HkpProtocol
+from drivers.pty_port import PtyMasterTransport, PtyPort
 
 __all__ = [
     "KeyPress",
@@ -55,148 +53,8 @@ __all__ = [
 
 _LOG = logging.getLogger(__name__)
 _T = TypeVar("_T")
-_READ_SIZE: Final = 4096
 _SETTLE_S: Final = 15.0  # how long run_simulated_line waits for the last presses to be acked
 BAD_REVIEW_REASONS: Final = ("R1", "R2", "R3", "R4", "R5", "R8")
-
-
-class PtyPort:
-    """A pty pair posing as a serial port at `link`, a symlink to the pty's slave device.
-
-    The simulator keeps the slave open too, so that the master never sees EIO while the driver
-    has the port closed; `unplug` closes both ends, which the driver sees as a vanished device.
-    """
-
-    def __init__(self, link: str | Path) -> None:
-        self.link = Path(link)
-        self._master: int | None = None
-        self._slave: int | None = None
-
-    @property
-    def plugged(self) -> bool:
-        """True while the pair exists and the link points at it."""
-        return self._master is not None
-
-    @property
-    def master_fd(self) -> int:
-        """The master end (the keypads' side); only while plugged."""
-        if self._master is None:
-            raise RuntimeError(f"pty port {self.link} is unplugged")
-        return self._master
-
-    def plug(self) -> int:
-        """Create a new raw pty pair and point the link at its slave; return the master fd."""
-        if self._master is not None:
-            raise RuntimeError(f"pty port {self.link} is already plugged")
-        master, slave = os.openpty()
-        try:
-            tty.setraw(master)
-            tty.setraw(slave)
-            os.set_blocking(master, False)
-            temp = self.link.with_name(f".{self.link.name}.{os.getpid()}.tmp")
-            temp.unlink(missing_ok=True)
-            temp.symlink_to(os.ttyname(slave))
-            temp.replace(self.link)
-        except BaseException:
-            os.close(master)
-            os.close(slave)
-            raise
-        self._master, self._slave = master, slave
-        return master
-
-    def unplug(self) -> None:
-        """Close both ends and remove the link, as pulling a USB-serial adapter would."""
-        for fd in (self._master, self._slave):
-            if fd is not None:
-                os.close(fd)
-        self._master = self._slave = None
-        self.link.unlink(missing_ok=True)
-
-    def __enter__(self) -> Self:
-        self.plug()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.unplug()
-
-
-class _PtyMasterTransport(asyncio.Transport):
-    """Reads and writes a non-blocking pty master for an `HkpProtocol`; the fd stays its owner's."""
-
-    def __init__(self, fd: int, protocol: asyncio.Protocol, *, echo: bool = False) -> None:
-        super().__init__()
-        self._loop = asyncio.get_running_loop()
-        self._fd = fd
-        self._protocol = protocol
-        self._echo = echo
-        self._pending = bytearray()
-        self._closing = False
-        self._loop.add_reader(fd, self._read_ready)
-        self._loop.call_soon(protocol.connection_made, self)
-
-    def is_closing(self) -> bool:
-        """True once `close` was called or the pty failed."""
-        return self._closing
-
-    def write(self, data: bytes | bytearray | memoryview) -> None:
-        """Write now if the pty takes it, else queue it until it is writable."""
-        if self._closing:
-            return
-        if self._pending:
-            self._pending += data
-            return
-        try:
-            written = os.write(self._fd, data)
-        except BlockingIOError:
-            written = 0
-        except OSError as exc:
-            self._shut(exc)
-            return
-        if written < len(data):
-            self._pending += bytes(data)[written:]
-            self._loop.add_writer(self._fd, self._write_ready)
-
-    def close(self) -> None:
-        """Stop reading and writing; the protocol's `connection_lost(None)` follows."""
-        self._shut(None)
-
-    def abort(self) -> None:
-        """Same as `close`: pending bytes are dropped."""
-        self._shut(None)
-
-    def _read_ready(self) -> None:
-        try:
-            data = os.read(self._fd, _READ_SIZE)
-        except BlockingIOError:
-            return
-        except OSError as exc:
-            self._shut(None if exc.errno == errno.EIO else exc)
-            return
-        if data:
-            if self._echo:  # a two-wire RS-485 adapter hears its own transmission
-                self.write(data)
-            self._protocol.data_received(data)
-
-    def _write_ready(self) -> None:
-        try:
-            written = os.write(self._fd, self._pending)
-        except BlockingIOError:
-            return
-        except OSError as exc:
-            self._shut(exc)
-            return
-        del self._pending[:written]
-        if not self._pending:
-            self._loop.remove_writer(self._fd)
-
-    def _shut(self, exc: Exception | None) -> None:
-        if self._closing:
-            return
-        self._closing = True
-        self._loop.remove_reader(self._fd)
-        self._loop.remove_writer(self._fd)
-        self._pending.clear()
-        self._loop.call_soon(self._protocol.connection_lost, exc)
 
 
 @dataclass(eq=False)
@@ -475,7 +333,7 @@ class SimulatedLine:
         self.keypads: dict[int, SimulatedKeypad] = {}
         self.drops: list[DroppedFrame] = []
         self._proto: HkpProtocol | None = None
-        self._transport: _PtyMasterTransport | None = None
+        self._transport: PtyMasterTransport | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._started = False
         for keypad in keypads:
@@ -540,7 +398,7 @@ class SimulatedLine:
             return
         fd = self.port.plug()
         proto = HkpProtocol(self._on_frame, self._on_drop, silence_s=self.silence_s)
-        self._transport = _PtyMasterTransport(fd, proto, echo=self.echo)
+        self._transport = PtyMasterTransport(fd, proto, echo=self.echo)
         self._proto = proto
 
     def write(self, data: bytes) -> None:

@@ -57,8 +57,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_random_exponential
-
 from drivers.base import (
     CitizenIdentifier,
     DeviceOffline,
@@ -85,6 +83,7 @@ from drivers.pcsc.events import (
     ReaderDetached,
 )
 from drivers.pcsc.ssc import SscReadError, read_identity
+from drivers.reopen import open_with_backoff
 
 if TYPE_CHECKING:
     from drivers.registry import DeviceConfig, DriverContext, DriverFactory
@@ -216,19 +215,17 @@ class PcscDriver:
                 raise
             return subscription, queue
 
-        def before_sleep(state: RetryCallState) -> None:
-            error = state.outcome.exception() if state.outcome is not None else None
+        def failed(error: Exception, _wait_s: float) -> None:
             if isinstance(error, PcscUnavailableError):
                 self._report_offline(sink, error.reason)
 
-        retrying = AsyncRetrying(
-            wait=wait_random_exponential(multiplier=self._retry_min_s, max=self._retry_max_s),
-            retry=retry_if_exception_type(PcscUnavailableError),
-            before_sleep=before_sleep,
-            reraise=True,
+        return await open_with_backoff(
+            attempt,
+            retry_on=(PcscUnavailableError,),
+            min_s=self._retry_min_s,
+            max_s=self._retry_max_s,
+            on_failure=failed,
         )
-        result: tuple[Subscription, asyncio.Queue[_Item]] = await retrying(attempt)
-        return result
 
     def _unsubscribe_late(
         self, loop: asyncio.AbstractEventLoop, future: asyncio.Future[Subscription]

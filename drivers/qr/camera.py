@@ -20,10 +20,10 @@ from urllib.parse import urlsplit, urlunsplit
 import cv2
 
 from drivers.base import DeviceOffline, DeviceOnline, EventSink, Outcome
-from drivers.qr._reopen import SHORT_SESSION_S, check_backoff, open_with_backoff
 from drivers.qr.decoders import DecodedCode, DecoderName, QrDecoder, Roi, make_decoder
 from drivers.qr.dedupe import PresenceTracker
 from drivers.qr.events import CodeScanned
+from drivers.reopen import SHORT_SESSION_S, check_backoff, open_with_backoff
 
 if TYPE_CHECKING:
     import numpy as np
@@ -191,7 +191,7 @@ class CameraScannerDriver:
                     retry_on=(CameraLostError, cv2.error),
                     min_s=self._reopen_min_s,
                     max_s=self._reopen_max_s,
-                    on_failure=lambda error: self._report_offline(sink, str(error)),
+                    on_failure=lambda error, _wait_s: self._report_offline(sink, str(error)),
                 )
                 self._offline_reported = False
                 shown = describe_source(self.source)

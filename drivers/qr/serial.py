@@ -10,10 +10,8 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 import serial
-import serial_asyncio
 
 from drivers.base import DeviceOffline, DeviceOnline, EventSink, FrameDropped, Outcome
-from drivers.qr._reopen import SHORT_SESSION_S, check_backoff, open_with_backoff
 from drivers.qr.codec import (
     AUTO_ENCODING,
     DEFAULT_MAX_LENGTH,
@@ -25,6 +23,8 @@ from drivers.qr.codec import (
 from drivers.qr.dedupe import RepeatFilter
 from drivers.qr.events import CodeScanned
 from drivers.registry import serial_baud
+from drivers.reopen import SHORT_SESSION_S, check_backoff, open_with_backoff
+from drivers.serial_port import open_serial_streams
 
 if TYPE_CHECKING:
     from drivers.registry import DeviceConfig, DriverContext, DriverFactory
@@ -85,7 +85,7 @@ class SerialScannerDriver:
                 retry_on=(serial.SerialException, OSError),
                 min_s=self._reopen_min_s,
                 max_s=self._reopen_max_s,
-                on_failure=lambda error: self._report_offline(sink, f"cannot open: {error}"),
+                on_failure=lambda error, _wait_s: self._report_offline(sink, f"cannot open: {error}"),
             )
             self._offline_reported = False
             sink.notify(DeviceOnline(self.device_id, detail=f"port {self.port}"))
@@ -107,8 +107,7 @@ class SerialScannerDriver:
                 await asyncio.sleep(self._reopen_min_s)  # a port that keeps failing must not spin
 
     async def _open(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        reader, writer = await serial_asyncio.open_serial_connection(url=self.port, baudrate=self._baudrate)
-        return reader, writer
+        return await open_serial_streams(self.port, self._baudrate)
 
     async def _serve(self, reader: asyncio.StreamReader, sink: EventSink) -> None:
         """Read until the port fails, ending partial codes when the line goes idle."""

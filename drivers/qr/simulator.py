@@ -1,6 +1,6 @@
 """Simulated QR scanners, for tests, the demo and `hallhub simulate`.
 
-- `SimulatedSerialScanner`: a scanner on the far end of a raw pseudo-terminal pair, reachable at a
+- `SimulatedSerialScanner`: a scanner on the far end of a raw pty pair (`drivers.pty_port`), at a
   stable symlink like a `/dev/serial/by-id/...` path. It can be unplugged (the pty closed and the
   link removed) and plugged back (a new pty pair behind the same link). Codes are encoded with the
   driver's own codec (`encode_scan`).
@@ -13,17 +13,16 @@ OpenCV, numpy and segno are imported only by the video helpers, so the serial si
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import math
 import os
 import random
 import time
-import tty
 from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING
 
+from drivers.pty_port import PtyPort
 from drivers.qr.codec import SendTerminator, encode_scan
 
 if TYPE_CHECKING:
@@ -42,38 +41,22 @@ class SimulatedSerialScanner:
     """A serial QR scanner behind a pty, at a stable path; usable as a (sync) context manager."""
 
     def __init__(self, link: str | os.PathLike[str]) -> None:
-        self.link = Path(link)
-        self._master: int | None = None
-        self._slave: int | None = None
+        self.port = PtyPort(link)
+        self.link = self.port.link
 
     @property
     def plugged(self) -> bool:
         """True while the pty pair exists and the link points at it."""
-        return self._master is not None
+        return self.port.plugged
 
     def plug(self) -> None:
-        """Create a new raw pty pair and point the link at its slave side."""
-        if self._master is not None:
-            return
-        master, slave = os.openpty()
-        tty.setraw(master)
-        tty.setraw(slave)
-        os.set_blocking(master, False)
-        staging = self.link.with_name(f".{self.link.name}.{os.getpid()}.new")
-        with contextlib.suppress(FileNotFoundError):
-            staging.unlink()
-        staging.symlink_to(os.ttyname(slave))
-        staging.replace(self.link)  # atomic: the link never dangles half-made
-        self._master, self._slave = master, slave
+        """Create a new raw pty pair and point the link at its slave side (no-op while plugged)."""
+        if not self.port.plugged:
+            self.port.plug()
 
     def unplug(self) -> None:
         """Close the pty pair (the driver's reads fail) and remove the link."""
-        with contextlib.suppress(FileNotFoundError):
-            self.link.unlink()
-        for fd in (self._master, self._slave):
-            if fd is not None:
-                os.close(fd)
-        self._master = self._slave = None
+        self.port.unplug()
 
     def __enter__(self) -> SimulatedSerialScanner:
         self.plug()
@@ -117,10 +100,10 @@ class SimulatedSerialScanner:
         deadline = time.monotonic() + _WRITE_TIMEOUT_S
         view = memoryview(data)
         while view:
-            if self._master is None:
+            if not self.port.plugged:
                 raise ScannerUnpluggedError(f"simulated scanner at {self.link} is unplugged")
             try:
-                written = os.write(self._master, view)
+                written = os.write(self.port.master_fd, view)
             except BlockingIOError:
                 if time.monotonic() > deadline:
                     message = f"nobody reads the simulated scanner at {self.link}"

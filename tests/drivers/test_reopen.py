@@ -6,7 +6,7 @@ from collections.abc import Awaitable
 
 import pytest
 
-from drivers.qr._reopen import check_backoff, open_with_backoff
+from drivers.reopen import check_backoff, open_with_backoff
 
 
 async def test_retries_until_open_and_reports_failures() -> None:
@@ -28,7 +28,7 @@ async def test_retries_until_open_and_reports_failures() -> None:
         retry_on=(OSError,),
         min_s=0.001,
         max_s=0.01,
-        on_failure=lambda error: failures.append(str(error)),
+        on_failure=lambda error, _wait_s: failures.append(str(error)),
     )
     assert result == "handle"
     assert failures == ["attempt 1 failed", "attempt 2 failed", "attempt 3 failed"]
@@ -40,7 +40,7 @@ async def test_other_errors_propagate_at_once() -> None:
 
     with pytest.raises(KeyError):
         await open_with_backoff(
-            open_once, retry_on=(OSError,), min_s=0.001, max_s=0.01, on_failure=lambda _: None
+            open_once, retry_on=(OSError,), min_s=0.001, max_s=0.01, on_failure=lambda _error, _wait_s: None
         )
 
 

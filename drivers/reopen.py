@@ -1,4 +1,10 @@
-"""Open a device again after it was lost: exponential backoff with full jitter (tenacity)."""
+"""Open a device again after it was lost: the one backoff every driver's reconnect loop uses.
+
+Built on tenacity's public `AsyncRetrying` rather than a loop of our own: tenacity is already what
+the drivers load (it is a dependency of the hub), its waits are tested upstream, and one wrapper
+here keeps the policy in one place: exponential backoff with jitter, so that many devices lost at
+the same moment (a USB hub reset, pcscd restarting, a power cut in the hall) do not retry in step.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +12,8 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_random_exponential
+
+__all__ = ["SHORT_SESSION_S", "check_backoff", "open_with_backoff"]
 
 T = TypeVar("T")
 
@@ -26,22 +34,22 @@ async def open_with_backoff(
     retry_on: tuple[type[Exception], ...],
     min_s: float,
     max_s: float,
-    on_failure: Callable[[Exception], None],
+    on_failure: Callable[[Exception, float], None],
+    floor_s: float = 0.0,
 ) -> T:
-    """Call `open_once` until it succeeds; `on_failure` sees each error before the wait.
+    """Call `open_once` until it succeeds; `on_failure(error, wait_s)` sees each error before the wait.
 
-    The n-th wait is drawn uniformly from [0, min(max_s, min_s * 2**(n-1))], so many nodes (or
-    cameras behind one recorder) that lost their device at the same moment do not retry in step.
-    Errors outside `retry_on` propagate at once.
+    The n-th wait is drawn uniformly from [floor_s, min(max_s, min_s * 2**(n-1))], so devices that
+    were lost together do not retry in step. Errors outside `retry_on` propagate at once.
     """
 
     def before_sleep(state: RetryCallState) -> None:
         error = state.outcome.exception() if state.outcome is not None else None
         if isinstance(error, Exception):
-            on_failure(error)
+            on_failure(error, state.next_action.sleep if state.next_action is not None else 0.0)
 
     retrying = AsyncRetrying(
-        wait=wait_random_exponential(multiplier=min_s, max=max_s),
+        wait=wait_random_exponential(multiplier=min_s, max=max_s, min=floor_s),
         retry=retry_if_exception_type(retry_on),
         before_sleep=before_sleep,
         reraise=True,
