@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Final
 
 from contract.mqtt import PrintPayload, RatingPayload, ScanPayload
 from contract.records import Channel, Kind, Record, evaluation_data, normalized_utc
@@ -196,6 +196,20 @@ class Intake:
         self.metrics.store_failures.inc()
 
 
+FREE_RATING_DEDUP_WINDOW_S: Final = 60.0
+"""How long a free rating (no session) with the same SEQ counts as a retransmission of the first.
+
+A keypad's SEQ wraps at 255, so an old SEQ means a new press after a while; a prompted rating is
+one per session and level, whenever it comes."""
+
+
+def rating_dedup(event: KeyPressed) -> DedupKey:
+    """What makes a key press a repeat of one already stored: the hub decides, not the driver."""
+    if event.session:
+        return DedupKey(event.device_id, f"session-{event.session}-level-{event.level}", None)
+    return DedupKey(event.device_id, f"free-seq-{event.seq}", FREE_RATING_DEDUP_WINDOW_S)
+
+
 EventMapping = Callable[[DeviceSection, DeviceEvent], Awaitable[Outcome]]
 """Turns one event a driver submitted into records, stores them and says what became of it."""
 
@@ -257,7 +271,7 @@ class DriverRecords:
             citizen=self.sessions.take_citizen(window),
             flags=self.sessions.flags_for(device.id, event.session),
         )
-        result = await self.intake.store(records, DedupKey(device.id, event.dedup_key, event.dedup_window_s))
+        result = await self.intake.store(records, rating_dedup(event))
         if isinstance(result, Stored):
             await self.sessions.rated(device.id, event.session, event.level, result.records[0].id)
             self._thank(device)

@@ -17,7 +17,6 @@ from drivers.lazy import lazy_attributes
 
 if TYPE_CHECKING:
     from drivers.keypad.driver import (
-        FREE_RATING_DEDUP_WINDOW_S,
         KeypadCommandError,
         KeypadInfo,
         KeypadLineDriver,
@@ -25,7 +24,6 @@ if TYPE_CHECKING:
     )
 
 __all__ = [
-    "FREE_RATING_DEDUP_WINDOW_S",
     "KeyPressed",
     "KeypadCommandError",
     "KeypadInfo",
@@ -36,7 +34,6 @@ __all__ = [
 __getattr__ = lazy_attributes(
     __name__,
     {
-        "FREE_RATING_DEDUP_WINDOW_S": "drivers.keypad.driver",
         "KeypadCommandError": "drivers.keypad.driver",
         "KeypadInfo": "drivers.keypad.driver",
         "KeypadLineDriver": "drivers.keypad.driver",

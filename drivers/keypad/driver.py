@@ -61,7 +61,6 @@ if TYPE_CHECKING:
     from drivers.registry import DeviceConfig, DriverContext, DriverFactory
 
 __all__ = [
-    "FREE_RATING_DEDUP_WINDOW_S",
     "KeyPressed",
     "KeypadCommandError",
     "KeypadInfo",
@@ -73,7 +72,6 @@ __all__ = [
 _LOG = logging.getLogger(__name__)
 _T = TypeVar("_T")
 
-FREE_RATING_DEDUP_WINDOW_S: Final = 60.0
 _HUB_TO_KEYPAD: Final = frozenset({Command.PING, Command.PROMPT, Command.CANCEL, Command.SHOW})
 _RETRYABLE_NAKS: Final = frozenset({NakCode.BAD_CRC, NakCode.BUSY})
 _CLOSE_TIMEOUT_S: Final = 1.0
@@ -148,7 +146,7 @@ class _Keypad:
     seq: int = 0
     prompt: _ActivePrompt | None = None
     replies: dict[tuple[int, int], asyncio.Future[Ack | Nak | None]] = field(default_factory=dict)
-    keys_inflight: dict[str, asyncio.Task[Outcome]] = field(default_factory=dict)
+    keys_inflight: dict[tuple[int, int], asyncio.Task[Outcome]] = field(default_factory=dict)
 
     def next_seq(self) -> int:
         """The hub's next SEQ towards this keypad (wrapping at 255)."""
@@ -600,27 +598,23 @@ class KeypadLineDriver:
             self._notify(DeviceFault(kp.device_id, faults=status.faults))
 
     async def _on_key(self, kp: _Keypad, frame: Frame, key: Key) -> None:
-        """Submit a KEY (or join the submit of its retransmitted twin) and ACK once it is stored."""
-        if key.session:
-            dedup_key, window = f"session-{key.session}-level-{key.level}", None
-        else:
-            dedup_key, window = f"free-seq-{frame.seq}", FREE_RATING_DEDUP_WINDOW_S
-        pending = kp.keys_inflight.get(dedup_key)
+        """Submit a KEY (or join the submit of its retransmitted twin) and ACK once it is stored.
+
+        A retransmission that arrives while its first copy is still being stored joins that submit
+        instead of racing it; once stored, a repeat is the hub's to recognise (it answers DUPLICATE).
+        """
+        # Twins: a prompted rating repeats its session and level, a free one (session 0) its SEQ.
+        twin = (key.session, key.level) if key.session else (0, frame.seq)
+        pending = kp.keys_inflight.get(twin)
         if pending is None:
             event = KeyPressed(
-                kp.device_id,
-                session=key.session,
-                level=key.level,
-                reasons=key.reasons,
-                seq=frame.seq,
-                dedup_key=dedup_key,
-                dedup_window_s=window,
+                kp.device_id, session=key.session, level=key.level, reasons=key.reasons, seq=frame.seq
             )
             pending = self._spawn(self._submit(event))
-            kp.keys_inflight[dedup_key] = pending
-            pending.add_done_callback(partial(self._key_settled, kp, dedup_key))
+            kp.keys_inflight[twin] = pending
+            pending.add_done_callback(partial(self._key_settled, kp, twin))
         else:
-            _LOG.debug("KEY %s from %s already being stored", dedup_key, kp.device_id)
+            _LOG.debug("KEY %s from %s already being stored", twin, kp.device_id)
         outcome: Outcome = await asyncio.shield(pending)
         if outcome in (Outcome.STORED, Outcome.DUPLICATE):
             self._ack(frame)
@@ -629,12 +623,12 @@ class KeypadLineDriver:
         elif outcome == Outcome.REJECTED:
             self._nak(frame, NakCode.BAD_PAYLOAD)
         else:
-            _LOG.warning("KEY %s from %s not stored; not acked", dedup_key, kp.device_id)
+            _LOG.warning("KEY %s from %s not stored; not acked", twin, kp.device_id)
 
     @staticmethod
-    def _key_settled(kp: _Keypad, dedup_key: str, task: asyncio.Task[Outcome]) -> None:
-        if kp.keys_inflight.get(dedup_key) is task:
-            del kp.keys_inflight[dedup_key]
+    def _key_settled(kp: _Keypad, twin: tuple[int, int], task: asyncio.Task[Outcome]) -> None:
+        if kp.keys_inflight.get(twin) is task:
+            del kp.keys_inflight[twin]
 
     async def _submit(self, event: KeyPressed) -> Outcome:
         sink = self._sink

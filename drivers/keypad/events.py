@@ -17,14 +17,12 @@ __all__ = ["KeyPressed"]
 class KeyPressed(DeviceEvent):
     """A rating key pressed on a keypad (HKP/1 KEY); submit it, ack the keypad once stored.
 
-    `dedup_key` identifies repeats per device: session and level for a prompted rating (no time
-    window), the frame SEQ for a free rating (session 0), which repeats only within
-    `dedup_window_s`.
+    The driver reports what the keypad said: the session it answers (0: a free rating, unprompted)
+    and the frame's SEQ, which a retransmission repeats. What counts as a repeat, and for how long,
+    is the hub's decision (`hub.intake.rating_dedup`).
     """
 
     session: int
     level: int
     reasons: tuple[str, ...]
     seq: int
-    dedup_key: str
-    dedup_window_s: float | None

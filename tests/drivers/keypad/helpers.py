@@ -9,6 +9,7 @@ from typing import TypeVar
 
 from drivers.base import DeviceEvent, EventSink, Outcome
 from drivers.keypad import KeypadLineDriver, KeypadTimings, KeyPressed
+from hub.intake import rating_dedup
 
 E = TypeVar("E", bound=DeviceEvent)
 
@@ -47,7 +48,7 @@ class RecordingSink:
         try:
             if self.gate is not None:
                 await self.gate.wait()
-            key = (event.device_id, event.dedup_key)
+            key = (event.device_id, rating_dedup(event).msg_id)
             if self.script:
                 outcome = self.script.pop(0)
             else:

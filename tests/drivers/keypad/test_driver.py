@@ -18,7 +18,6 @@ from drivers.base import (
     Outcome,
 )
 from drivers.keypad import (
-    FREE_RATING_DEDUP_WINDOW_S,
     KeypadCommandError,
     KeypadLineDriver,
     KeypadTimings,
@@ -36,6 +35,8 @@ from drivers.keypad.codec import (
     make_frame,
 )
 from drivers.keypad.simulator import SimulatedKeypad, SimulatedLine
+from hub.intake import FREE_RATING_DEDUP_WINDOW_S, rating_dedup
+from hub.store.outbox import DedupKey
 from tests.drivers.keypad.helpers import FAST, RecordingSink, eventually, running
 
 
@@ -166,10 +167,9 @@ async def test_key_retransmits_are_acked_each_time(
         level=2,
         reasons=("R1", "R2"),
         seq=press.frame.seq,
-        dedup_key="session-42-level-2",
-        dedup_window_s=None,
     )
-    assert {e.dedup_key for e, _ in sink.submits} == {"session-42-level-2"}
+    # The hub, not the driver, decides what a repeat is: a prompted rating once per session and level.
+    assert {rating_dedup(e) for e, _ in sink.submits} == {DedupKey("kp-01", "session-42-level-2", None)}
     assert online.keypads[0].prompt_session is None  # the rating ends the prompt
 
 
@@ -222,11 +222,12 @@ async def test_free_rating_dedups_by_seq_within_a_window(
     assert await second.wait(5.0)
     events = [event for event, _ in sink.submits]
     assert [e.session for e in events] == [0, 0]
-    assert [e.dedup_key for e in events] == [
-        f"free-seq-{first.frame.seq}",
-        f"free-seq-{second.frame.seq}",
+    assert [e.seq for e in events] == [first.frame.seq, second.frame.seq]
+    # The hub decides: a free rating repeats only with the same SEQ, and only within the window.
+    assert [rating_dedup(e) for e in events] == [
+        DedupKey("kp-01", f"free-seq-{first.frame.seq}", FREE_RATING_DEDUP_WINDOW_S),
+        DedupKey("kp-01", f"free-seq-{second.frame.seq}", FREE_RATING_DEDUP_WINDOW_S),
     ]
-    assert {e.dedup_window_s for e in events} == {FREE_RATING_DEDUP_WINDOW_S}
     assert sink.outcomes() == [Outcome.STORED, Outcome.STORED]
 
 
