@@ -114,8 +114,13 @@ async def test_transient_answers_are_retried_with_the_same_batch(
         async with open_outbox(config) as outbox:
             await fill(outbox, ratings(config, 30))
             host = StubHost(config, outbox)
+
+            async def delivered_and_counted() -> bool:
+                # The answer's delivery marks commit a moment before the success is counted.
+                return await _none_pending(outbox) and host.counter("hallhub_sync_total", result="ok") == 1
+
             async with running_uplink(host, backoff_base_s=0.01, backoff_max_s=5.0):
-                await wait_until(lambda: _none_pending(outbox), 10, "delivery after two failures")
+                await wait_until(delivered_and_counted, 10, "delivery after two failures")
             assert host.counter("hallhub_sync_total", result="failed") == 2
             assert host.counter("hallhub_sync_total", result="ok") == 1
     finally:
