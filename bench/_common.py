@@ -274,18 +274,26 @@ def bench_devices(count: int, kind: str = "terminal") -> list[dict[str, Any]]:
 
 
 def write_hub_config(
-    folder: Path, broker_port: int, devices: list[dict[str, Any]], *, lift_rate_limit: bool = True
+    folder: Path,
+    broker_port: int,
+    devices: list[dict[str, Any]],
+    *,
+    lift_rate_limit: bool = True,
+    sections: dict[str, dict[str, Any]] | None = None,
 ) -> tuple[Path, int]:
     """A node config for these devices; returns (path, API port).
 
     The per-device rate limit (`[limits]`, 50 messages/s a device by default) is lifted unless told
     otherwise: it protects the hub from one flooding device, and it would cap 50 devices at 2,500/s.
+    `sections` adds keys to (or adds) tables, e.g. `{"central": {"url": ...}}`.
     """
     api_port = free_port()
     raw = node_raw(folder / "data", broker_port, devices)
     raw["api"] = {"listen": f"127.0.0.1:{api_port}", "pull_token": PULL_TOKEN}
     if lift_rate_limit and "limits" in HubConfig.model_fields:
         raw["limits"] = {"device_msgs_per_s": 100_000.0, "device_burst": 1_000_000}
+    for name, table in (sections or {}).items():
+        raw[name] = {**raw.get(name, {}), **table}
     return write_toml(folder / "node.toml", raw), api_port
 
 
@@ -299,6 +307,7 @@ class HubProc:
     config_path: Path
     api_port: int
     folder: Path
+    wrapper: list[str] = field(default_factory=list)  # e.g. bench/_tracedhub.py and its arguments
     process: subprocess.Popen[bytes] | None = None
     ready_s: float = math.nan
     healthy_s: float = math.nan
@@ -325,7 +334,7 @@ class HubProc:
         env.pop("WATCHDOG_USEC", None)
         started = time.monotonic()
         self.process = subprocess.Popen(
-            [PYTHON, "-m", "hub", "run", "--config", str(self.config_path)],
+            [PYTHON, *(self.wrapper or ["-m", "hub"]), "run", "--config", str(self.config_path)],
             cwd=REPO,
             stdout=log,
             stderr=subprocess.STDOUT,
