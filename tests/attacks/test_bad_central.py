@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime as dt
 import gzip
-import ipaddress
 import itertools
 import logging
 import random
@@ -25,10 +23,6 @@ from pathlib import Path
 
 import pytest
 from aiohttp import web
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from contract import wire
 from contract.records import Record
@@ -36,6 +30,7 @@ from hub.privacy import SealedIdentity, derive_seal_key, load_or_create_secret
 from hub.store.outbox import Outbox
 from sync.uplink import identity_allowed
 from tests.support.hub import NODE_ID
+from tests.support.tls import tls_server
 from tests.sync.support import StubHost, fill, open_outbox, pending, ratings, running_uplink, sync_config
 
 ID_NUMBER = "370102199001011234"
@@ -155,58 +150,6 @@ def uplink_logs(caplog: pytest.LogCaptureFixture, level: int, text: str) -> list
 
 
 # --- TLS from a private CA, and a record carrying a sealed identity ------------------------------
-
-
-def _certificate(
-    name: str, issuer: tuple[ec.EllipticCurvePrivateKey, x509.Certificate] | None
-) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
-    """A CA (no issuer) or a server certificate for 127.0.0.1 signed by `issuer`."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    now = dt.datetime.now(dt.UTC)
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(issuer[1].subject if issuer else subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=issuer is None, path_length=None), critical=True)
-    )
-    if issuer is None:
-        builder = builder.add_extension(
-            x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True
-        ).add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-    else:
-        builder = (
-            builder.add_extension(
-                x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer[0].public_key()), critical=False
-            )
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-            .add_extension(
-                x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-                critical=False,
-            )
-        )
-    return key, builder.sign(issuer[0] if issuer else key, hashes.SHA256())
-
-
-def tls_server(folder: Path) -> tuple[ssl.SSLContext, Path]:
-    """A server context for 127.0.0.1 and the PEM file of the CA that signed it."""
-    ca = _certificate("hallhub attack-test CA", None)
-    key, cert = _certificate("127.0.0.1", ca)
-    ca_path, cert_path, key_path = folder / "ca.pem", folder / "server.pem", folder / "server.key"
-    ca_path.write_bytes(ca[1].public_bytes(serialization.Encoding.PEM))
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-    )
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(cert_path, key_path)
-    return context, ca_path
 
 
 def with_identity(record: Record, secret_file: str) -> Record:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import ipaddress
 import itertools
 import json
 import random
@@ -17,10 +16,6 @@ from typing import Any
 
 import pytest
 from aiohttp import web
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from contract import wire
 from contract.records import Kind, Record
@@ -28,6 +23,7 @@ from hub.broker import free_port
 from hub.privacy import SealedIdentity, derive_seal_key, load_or_create_secret
 from hub.store.outbox import DEAD, DELIVERED, PENDING
 from sync.uplink import INFLIGHT_KEY, UNAUTHORIZED_KEY, full_jitter, parse_retry_after
+from tests.support.tls import key_and_cert, write_pem
 from tests.sync.conftest import Backend
 from tests.sync.support import (
     TOKEN,
@@ -368,59 +364,11 @@ async def test_inflight_batch_is_resent_with_its_id_after_a_restart(tmp_path: Pa
 # --- TLS with a private CA and a client certificate; the sealed identity inside it only -----------
 
 
-def _key_and_cert(
-    name: str, issuer: tuple[ec.EllipticCurvePrivateKey, x509.Certificate] | None, *, server: bool = False
-) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    now = dt.datetime.now(dt.UTC)
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(issuer[1].subject if issuer else subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=issuer is None, path_length=None), critical=True)
-    )
-    if issuer is None:
-        builder = builder.add_extension(
-            x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True
-        ).add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-    else:
-        builder = builder.add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer[0].public_key()), critical=False
-        )
-        usage = ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH
-        builder = builder.add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
-        if server:
-            builder = builder.add_extension(
-                x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-                critical=False,
-            )
-    signer = issuer[0] if issuer else key
-    return key, builder.sign(signer, hashes.SHA256())
-
-
-def _write_pem(
-    folder: Path, name: str, key: ec.EllipticCurvePrivateKey, cert: x509.Certificate
-) -> tuple[Path, Path]:
-    cert_path, key_path = folder / f"{name}.pem", folder / f"{name}.key"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-    )
-    return cert_path, key_path
-
-
 async def test_tls_client_cert_and_identity_sealed_until_sent(tmp_path: Path) -> None:
-    ca = _key_and_cert("hallhub test CA", None)
-    ca_path, _ = _write_pem(tmp_path, "ca", *ca)
-    server_cert, server_key = _write_pem(tmp_path, "server", *_key_and_cert("127.0.0.1", ca, server=True))
-    client_cert, client_key = _write_pem(tmp_path, "client", *_key_and_cert("test-node", ca))
+    ca = key_and_cert("hallhub test CA", None)
+    ca_path, _ = write_pem(tmp_path, "ca", *ca)
+    server_cert, server_key = write_pem(tmp_path, "server", *key_and_cert("127.0.0.1", ca, server=True))
+    client_cert, client_key = write_pem(tmp_path, "client", *key_and_cert("test-node", ca))
     server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=str(ca_path))
     server_ctx.load_cert_chain(server_cert, server_key)
     server_ctx.verify_mode = ssl.CERT_REQUIRED
@@ -469,9 +417,9 @@ async def test_tls_client_cert_and_identity_sealed_until_sent(tmp_path: Path) ->
 
 
 async def test_wrong_ca_is_a_retried_failure_not_a_delivery(tmp_path: Path) -> None:
-    ca = _key_and_cert("real CA", None)
-    other_ca_path, _ = _write_pem(tmp_path, "other", *_key_and_cert("some other CA", None))
-    server_cert, server_key = _write_pem(tmp_path, "server", *_key_and_cert("127.0.0.1", ca, server=True))
+    ca = key_and_cert("real CA", None)
+    other_ca_path, _ = write_pem(tmp_path, "other", *key_and_cert("some other CA", None))
+    server_cert, server_key = write_pem(tmp_path, "server", *key_and_cert("127.0.0.1", ca, server=True))
     server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     server_ctx.load_cert_chain(server_cert, server_key)
     async with recording_receiver(f"sqlite:///{tmp_path / 'central.db'}", ssl_context=server_ctx) as central:
