@@ -14,6 +14,7 @@ import shutil
 import stat
 import subprocess
 import tempfile
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,6 +24,23 @@ from hub import __version__
 from tests.ops.node import INSTALL_NODE, REPO, run_install
 
 NOBODY = "65534"
+
+
+def _packages() -> tuple[str, ...]:
+    """The top-level packages pyproject.toml builds into the wheel."""
+    config = tomllib.loads((REPO / "pyproject.toml").read_text())
+    patterns = config["tool"]["setuptools"]["packages"]["find"]["include"]
+    return tuple(pattern.removesuffix("*") for pattern in patterns)
+
+
+PACKAGES = _packages()
+
+
+def test_install_node_builds_the_wheel_from_every_package() -> None:
+    """A package missing from the copy install-node builds from is a wheel that cannot import."""
+    listed = re.search(r"^PARTS=\((.*)\)$", INSTALL_NODE.read_text(), re.MULTILINE)
+    assert listed is not None
+    assert set(PACKAGES) <= set(listed.group(1).split())
 
 
 def mode(path: Path) -> int:
@@ -96,7 +114,7 @@ def test_a_second_run_keeps_config_secrets_and_data(installed: Path) -> None:
 def readable_source(prefix: Path) -> Path:
     """The parts of this checkout install-node reads, copied where any account can read them."""
     source = prefix / "src"
-    for part in ("scripts", "config", "systemd", "docs", "hub", "drivers", "sync"):
+    for part in ("scripts", "config", "systemd", "docs", *PACKAGES):
         shutil.copytree(REPO / part, source / part, ignore=shutil.ignore_patterns("__pycache__"))
     for name in ("pyproject.toml", "README.md"):
         shutil.copy2(REPO / name, source / name)
