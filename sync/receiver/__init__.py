@@ -1,10 +1,12 @@
-"""The reference central receiver behind `hallhub central` (CONTRACTS §6).
+"""The reference central receiver behind `hallhub central` (CONTRACTS §6, §16).
 
 It takes the hub's batches (`POST /v1/nodes/{node_id}/batches`), upserts each record by id into
-one table on SQLite or PostgreSQL, and lets the platform page through what arrived
-(`GET /v1/evaluations?after=CURSOR&limit=N`). Fault switches make it misbehave on purpose for
-tests and demos. Start it with `run_receiver` (serve until cancelled) or `start_receiver` (an
-async context manager), or mount `CentralReceiver(...).make_app()` in any aiohttp runner.
+one table on SQLite or PostgreSQL, lets the platform page through what arrived
+(`GET /v1/evaluations?after=CURSOR&limit=N`) and serves `/metrics`. On PostgreSQL any number of
+receivers share the database. The same stores keep the pull collector's leases and cursors
+(`sync.collector`). Fault switches make it misbehave on purpose for tests and demos. Start it
+with `run_receiver` (serve until cancelled) or `start_receiver` (an async context manager), or
+mount `CentralReceiver(...).make_app()` in any aiohttp runner.
 """
 
 from sync.receiver._app import (
@@ -15,6 +17,8 @@ from sync.receiver._app import (
     Misbehaviour,
     ReceiverStats,
 )
+from sync.receiver._open import open_store
+from sync.receiver._postgres import DEFAULT_POOL_SIZE, PostgresStore, parse_feed_cursor
 from sync.receiver._server import (
     DEFAULT_LISTEN,
     RunningReceiver,
@@ -22,25 +26,36 @@ from sync.receiver._server import (
     run_receiver,
     start_receiver,
 )
+from sync.receiver._sqlite import SqliteStore
 from sync.receiver._store import (
     DEFAULT_TABLE,
-    PostgresStore,
-    SqliteStore,
+    FeedPage,
+    LeaseLostError,
+    NodeLease,
+    PageResult,
+    PulledRecord,
+    PullStatus,
     Store,
     StoredRecord,
     StoreUnavailableError,
-    open_store,
 )
 
 __all__ = [
     "DEFAULT_LISTEN",
     "DEFAULT_PAGE",
+    "DEFAULT_POOL_SIZE",
     "DEFAULT_TABLE",
     "MAX_PAGE",
     "RECEIVER_KEY",
     "CentralReceiver",
+    "FeedPage",
+    "LeaseLostError",
     "Misbehaviour",
+    "NodeLease",
+    "PageResult",
     "PostgresStore",
+    "PullStatus",
+    "PulledRecord",
     "ReceiverStats",
     "RunningReceiver",
     "SqliteStore",
@@ -48,6 +63,7 @@ __all__ = [
     "StoreUnavailableError",
     "StoredRecord",
     "open_store",
+    "parse_feed_cursor",
     "parse_listen",
     "run_receiver",
     "start_receiver",

@@ -1,4 +1,4 @@
-"""The receiver's HTTP side: batch intake (§6) and the evaluations feed, with fault switches."""
+"""The receiver's HTTP side: batch intake (§6), the evaluations feed, `/metrics` (§16), fault switches."""
 
 from __future__ import annotations
 
@@ -24,7 +24,8 @@ from contract.wire import (
     decode_batch,
     is_node_id,
 )
-from sync.receiver._store import Store, StoreUnavailableError
+from sync.receiver._metrics import ReceiverMetrics
+from sync.receiver._store import PullStatus, Store, StoreUnavailableError
 
 __all__ = [
     "DEFAULT_PAGE",
@@ -40,7 +41,7 @@ _log = logging.getLogger("sync.receiver")
 DEFAULT_PAGE: Final = 100
 MAX_PAGE: Final = 1000
 _READ_CHUNK: Final = 64 * 1024
-_MAX_CURSOR: Final = 2**63 - 1
+_MAX_CURSOR_CHARS: Final = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,6 +147,7 @@ class CentralReceiver:
         self._max_body_bytes = max_body_bytes
         self._retry_after = str(max(retry_after_s, 0))
         self._counters = _Counters()
+        self._metrics = ReceiverMetrics()
 
     @property
     def store(self) -> Store:
@@ -163,6 +165,7 @@ class CentralReceiver:
         app.cleanup_ctx.append(self._store_context)
         app.router.add_post(BATCH_PATH_TEMPLATE, self._post_batch)
         app.router.add_get("/v1/evaluations", self._get_evaluations)
+        app.router.add_get("/metrics", self._get_metrics)
         return app
 
     async def _store_context(self, _app: web.Application) -> AsyncIterator[None]:
@@ -222,6 +225,7 @@ class CentralReceiver:
             await asyncio.sleep(mis.slow_ms / 1000)
         if mis.fail_rate and self._rng.random() < mis.fail_rate:
             self._counters.injected_failures += 1
+            self._metrics.batches.labels(result="injected").inc()
             if self._rng.random() < 0.5:
                 _log.info("injected failure: answering 503")
                 return _error(503, "injected failure", headers={"Retry-After": self._retry_after})
@@ -231,10 +235,12 @@ class CentralReceiver:
             answer = await self._take_batch(request)
         except WireError as exc:
             self._counters.refused_batches += 1
+            self._metrics.batches.labels(result="refused").inc()
             _log.info("batch refused (%d): %s", exc.status, exc.message)
             return web.json_response(exc.body(), status=exc.status)
         except StoreUnavailableError as exc:
             _log.warning("store unavailable: %s", exc)
+            self._metrics.batches.labels(result="unavailable").inc()
             return _error(503, f"store unavailable: {exc}", headers={"Retry-After": self._retry_after})
         if mis.commit_then_drop and self._rng.random() < mis.commit_then_drop:
             self._counters.dropped_after_commit += 1
@@ -290,6 +296,11 @@ class CentralReceiver:
         c.accepted += len(accepted)
         c.duplicates += len(duplicate)
         c.rejected += len(rejected)
+        m = self._metrics
+        m.batches.labels(result="ok").inc()
+        m.records.labels(result="accepted").inc(len(accepted))
+        m.records.labels(result="duplicate").inc(len(duplicate))
+        m.records.labels(result="rejected").inc(len(rejected))
         return BatchAnswer(accepted=accepted, duplicate=duplicate, rejected=rejected)
 
     def _refuse_marked(self, batch: DecodedBatch) -> None:
@@ -315,22 +326,28 @@ class CentralReceiver:
         if unknown:
             return _error(400, f"unknown query parameter {unknown[0]!r}; use after and limit")
         after_text = query.get("after", "0")
-        if not after_text.isdecimal() or not after_text.isascii() or int(after_text) > _MAX_CURSOR:
-            return _error(400, f"after must be a cursor from `next`, got {after_text!r}", "after")
+        if len(after_text) > _MAX_CURSOR_CHARS:
+            return _error(400, f"after must be a cursor from `next`, got {after_text[:20]!r}…", "after")
         limit_text = query.get("limit", str(DEFAULT_PAGE))
         if not limit_text.isdecimal() or not limit_text.isascii() or not 1 <= int(limit_text) <= MAX_PAGE:
             return _error(400, f"limit must be 1-{MAX_PAGE}, got {limit_text!r}", "limit")
-        after = int(after_text)
         try:
-            rows = await self._store.evaluations(after, int(limit_text))
+            page = await self._store.evaluations(after_text, int(limit_text))
+        except ValueError:
+            return _error(400, f"after must be a cursor from `next`, got {after_text!r}", "after")
         except StoreUnavailableError as exc:
             return _error(503, f"store unavailable: {exc}", headers={"Retry-After": self._retry_after})
-        return web.json_response(
-            {
-                "evaluations": [row.as_json() for row in rows],
-                "next": str(rows[-1].serial if rows else after),
-            }
-        )
+        return web.json_response({"evaluations": [row.as_json() for row in page.rows], "next": page.next})
+
+    async def _get_metrics(self, _request: web.Request) -> web.Response:
+        """Prometheus text; open like the hub's (§9): counts and node ids, nothing secret."""
+        status: list[PullStatus] | None
+        try:
+            status = await self._store.pull_status()
+        except StoreUnavailableError as exc:
+            _log.warning("metrics without pull state: %s", exc)
+            status = None
+        return web.Response(body=self._metrics.render(status), content_type="text/plain", charset="utf-8")
 
 
 RECEIVER_KEY: Final = web.AppKey("central_receiver", CentralReceiver)

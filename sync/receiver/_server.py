@@ -13,7 +13,9 @@ from aiohttp import web
 
 from contract.wire import MAX_BATCH_BYTES
 from sync.receiver._app import CentralReceiver, Misbehaviour, ReceiverStats
-from sync.receiver._store import DEFAULT_TABLE, open_store
+from sync.receiver._open import open_store
+from sync.receiver._postgres import DEFAULT_POOL_SIZE
+from sync.receiver._store import DEFAULT_TABLE
 
 __all__ = ["DEFAULT_LISTEN", "RunningReceiver", "parse_listen", "run_receiver", "start_receiver"]
 
@@ -62,6 +64,7 @@ async def start_receiver(
     seed: int | None = None,
     retry_after_s: int = 1,
     refuse_ids: Iterable[str] = (),
+    pool_size: int = DEFAULT_POOL_SIZE,
 ) -> AsyncIterator[RunningReceiver]:
     """Serve the receiver while the block runs; the parameters are those of `run_receiver`."""
     host, port = parse_listen(listen)
@@ -74,7 +77,7 @@ async def start_receiver(
         refuse_ids=frozenset(refuse_ids),
     )
     receiver = CentralReceiver(
-        open_store(db_url, table),
+        open_store(db_url, table, pool_size=pool_size),
         token,
         misbehaviour=misbehaviour,
         max_body_bytes=max_body_bytes,
@@ -109,6 +112,7 @@ async def run_receiver(
     retry_after_s: int = 1,
     on_ready: Callable[[RunningReceiver], None] | None = None,
     refuse_ids: Iterable[str] = (),
+    pool_size: int = DEFAULT_POOL_SIZE,
 ) -> None:
     """Serve the reference central receiver until cancelled (Ctrl-C under `asyncio.run`).
 
@@ -121,6 +125,7 @@ async def run_receiver(
       `Misbehaviour`.
     - `retry_after_s`: the `Retry-After` of 503 answers.
     - `on_ready`: called once serving, with the bound URL and the receiver (for `stats()`).
+    - `pool_size`: the most PostgreSQL connections this process opens.
     """
     async with start_receiver(
         listen,
@@ -135,6 +140,7 @@ async def run_receiver(
         seed=seed,
         retry_after_s=retry_after_s,
         refuse_ids=refuse_ids,
+        pool_size=pool_size,
     ) as running:
         if on_ready is not None:
             on_ready(running)
