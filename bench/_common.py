@@ -32,8 +32,8 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from hub.broker import MosquittoBroker, free_port, mosquitto_binary  # noqa: E402
 from hub.config import HubConfig  # noqa: E402
+from hub.ops.broker import MosquittoBroker, free_port, mosquitto_binary  # noqa: E402
 from tests.support.hub import NODE_ID, PULL_TOKEN, node_raw, terminals, write_toml  # noqa: E402
 
 RESULTS = REPO / "bench" / "results"

@@ -253,7 +253,7 @@ def sqlite_commits(folder: Path, batch: int, seconds: float) -> dict[str, Any]:
 
 async def outbox_alone(folder: Path, with_hook: bool, writers: int, seconds: float) -> dict[str, Any]:
     """Stores/s through the hub's Outbox (group commit) from `writers` concurrent tasks."""
-    from hub.intake import Intake  # noqa: PLC0415 (after sys.path is set up, like the hub wires it)
+    from hub.ingest.intake import Intake  # noqa: PLC0415 (after sys.path is set up, like the hub wires it)
     from sync.annotate import make_evaluation_hook  # noqa: PLC0415
 
     data = folder / f"outbox-{'hook' if with_hook else 'plain'}"

@@ -53,10 +53,10 @@ from _common import (
 
 from contract import wire
 from contract.records import Record
-from hub.broker import free_port
 from hub.config import HubConfig, parse_config
-from hub.intake import Intake
+from hub.ingest.intake import Intake
 from hub.metrics import HubMetrics
+from hub.ops.broker import free_port
 from hub.store.outbox import Outbox, Stored
 from sync.annotate import make_evaluation_hook
 from tests.support.hub import node_raw, terminals, write_toml

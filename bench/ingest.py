@@ -236,8 +236,8 @@ _PLUMBING = (
     "threading.py",
     "concurrent/futures/thread.py",
     "hub/__main__.py",
-    "hub/cli.py",
-    "hub/runner.py",
+    "hub/cli/commands.py",
+    "hub/ops/runner.py",
 )
 
 

@@ -58,7 +58,7 @@ from _common import (
 from hallday import hall_devices
 
 from hub.config import ApiSection, load_config
-from hub.intake import Intake
+from hub.ingest.intake import Intake
 from hub.metrics import HubMetrics
 from hub.store.outbox import DedupKey, Outbox
 from sync.annotate import make_evaluation_hook

@@ -7,7 +7,7 @@ from collections.abc import Iterable
 from pydantic import ValidationError
 from pydantic_core import ErrorDetails
 
-from hub.id_numbers import mask_id_numbers
+from hub.privacy.id_numbers import mask_id_numbers
 
 PATTERN_TEXT = {
     r"^[A-Za-z0-9_-]{1,64}$": "1 to 64 letters, digits, '_' or '-'",

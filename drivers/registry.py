@@ -1,6 +1,6 @@
 """Which driver serves which configured device: one entry per (kind, transport), loaded on first use.
 
-The hub never names a driver class: `hub/driver_host.py` looks a device up here, builds its driver
+The hub never names a driver class: `hub/ingest/driver_host.py` looks a device up here, builds its driver
 through the entry's factory and hands the events it submits to the record mapping the entry names;
 `hallhub doctor` probes a device through the entry's probe. Adding a device type is one entry here
 (plus its package), never an `elif` in the hub.
@@ -129,7 +129,7 @@ class DeviceProbe(Protocol):
 
 
 RecordMapping = Literal["rating", "card", "scan"]
-"""How the hub turns the events a driver submits into records (`hub.intake.DriverRecords`):
+"""How the hub turns the events a driver submits into records (`hub.ingest.intake.DriverRecords`):
 `rating` (`KeyPressed` → an evaluation, with the window's session), `card` (a card event → a
 `card` record) or `scan` (`CodeScanned` → a `scan` record)."""
 

@@ -1,3 +1,3 @@
-"""hallhub core: config, records, the outbox, the MQTT gateway, the local API and the CLI."""
+"""hallhub core: the node daemon. Sub-packages by job: ingest, hall, store, api, privacy, ops, cli."""
 
 __version__ = "0.1.0"

@@ -15,24 +15,24 @@ from aiohttp import web
 
 from contract.records import utc_now
 from hub import __version__
-from hub.alerts import AlertBook
-from hub.api import HubApi
-from hub.api_access import AccessPolicy
+from hub.api.access import AccessPolicy
+from hub.api.routes import HubApi
+from hub.api.server import ConnectionLimits, GuardedServer
+from hub.api.status_page import status_page_routes
+from hub.api.windows import window_and_alert_routes
 from hub.config import HubConfig, Secrets, is_loopback
-from hub.device_alerts import DeviceAlerts
-from hub.devices import DeviceRegistry
-from hub.driver_host import DriverHost
-from hub.gateway import MqttGateway
-from hub.http_server import ConnectionLimits, GuardedServer
-from hub.intake import Intake
+from hub.hall.alerts import AlertBook
+from hub.hall.sessions import PromptPort, SessionManager
+from hub.ingest.device_alerts import DeviceAlerts
+from hub.ingest.devices import DeviceRegistry
+from hub.ingest.driver_host import DriverHost
+from hub.ingest.gateway import MqttGateway
+from hub.ingest.intake import Intake
 from hub.metrics import HubMetrics
-from hub.privacy import NodeIdentifier, load_or_create_secret, preload_crypto
-from hub.redact import redact
-from hub.sessions import PromptPort, SessionManager
-from hub.status_page import status_page_routes
+from hub.ops.systemd import notify, watchdog_interval_s
+from hub.privacy.redact import redact
+from hub.privacy.sealing import NodeIdentifier, load_or_create_secret, preload_crypto
 from hub.store.outbox import EvaluationHook, Outbox, StoreUnavailable, WriterDied
-from hub.systemd import notify, watchdog_interval_s
-from hub.windows_api import window_and_alert_routes
 
 log = logging.getLogger(__name__)
 
@@ -144,7 +144,7 @@ class Hub:
         return stats.pending, self.last_sync
 
     def _request_started(self, request: web.Request) -> Callable[[], None] | None:
-        """Clear the connection's header deadline while a request is handled (hub.http_server)."""
+        """Clear the connection's header deadline while a request is handled (hub.api.server)."""
         connection = self._http.connection_for(request.transport) if self._http is not None else None
         if connection is None:
             return None

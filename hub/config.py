@@ -27,7 +27,7 @@ from pydantic_core import ErrorDetails
 
 from contract.records import HALL_CODE_REGEX, ID_REGEX, WINDOW_REGEX
 from contract.validation import describe, key_path
-from hub.redact import redact_url
+from hub.privacy.redact import redact_url
 
 DEFAULT_CONFIG_PATH = Path("/etc/hallhub/node.toml")
 

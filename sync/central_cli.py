@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Annotated, Final
 import typer
 from rich.console import Console
 
-from hub.redact import redact_text, redact_url
+from hub.privacy.redact import redact_text, redact_url
 
 if TYPE_CHECKING:
     from sync.receiver import RunningReceiver

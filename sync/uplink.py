@@ -67,7 +67,13 @@ from contract import wire
 from contract.records import Kind, Record, utc_now
 from hub.config import HubConfig, Secrets
 from hub.metrics import HubMetrics
-from hub.privacy import SealedIdentity, SecretFileError, UnsealError, derive_seal_key, load_or_create_secret
+from hub.privacy.sealing import (
+    SealedIdentity,
+    SecretFileError,
+    UnsealError,
+    derive_seal_key,
+    load_or_create_secret,
+)
 from hub.store.outbox import Outbox, PendingRecord, StoreUnavailable
 
 __all__ = [

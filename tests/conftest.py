@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from hub.broker import MosquittoBroker
+from hub.ops.broker import MosquittoBroker
 from tests.support.hygiene import Snapshot
 
 _BEFORE = pytest.StashKey[Snapshot]()

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from contract.records import Kind, Record
-from hub.alerts import MAX_OPEN, AlertBook
+from hub.hall.alerts import MAX_OPEN, AlertBook
 from hub.store.outbox import Outbox, Stored
 
 

@@ -11,7 +11,7 @@ import pytest
 
 from contract.records import Kind, Record
 from hub.app import Hub
-from hub.broker import MosquittoBroker
+from hub.ops.broker import MosquittoBroker
 from tests.support.hub import PULL_TOKEN, node_config, running_hub
 
 AUTH = {"Authorization": f"Bearer {PULL_TOKEN}"}

@@ -26,7 +26,7 @@ PROBE = """
 import json
 import sys
 
-import hub.runner
+import hub.ops.runner
 from hub.app import Hub
 
 
@@ -35,9 +35,9 @@ def build_only(config, secrets, build=Hub):
     print(json.dumps(sorted(sys.modules)))
 
 
-hub.runner.run_hub = build_only
+hub.ops.runner.run_hub = build_only
 sys.argv = ["hallhub", "run", "--config", sys.argv[1], "--log-level", "WARNING"]
-from hub.cli import main
+from hub.cli.commands import main
 
 main()
 """
@@ -47,10 +47,10 @@ CARD_AND_SERIAL = ("cryptography", "serial", "serial_asyncio", "tenacity", "crc"
 
 OTHER_COMMANDS = (
     "rich",
-    "hub.init_config",
-    "hub.provision",
-    "hub.demo",
-    "hub.doctor",
+    "hub.ops.init_config",
+    "hub.ops.provision",
+    "hub.cli.demo",
+    "hub.ops.doctor",
     "hub.simulate",
     "sync.outbox_cli",
     "sync.central_cli",
@@ -74,7 +74,7 @@ def modules_loaded_by_run(tmp_path: Path, devices: list[dict[str, Any]], **secti
     )
     assert result.returncode == 0, result.stderr
     loaded = set(json.loads(result.stdout.strip().splitlines()[-1]))
-    assert {"hub.app", "hub.gateway", "hub.driver_host", "aiohttp.web", "pydantic"} <= loaded
+    assert {"hub.app", "hub.ingest.gateway", "hub.ingest.driver_host", "aiohttp.web", "pydantic"} <= loaded
     return loaded
 
 

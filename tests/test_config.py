@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from hub.cli import app
+from hub.cli.commands import app
 from hub.config import ConfigError, load_config, resolve_secrets
 
 REPO = Path(__file__).resolve().parents[1]

@@ -9,8 +9,8 @@ from typing import Any
 
 from contract.topics import Topics
 from hub.app import Hub
-from hub.broker import MosquittoBroker
-from hub.device_alerts import health_changes
+from hub.ingest.device_alerts import health_changes
+from hub.ops.broker import MosquittoBroker
 from hub.simulate.mqtt_device import SimulatedMqttDevice
 from tests.support.hub import NODE_ID, node_config, running_hub
 from tests.support.mqtt import Observer, observe

@@ -11,7 +11,7 @@ from typing import Any
 import aiohttp
 import aiomqtt
 
-from hub.broker import MosquittoBroker
+from hub.ops.broker import MosquittoBroker
 from hub.simulate.mqtt_device import SimulatedMqttDevice
 from tests.support.hub import NODE_ID, PULL_TOKEN, node_config, running_hub
 from tests.support.mqtt import observe
@@ -393,7 +393,7 @@ async def test_beyond_the_in_flight_bound_messages_wait_for_their_retry(
     tmp_path: Path, broker: MosquittoBroker, monkeypatch: Any
 ) -> None:
     """Over MAX_CONCURRENT_MESSAGES a message is dropped unanswered and counted; its retry is stored."""
-    monkeypatch.setattr("hub.gateway.MAX_CONCURRENT_MESSAGES", 3)
+    monkeypatch.setattr("hub.ingest.gateway.MAX_CONCURRENT_MESSAGES", 3)
     config = node_config(tmp_path / "data", broker.port)
     async with running_hub(config) as hub, device(broker, "terminal-00") as terminal:
         terminal.retry_interval_s = 0.5

@@ -13,8 +13,8 @@ import pytest
 from drivers.idcard.simulator import SimCard, SimulatedSamReader, resident_check_character
 from drivers.keypad.simulator import SimulatedKeypad, SimulatedLine
 from drivers.qr.simulator import SimulatedSerialScanner
-from hub.broker import MosquittoBroker
-from hub.privacy import citizen_ref, load_or_create_secret
+from hub.ops.broker import MosquittoBroker
+from hub.privacy.sealing import citizen_ref, load_or_create_secret
 from tests.support.hub import NODE_ID, node_config, running_hub
 from tests.support.mqtt import observe
 

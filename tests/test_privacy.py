@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from drivers.base import CitizenIdentifier
-from hub.privacy import (
+from hub.privacy.sealing import (
     MIN_SECRET_BYTES,
     NodeIdentifier,
     SealedIdentity,
@@ -303,7 +303,7 @@ def test_secret_file_open_to_others_warns(tmp_path: Path, caplog: pytest.LogCapt
     path = tmp_path / "secret"
     path.write_text("cd" * 32, encoding="ascii")
     path.chmod(0o644)
-    with caplog.at_level(logging.WARNING, logger="hub.privacy"):
+    with caplog.at_level(logging.WARNING, logger="hub.privacy.sealing"):
         load_or_create_secret(path)
     assert "chmod 600" in caplog.text
     assert "cd" * 32 not in caplog.text

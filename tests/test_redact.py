@@ -1,4 +1,4 @@
-"""The redaction rules every output shares (`hub.redact`): personal data and secrets, by key and in text."""
+"""The redaction rules every output shares (`hub.privacy.redact`): personal data and secrets, by key and in text."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import logging
 
 import pytest
 
-from hub.redact import (
+from hub.privacy.redact import (
     REDACTED,
     TO_REDACT,
     RedactingFormatter,

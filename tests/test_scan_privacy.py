@@ -23,10 +23,10 @@ from contract.mqtt import PayloadError, ScanPayload, parse_device_payload
 from drivers.base import CitizenIdentifier
 from drivers.pcsc.ssc import is_valid_id_number
 from drivers.qr.simulator import SimulatedSerialScanner
-from hub.broker import MosquittoBroker
-from hub.id_numbers import check_character, find_id_numbers, mask_id_numbers
-from hub.privacy import NodeIdentifier, citizen_ref, load_or_create_secret
-from hub.scans import ScanClassifier, ScanRecorder
+from hub.ingest.scans import ScanClassifier, ScanRecorder
+from hub.ops.broker import MosquittoBroker
+from hub.privacy.id_numbers import check_character, find_id_numbers, mask_id_numbers
+from hub.privacy.sealing import NodeIdentifier, citizen_ref, load_or_create_secret
 from hub.simulate.mqtt_device import SimulatedMqttDevice
 from tests.support.hub import NODE_ID, PULL_TOKEN, node_config, running_hub
 from tests.support.mqtt import observe

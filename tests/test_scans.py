@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from hub.scans import ScanClassifier, ScanKind, ScanMeaning, ScanPatternError
+from hub.ingest.scans import ScanClassifier, ScanKind, ScanMeaning, ScanPatternError
 
 
 @pytest.fixture

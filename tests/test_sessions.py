@@ -18,9 +18,9 @@ import pytest
 from contract.mqtt import EvaluateRequest, SessionUpdate
 from drivers.keypad.simulator import SimulatedKeypad, SimulatedLine
 from hub.app import Hub
-from hub.broker import MosquittoBroker
 from hub.config import DeviceSection
-from hub.sessions import MAX_RECENT_SESSIONS, PromptPort, SessionManager
+from hub.hall.sessions import MAX_RECENT_SESSIONS, PromptPort, SessionManager
+from hub.ops.broker import MosquittoBroker
 from hub.simulate.mqtt_device import SimulatedMqttDevice
 from hub.store.outbox import Outbox
 from tests.support.hub import NODE_ID, node_config, running_hub

@@ -19,7 +19,7 @@ class KeyPressed(DeviceEvent):
 
     The driver reports what the keypad said: the session it answers (0: a free rating, unprompted)
     and the frame's SEQ, which a retransmission repeats. What counts as a repeat, and for how long,
-    is the hub's decision (`hub.intake.rating_dedup`).
+    is the hub's decision (`hub.ingest.intake.rating_dedup`).
     """
 
     session: int

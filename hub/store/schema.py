@@ -12,7 +12,7 @@ class SchemaError(Exception):
 
 
 def _load_migrations() -> list[str]:
-    folder = resources.files("hub") / "schema"
+    folder = resources.files("hub.store") / "migrations"
     names = sorted(entry.name for entry in folder.iterdir() if entry.name.endswith(".sql"))
     return [(folder / name).read_text(encoding="utf-8") for name in names]
 

@@ -26,7 +26,7 @@ from aiohttp import web
 
 from contract import wire
 from contract.records import Record
-from hub.privacy import SealedIdentity, derive_seal_key, load_or_create_secret
+from hub.privacy.sealing import SealedIdentity, derive_seal_key, load_or_create_secret
 from hub.store.outbox import Outbox
 from sync.uplink import identity_allowed
 from tests.support.hub import NODE_ID

@@ -21,7 +21,7 @@ import pytest
 
 from contract.records import Kind, Record
 from hub.app import Hub
-from hub.broker import MosquittoBroker
+from hub.ops.broker import MosquittoBroker
 from hub.simulate.mqtt_device import SimulatedMqttDevice
 from hub.store.outbox import Outbox, Stored, WriteFailed, WriterDied
 from tests.support.hub import (

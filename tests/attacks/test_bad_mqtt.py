@@ -24,7 +24,7 @@ from pydantic import BaseModel
 
 from contract.mqtt import DEVICE_PAYLOADS, EvaluateRequest
 from hub.app import Hub
-from hub.broker import MosquittoBroker
+from hub.ops.broker import MosquittoBroker
 from hub.simulate.mqtt_device import SimulatedMqttDevice
 from tests.support.hub import NODE_ID, node_config, running_hub, terminals
 from tests.support.mqtt import observe

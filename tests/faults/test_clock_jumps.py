@@ -19,7 +19,7 @@ import aiomqtt
 import pytest
 
 from drivers.keypad.simulator import SimulatedKeypad, SimulatedLine
-from hub.broker import MosquittoBroker, free_port
+from hub.ops.broker import MosquittoBroker, free_port
 from hub.simulate.mqtt_device import SimulatedMqttDevice
 from tests.support.hub import NODE_ID, PULL_TOKEN, HubProcess, node_raw, write_toml
 from tests.support.mqtt import observe

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from contract.mqtt import AckPayload
-from hub.broker import MosquittoBroker
+from hub.ops.broker import MosquittoBroker
 from hub.simulate.mqtt_device import NotAcked, SimulatedMqttDevice
 from tests.support.hub import NODE_ID, node_config, running_hub, terminals
 from tests.support.mqtt import observe

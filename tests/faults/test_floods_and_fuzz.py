@@ -15,7 +15,7 @@ import aiomqtt
 from drivers.keypad.codec import Key, encode_frame, make_frame
 from drivers.keypad.simulator import SimulatedKeypad, SimulatedLine
 from hub.app import Hub
-from hub.broker import MosquittoBroker
+from hub.ops.broker import MosquittoBroker
 from hub.simulate.mqtt_device import SimulatedMqttDevice
 from tests.support.hub import NODE_ID, PULL_TOKEN, node_config, running_hub, terminals
 from tests.support.mqtt import Observer, observe

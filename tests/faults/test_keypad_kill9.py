@@ -10,7 +10,7 @@ from pathlib import Path
 import aiomqtt
 
 from drivers.keypad.simulator import SimulatedKeypad, SimulatedLine
-from hub.broker import MosquittoBroker, free_port
+from hub.ops.broker import MosquittoBroker, free_port
 from tests.support.hub import NODE_ID, PULL_TOKEN, HubProcess, node_raw, write_toml
 
 

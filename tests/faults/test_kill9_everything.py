@@ -15,7 +15,7 @@ from pathlib import Path
 
 from contract.mqtt import AckPayload
 from drivers.keypad.simulator import KeyPress, SimulatedKeypad, SimulatedLine
-from hub.broker import MosquittoBroker, free_port
+from hub.ops.broker import MosquittoBroker, free_port
 from hub.simulate.mqtt_device import NotAcked, SimulatedMqttDevice
 from sync.receiver import start_receiver
 from sync.receiver._store import DEFAULT_TABLE

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from contract.mqtt import AckPayload
-from hub.broker import MosquittoBroker
+from hub.ops.broker import MosquittoBroker
 from hub.simulate.mqtt_device import SimulatedMqttDevice
 from tests.support.hub import NODE_ID, HubProcess, node_config, process_config, running_hub, terminals
 from tests.support.mqtt import observe

@@ -9,7 +9,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from hub.broker import MosquittoBroker
+from hub.ops.broker import MosquittoBroker
 from hub.simulate.mqtt_device import SimulatedMqttDevice
 from tests.support.hub import NODE_ID, HubProcess, process_config, terminals
 

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 
-from hub.broker import MosquittoBroker, free_port
 from hub.mqtt import (
     Client,
     InflightExhausted,
@@ -22,6 +21,7 @@ from hub.mqtt import (
     SubscribeRefused,
     Will,
 )
+from hub.ops.broker import MosquittoBroker, free_port
 from tests.mqtt.fake_broker import FakeBroker, answer_like_a_broker
 
 Message = tuple[str, bytes, bool]

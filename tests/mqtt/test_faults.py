@@ -7,8 +7,8 @@ import uuid
 
 import pytest
 
-from hub.broker import MosquittoBroker
 from hub.mqtt import Client, ConnectionLost, MalformedPacket, MqttTimeout, NotConnected, codec
+from hub.ops.broker import MosquittoBroker
 from tests.mqtt.fake_broker import FakeBroker, answer_like_a_broker
 
 

@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from hub.broker import free_port, mosquitto_binary, port_open
+from hub.ops.broker import free_port, mosquitto_binary, port_open
 
 REPO = Path(__file__).resolve().parents[2]
 INSTALL_NODE = REPO / "scripts" / "install-node"

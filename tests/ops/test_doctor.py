@@ -42,10 +42,10 @@ from drivers.idcard.codec import Response, Status
 from drivers.idcard.simulator import SimulatedSamReader
 from drivers.keypad.simulator import SimulatedKeypad, SimulatedLine
 from drivers.probe import in_daemon_thread
-from hub.broker import MosquittoBroker, free_port
-from hub.doctor import DoctorOptions, Level, Report, ServiceUser, run_doctor
-from hub.doctor.clock import judge_chrony, judge_timedatectl
-from hub.redact import REDACTED, Scrubber, redact
+from hub.ops.broker import MosquittoBroker, free_port
+from hub.ops.doctor import DoctorOptions, Level, Report, ServiceUser, run_doctor
+from hub.ops.doctor.clock import judge_chrony, judge_timedatectl
+from hub.privacy.redact import REDACTED, Scrubber, redact
 from hub.simulate.mqtt_device import SimulatedMqttDevice
 from sync.receiver import start_receiver
 from tests.support.hub import NODE_ID, node_raw, write_toml
@@ -827,7 +827,7 @@ async def test_node_secret_file(tmp_path: Path) -> None:
 
 
 def test_watchdog_findings_from_unit_files(tmp_path: Path) -> None:
-    from hub.doctor.systemd import check_watchdog, find_unit
+    from hub.ops.doctor.systemd import check_watchdog, find_unit
 
     units = tmp_path / "units"
     units.mkdir()
@@ -888,7 +888,7 @@ def test_timesync_parsers() -> None:
 
 
 def test_skew_bands() -> None:
-    from hub.doctor.clock import judge_skew as _judge_skew
+    from hub.ops.doctor.clock import judge_skew as _judge_skew
 
     now = 1_800_000_000.0
     date = format_datetime(datetime.fromtimestamp(now - 30, UTC), usegmt=True)

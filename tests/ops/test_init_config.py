@@ -9,7 +9,15 @@ from pathlib import Path
 import pytest
 
 from hub.config import load_config
-from hub.init_config import Found, InitError, discover, list_pcsc_readers, reader_filter, render, write_config
+from hub.ops.init_config import (
+    Found,
+    InitError,
+    discover,
+    list_pcsc_readers,
+    reader_filter,
+    render,
+    write_config,
+)
 
 
 def fake_machine(root: Path) -> tuple[Path, Path]:

@@ -1,5 +1,5 @@
 """No configured secret leaves the node through its outputs: `/v1/status`, the status page, the log,
-`hallhub doctor --json` and `hallhub config check` (all redacted by `hub.redact`).
+`hallhub doctor --json` and `hallhub config check` (all redacted by `hub.privacy.redact`).
 
 Everything is real: `hallhub run` as a process with its log file, HTTP to its API, doctor and config
 check through the command line. The secrets reach those outputs the way they would in a hall: a serial QR
@@ -17,9 +17,9 @@ from typing import Any
 
 from typer.testing import CliRunner, Result
 
-from hub.broker import MosquittoBroker, free_port
-from hub.cli import app
-from hub.redact import REDACTED
+from hub.cli.commands import app
+from hub.ops.broker import MosquittoBroker, free_port
+from hub.privacy.redact import REDACTED
 from tests.support.hub import HubProcess, node_raw, write_toml
 
 URL_PASSWORD = "url-pw-5d1e77"

@@ -22,7 +22,7 @@ from pathlib import Path
 import aiomqtt
 import pytest
 
-from hub.provision import Credentials, add_device
+from hub.ops.provision import Credentials, add_device
 from hub.simulate.mqtt_device import SimulatedMqttDevice
 from tests.ops.node import NodeBroker, run_install
 from tests.support.hub import NODE_ID, node_config, running_hub

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from hub import provision
 from hub.config import load_config
-from hub.provision import ACL_MARKER, ProvisionError, add_device, passwd_users
+from hub.ops import provision
+from hub.ops.provision import ACL_MARKER, ProvisionError, add_device, passwd_users
 
 
 class Node:

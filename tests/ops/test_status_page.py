@@ -27,10 +27,10 @@ import aiohttp
 import pytest
 
 from contract.records import Kind, Record
+from hub.api.status_page import RatingsToday, human_duration, ratings_today, render_page
 from hub.app import Hub
-from hub.broker import MosquittoBroker
+from hub.ops.broker import MosquittoBroker
 from hub.simulate.mqtt_device import SimulatedMqttDevice
-from hub.status_page import RatingsToday, human_duration, ratings_today, render_page
 from hub.store import Outbox
 from tests.support.hub import NODE_ID, PULL_TOKEN, node_config, running_hub
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from hub.broker import MosquittoBroker
+from hub.ops.broker import MosquittoBroker
 from tests.support.hub import HubProcess, process_config, terminals
 
 WATCHDOG_USEC = 2_000_000  # WatchdogSec=2: the hub pings every 1 s

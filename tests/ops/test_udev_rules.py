@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from hub.init_config import STABLE_NAME
+from hub.ops.init_config import STABLE_NAME
 
 RULES = Path(__file__).resolve().parents[2] / "config/udev/99-hallhub.rules"
 EXAMPLE = Path(__file__).resolve().parents[2] / "config/node.example.toml"

@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from hub.app import Hub
-from hub.broker import free_port, port_open
 from hub.config import HubConfig, Secrets, parse_config
+from hub.ops.broker import free_port, port_open
 from sync.node import build_hub
 
 NODE_ID = "test-node"

@@ -22,7 +22,7 @@ from aiohttp import web
 from contract.records import Record
 from hub.app import Hub
 from hub.config import HubConfig, Secrets, parse_config
-from hub.intake import Intake
+from hub.ingest.intake import Intake
 from hub.metrics import HubMetrics
 from hub.store.outbox import Outbox, Stored
 from sync.annotate import make_evaluation_hook

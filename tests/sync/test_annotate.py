@@ -10,7 +10,7 @@ import jsonschema
 import pytest
 
 from hub.config import HubConfig
-from hub.intake import Intake
+from hub.ingest.intake import Intake
 from hub.metrics import HubMetrics
 from hub.store.outbox import Outbox, Stored
 from sync.national import national_record_schema

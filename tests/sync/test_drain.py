@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from hub.broker import MosquittoBroker, free_port
 from hub.config import parse_config
+from hub.ops.broker import MosquittoBroker, free_port
 from hub.store.outbox import DELIVERED
 from tests.support.hub import PULL_TOKEN, HubProcess, write_toml
 from tests.sync.support import (

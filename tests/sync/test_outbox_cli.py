@@ -19,7 +19,7 @@ from typer.testing import CliRunner, Result
 
 from contract import wire
 from contract.records import Kind, Record
-from hub.cli import app
+from hub.cli.commands import app
 from hub.store import Stored
 from hub.store.schema import SCHEMA_VERSION
 from sync import outbox_cli

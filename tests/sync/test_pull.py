@@ -9,7 +9,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from hub.broker import MosquittoBroker, free_port
+from hub.ops.broker import MosquittoBroker, free_port
 from hub.store.outbox import DELIVERED, Outbox
 from tests.support.hub import PULL_TOKEN, node_config, running_hub
 from tests.sync.support import (

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-from hub.broker import MosquittoBroker
+from hub.ops.broker import MosquittoBroker
 from hub.store.outbox import DEAD, DELIVERED, PENDING
 from tests.support.hub import node_config, running_hub
 from tests.sync.support import fill, open_outbox, outbox_states, ratings, wait_until

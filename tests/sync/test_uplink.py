@@ -19,8 +19,8 @@ from aiohttp import web
 
 from contract import wire
 from contract.records import Kind, Record
-from hub.broker import free_port
-from hub.privacy import SealedIdentity, derive_seal_key, load_or_create_secret
+from hub.ops.broker import free_port
+from hub.privacy.sealing import SealedIdentity, derive_seal_key, load_or_create_secret
 from hub.store.outbox import DEAD, DELIVERED, PENDING
 from sync.uplink import INFLIGHT_KEY, UNAUTHORIZED_KEY, full_jitter, parse_retry_after
 from tests.support.tls import key_and_cert, write_pem

@@ -13,7 +13,7 @@ import pytest
 from drivers.base import DeviceEvent, Outcome
 from drivers.idcard.driver import IdCardReaderDriver
 from drivers.idcard.simulator import SimulatedSamReader
-from hub.privacy import NodeIdentifier
+from hub.privacy.sealing import NodeIdentifier
 
 SECRET = bytes(range(32, 64))
 E = TypeVar("E", bound=DeviceEvent)

@@ -22,7 +22,7 @@ from drivers.idcard.simulator import (
     run_simulated_reader,
 )
 from drivers.idcard.textblock import CardType, Sex
-from hub.privacy import NodeIdentifier, SealedIdentity, citizen_ref, derive_seal_key
+from hub.privacy.sealing import NodeIdentifier, SealedIdentity, citizen_ref, derive_seal_key
 from tests.drivers.idcard.conftest import SECRET, DriverFactory, RecordingSink, wait_until
 
 RESIDENT, PERMIT, FOREIGN_OLD, FOREIGN_2023 = demo_cards()

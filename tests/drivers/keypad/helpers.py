@@ -9,7 +9,7 @@ from typing import TypeVar
 
 from drivers.base import DeviceEvent, EventSink, Outcome
 from drivers.keypad import KeypadLineDriver, KeypadTimings, KeyPressed
-from hub.intake import rating_dedup
+from hub.ingest.intake import rating_dedup
 
 E = TypeVar("E", bound=DeviceEvent)
 

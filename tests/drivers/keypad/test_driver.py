@@ -35,7 +35,7 @@ from drivers.keypad.codec import (
     make_frame,
 )
 from drivers.keypad.simulator import SimulatedKeypad, SimulatedLine
-from hub.intake import FREE_RATING_DEDUP_WINDOW_S, rating_dedup
+from hub.ingest.intake import FREE_RATING_DEDUP_WINDOW_S, rating_dedup
 from hub.store.outbox import DedupKey
 from tests.drivers.keypad.helpers import FAST, RecordingSink, eventually, running
 

@@ -27,7 +27,7 @@ from drivers.pcsc import (
 )
 from drivers.pcsc.apdu import GET_UID, select_aid
 from drivers.pcsc.ssc import SSSE_AID
-from hub.privacy import NodeIdentifier
+from hub.privacy.sealing import NodeIdentifier
 from tests.drivers.pcsc.conftest import Pcscd, VpcdReader
 from tests.drivers.pcsc.fake_card import (
     CONTACTLESS_ATR,

@@ -25,7 +25,7 @@ from drivers.pcsc.ssc import (
     parse_record,
     read_identity,
 )
-from hub.privacy import NodeIdentifier
+from hub.privacy.sealing import NodeIdentifier
 from tests.drivers.pcsc.fake_card import SSC_ATR, RefusingCard, SocialSecurityCard
 from tests.drivers.pcsc.helpers import RecordingIdentifier
 

@@ -1,0 +1,55 @@
+"""HTTP routes for window PCs and hall staff: ask for an evaluation, acknowledge an alert."""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+from contract.mqtt import EvaluateRequest, PayloadError, parse_device_payload
+from hub.api.routes import json_error, read_json_object
+
+if TYPE_CHECKING:
+    from hub.app import Hub
+
+WINDOW = re.compile(r"^[A-Za-z0-9_-]{1,16}$")
+
+
+def window_and_alert_routes(hub: Hub) -> list[web.RouteDef]:
+    """`POST /v1/windows/{window}/evaluate` and `POST /v1/alerts/{id}/ack`."""
+
+    async def evaluate(request: web.Request) -> web.Response:
+        window = request.match_info["window"]
+        if not WINDOW.match(window):
+            return json_error(400, f"window: expected 1 to 16 letters, digits, '_' or '-', got {window!r}")
+        body = await read_json_object(request)
+        if isinstance(body, web.Response):
+            return body
+        try:
+            evaluate_request = parse_device_payload(EvaluateRequest, body)
+        except PayloadError as exc:
+            return json_error(400, exc.message)
+        update = await hub.sessions.request(window, evaluate_request)
+        return web.json_response(update.model_dump(exclude_none=True), status=200)
+
+    async def ack_alert(request: web.Request) -> web.Response:
+        alert_id = request.match_info["alert_id"]
+        by: str | None = None
+        if request.can_read_body:
+            body = await read_json_object(request)
+            if isinstance(body, web.Response):
+                return body
+            raw_by = body.get("by")
+            if raw_by is not None and (not isinstance(raw_by, str) or len(raw_by) > 64):
+                return json_error(400, f"by: expected text of at most 64 characters, got {raw_by!r}")
+            by = raw_by
+        ack = await hub.alerts.acknowledge(alert_id, by)
+        if ack is None:
+            return json_error(404, f"no alert with id {alert_id}")
+        return web.json_response(ack)
+
+    return [
+        web.post("/v1/windows/{window}/evaluate", evaluate),
+        web.post("/v1/alerts/{alert_id}/ack", ack_alert),
+    ]

@@ -1,0 +1,384 @@
+"""`hallhub demo`: a whole node on this machine, no hardware and no config.
+
+A private broker on a free loopback port, the hub, and simulated devices producing realistic
+traffic, with a live view of what the hub stores and mirrors until Ctrl-C (or `--duration`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import json
+import os
+import random
+import signal
+import tempfile
+import time
+from collections import Counter, deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiomqtt
+from rich.console import Console, Group
+from rich.live import Live
+from rich.panel import Panel
+from rich.table import Table
+
+from contract.records import Record
+from drivers.idcard.simulator import run_simulated_reader
+from drivers.keypad.simulator import run_simulated_line
+from drivers.qr.simulator import run_simulated_scanner
+from hub.app import Hub
+from hub.config import HubConfig, Secrets, parse_config
+from hub.ops.broker import EmbeddedBroker, MosquittoBroker, free_port, mosquitto_binary
+from hub.simulate.mqtt_device import NotAcked, SimulatedMqttDevice
+from hub.simulate.window_pc import WindowPcSimulator
+from sync.node import build_hub
+from sync.receiver import start_receiver
+
+NODE_ID = "demo-hall-01"
+PULL_TOKEN = "demo-pull-token-loopback"  # noqa: S105 (a fixed token for a loopback-only demo)
+CENTRAL_TOKEN = "demo-central-token"  # noqa: S105 (the demo's own loopback receiver)
+CONTROL_TOKEN = "demo-control-token-loopback"  # noqa: S105 (the demo's window PC asks with it, §9)
+LEVEL_WEIGHTS = {5: 60, 4: 20, 3: 10, 2: 6, 1: 4}
+LEVEL_NAMES = {5: "非常满意", 4: "满意", 3: "基本满意", 2: "不满意", 1: "非常不满意"}
+ITEMS = [
+    ("370100-001-01", "居民身份证换领"),
+    ("370100-017-03", "社保卡补办"),
+    ("370100-052-02", "营业执照变更"),
+]
+
+MQTT_DEVICES = [
+    {"id": "term-01", "kind": "terminal", "transport": "mqtt"},
+    {"id": "pad-05", "kind": "pad", "transport": "mqtt", "window": "05"},
+    {"id": "pad-06", "kind": "pad", "transport": "mqtt", "window": "06"},
+]
+
+
+KEYPAD_WINDOWS = {1: "01", 2: "02", 3: "03", 4: "04"}
+
+
+class DemoBroker:
+    """Mosquitto when installed (the node's broker); the embedded amqtt broker otherwise."""
+
+    def __init__(self, workdir: Path, prefer: str = "mosquitto") -> None:
+        self.workdir = workdir
+        self.prefer = prefer
+        self.mosquitto: MosquittoBroker | None = None
+        self.embedded: EmbeddedBroker | None = None
+
+    @property
+    def port(self) -> int:
+        """The loopback port devices and the hub connect to."""
+        if self.mosquitto is not None:
+            return self.mosquitto.port
+        assert self.embedded is not None
+        return self.embedded.port
+
+    async def start(self) -> None:
+        """Start Mosquitto, or amqtt where Mosquitto is absent (or HALLHUB_DEMO_BROKER=amqtt)."""
+        if self.prefer != "amqtt" and mosquitto_binary() is not None:
+            self.mosquitto = MosquittoBroker(workdir=self.workdir)
+            await asyncio.to_thread(self.mosquitto.start)
+            return
+        self.embedded = EmbeddedBroker()
+        await self.embedded.start()
+
+    def describe(self) -> str:
+        """Which broker runs, for the live view."""
+        kind = "mosquitto" if self.mosquitto is not None else "embedded amqtt (fallback: install mosquitto)"
+        return f"{kind} on 127.0.0.1:{self.port}"
+
+    async def stop(self) -> None:
+        """Stop whichever broker runs."""
+        if self.mosquitto is not None:
+            await asyncio.to_thread(self.mosquitto.stop)
+        if self.embedded is not None:
+            await self.embedded.stop()
+
+
+def serial_devices(tty_dir: Path) -> list[dict[str, Any]]:
+    """Four keypads on one simulated RS-485 line, an ID reader and a QR scanner at window 01."""
+    line = str(tty_dir / "keypads")
+    devices: list[dict[str, Any]] = [
+        {"id": f"kp-{w}", "kind": "keypad", "transport": "serial", "port": line, "address": a, "window": w}
+        for a, w in KEYPAD_WINDOWS.items()
+    ]
+    devices.append(
+        {
+            "id": "id-01",
+            "kind": "idcard",
+            "transport": "serial",
+            "port": str(tty_dir / "idcard"),
+            "baud": 115200,
+            "window": "01",
+        }
+    )
+    devices.append(
+        {"id": "qr-01", "kind": "qr", "transport": "serial", "port": str(tty_dir / "qr"), "window": "01"}
+    )
+    return devices
+
+
+def demo_config(
+    broker_port: int, api_port: int, data_dir: Path, tty_dir: Path, central_url: str = ""
+) -> HubConfig:
+    """The embedded default node config of the demo."""
+    raw: dict[str, Any] = {
+        "node": {
+            "id": NODE_ID,
+            "hall_code": "370102",
+            "data_dir": str(data_dir),
+            "secret_file": str(data_dir / "secret"),
+        },
+        "broker": {"host": "127.0.0.1", "port": broker_port},
+        "api": {"listen": f"127.0.0.1:{api_port}", "pull_token": PULL_TOKEN, "control_token": CONTROL_TOKEN},
+        "central": {"url": central_url, "token": CENTRAL_TOKEN if central_url else "", "batch_max": 200},
+        "device": serial_devices(tty_dir) + MQTT_DEVICES,
+    }
+    return parse_config(raw, "<demo>")
+
+
+@dataclass
+class DemoView:
+    """What the live view shows, fed by the hub's own MQTT mirror (events/#, alerts)."""
+
+    stored: Counter[str] = field(default_factory=Counter)
+    levels: Counter[int] = field(default_factory=Counter)
+    sent: Counter[str] = field(default_factory=Counter)
+    events: deque[str] = field(default_factory=lambda: deque(maxlen=10))
+    alerts: deque[str] = field(default_factory=lambda: deque(maxlen=5))
+    started: float = field(default_factory=time.monotonic)
+    window_pc: WindowPcSimulator | None = None
+    central: dict[str, Any] = field(default_factory=dict)
+
+    def on_commit(self, records: list[Record]) -> None:
+        """Outbox listener: count what the hub just committed."""
+        for record in records:
+            self.on_record(record.to_wire())
+
+    def on_record(self, record: dict[str, Any]) -> None:
+        """Count one record mirrored by the hub."""
+        kind = record["kind"]
+        data = record["data"]
+        self.stored[kind] += 1
+        stamp = record["created_at"][11:19]
+        if kind == "evaluation":
+            self.levels[data["level"]] += 1
+            where = f"window {data['window']}" if data.get("window") else data["device_id"]
+            level = data["level"]
+            text = f"{stamp} seq {record['seq']:>5} evaluation {level} {LEVEL_NAMES[level]} ({where})"
+            self.events.appendleft(text)
+        elif kind == "card":
+            self.events.appendleft(
+                f"{stamp} seq {record['seq']:>5} card {data.get('card_type')} {data.get('citizen_masked')}"
+                f" at window {data.get('window')}"
+            )
+        elif kind == "alert":
+            self.alerts.appendleft(
+                f"{stamp} {data.get('type')} level {data.get('level')} window {data.get('window') or '-'} "
+                f"case {data.get('case_no')}"
+            )
+        else:
+            self.events.appendleft(f"{stamp} seq {record['seq']:>5} {kind} from {data.get('device_id')}")
+
+    def render(self, hub: Hub) -> Group:
+        """The live view."""
+        elapsed = time.monotonic() - self.started
+        totals = Table(title="Committed to the outbox (and mirrored on MQTT)", expand=True)
+        kinds = ("evaluation", "alert", "scan", "card", "print", "device_status")
+        for name in kinds:
+            totals.add_column(name, justify="right")
+        totals.add_row(*(str(self.stored[n]) for n in kinds))
+        levels = Table(title="Ratings by level", expand=True)
+        for level in (5, 4, 3, 2, 1):
+            levels.add_column(f"{level} {LEVEL_NAMES[level]}", justify="right")
+        levels.add_row(*(str(self.levels[level]) for level in (5, 4, 3, 2, 1)))
+        devices = Table(title="Devices", expand=True)
+        for column in ("device", "kind", "window", "online", "sent"):
+            devices.add_column(column)
+        for state in hub.registry.all():
+            devices.add_row(
+                state.id,
+                state.kind,
+                state.window or "-",
+                "yes" if state.online else "no",
+                str(self.sent[state.id]),
+            )
+        sessions = Table(title="Window sessions (window PC → keypad)", expand=True)
+        for name in ("prompted", "rated", "expired", "cancelled", "failed"):
+            sessions.add_column(name, justify="right")
+        counts = self.window_pc.states if self.window_pc else Counter()
+        sessions.add_row(*(str(counts[s]) for s in ("prompted", "rated", "expired", "cancelled", "failed")))
+        events = Panel("\n".join(self.events) or "waiting…", title="Latest records")
+        alerts = Panel("\n".join(self.alerts) or "none yet", title="Bad-review alerts (差评)", style="red")
+        footer = (
+            f"{elapsed:5.0f} s · broker 127.0.0.1:{hub.config.broker.port} · "
+            f"status http://127.0.0.1:{hub.api_port}/v1/status · Ctrl-C to stop"
+        )
+        received = self.central.get("records_by_kind", {})
+        central = Table(
+            title="Arrived at the central platform (reference receiver, pushed by the hub)", expand=True
+        )
+        for name in (*kinds, "batches", "duplicates"):
+            central.add_column(name, justify="right")
+        central.add_row(
+            *(str(received.get(n, 0)) for n in kinds),
+            str(self.central.get("batches", 0)),
+            str(self.central.get("duplicates", 0)),
+        )
+        return Group(totals, levels, sessions, central, devices, events, alerts, footer)
+
+
+def _serial_simulators(tty_dir: Path, rate: float) -> list[asyncio.Task[Any]]:
+    """Keypads answering prompts, an ID reader with demo cards, a QR scanner at window 01."""
+    codes = [f"https://hcp.example.gov.cn/evaluate?case_no=SD{n:09d}" for n in range(1, 6)] + [
+        "PICKUP-483920"
+    ]
+    return [
+        asyncio.create_task(
+            run_simulated_line(
+                tty_dir / "keypads",
+                list(KEYPAD_WINDOWS),
+                duration_s=10**7,
+                max_presses=10**9,
+                free_ratings_per_min=rate,
+                press_delay_s=(1.0, 4.0),
+            )
+        ),
+        asyncio.create_task(
+            run_simulated_reader(tty_dir / "idcard", dwell_s=3.0, gap_s=12.0 / max(rate, 0.01))
+        ),
+        asyncio.create_task(
+            run_simulated_scanner(tty_dir / "qr", codes, interval_s=10.0 / max(rate, 0.01), rounds=10**6)
+        ),
+    ]
+
+
+def random_rating(rng: random.Random) -> dict[str, Any]:
+    """A plausible rating: mostly satisfied, sometimes a bad review with reasons."""
+    level = rng.choices(list(LEVEL_WEIGHTS), weights=list(LEVEL_WEIGHTS.values()))[0]
+    item_code, item_name = rng.choice(ITEMS)
+    rating: dict[str, Any] = {
+        "level": level,
+        "case_no": f"SD{rng.randrange(10**9):09d}",
+        "item_code": item_code,
+        "item_name": item_name,
+    }
+    if level <= 2:
+        rating["reasons"] = rng.sample(["R1", "R2", "R3", "R4"], k=rng.randint(1, 2))
+        rating["comment"] = rng.choice(["等候时间太长", "材料要求没有一次说清", None])
+    return rating
+
+
+async def _device_traffic(
+    device: SimulatedMqttDevice, view: DemoView, rate: float, rng: random.Random
+) -> None:
+    while True:
+        await asyncio.sleep(rng.expovariate(rate))
+        with contextlib.suppress(NotAcked, aiomqtt.MqttError):
+            if device.kind == "terminal" and rng.random() < 0.2:
+                await device.send(
+                    "print", {"job_id": f"J{rng.randrange(10**6)}", "state": "done", "pages": 2}
+                )
+            elif device.kind == "terminal" and rng.random() < 0.1:
+                await device.publish_raw("health", json.dumps({"paper": rng.choice(["ok", "ok", "low"])}))
+            else:
+                await device.rate(**random_rating(rng))
+            view.sent[device.device_id] += 1
+
+
+async def run_demo(
+    *,
+    duration_s: float | None,
+    workdir: Path | None,
+    rate: float,
+    console: Console,
+    central_fail_rate: float = 0.0,
+) -> DemoView:
+    """Run the whole demo node; returns what the view counted (tests assert on it)."""
+    base = workdir or Path(tempfile.mkdtemp(prefix="hallhub-demo-"))
+    broker = DemoBroker(base / "broker", prefer=os.environ.get("HALLHUB_DEMO_BROKER", "mosquitto"))
+    await broker.start()
+    console.print(f"broker: {broker.describe()}")
+    tty_dir = base / "tty"
+    tty_dir.mkdir(parents=True, exist_ok=True)
+    central = contextlib.AsyncExitStack()
+    receiver = await central.enter_async_context(
+        start_receiver(
+            "127.0.0.1:0", f"sqlite:///{base / 'central.db'}", CENTRAL_TOKEN, fail_rate=central_fail_rate
+        )
+    )
+    console.print(f"central receiver: {receiver.url} (SQLite {base / 'central.db'})")
+    config = demo_config(broker.port, free_port(), base / "data", tty_dir, central_url=receiver.url)
+    secrets = Secrets(
+        broker_password="", pull_token=PULL_TOKEN, central_token=CENTRAL_TOKEN, control_token=CONTROL_TOKEN
+    )
+    hub = build_hub(config, secrets)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    view = DemoView()
+    hub.outbox.add_listener(view.on_commit)
+    rng = random.Random()
+    serial = _serial_simulators(tty_dir, rate)
+    await asyncio.sleep(0.3)
+    try:
+        hub_task = asyncio.create_task(hub.run(stop))
+        await asyncio.wait_for(hub.ready.wait(), 15)
+        await hub.gateway.wait_connected(15)
+        console.print(f"[bold]hallhub demo[/] — data in {base}")
+        async with contextlib.AsyncExitStack() as stack:
+            devices = [
+                await stack.enter_async_context(
+                    SimulatedMqttDevice("127.0.0.1", broker.port, NODE_ID, spec["id"], kind=spec["kind"])
+                )
+                for spec in MQTT_DEVICES
+            ]
+            view.window_pc = WindowPcSimulator(
+                "127.0.0.1",
+                broker.port,
+                NODE_ID,
+                list(KEYPAD_WINDOWS.values()),
+                mean_interval_s=6.0 / max(rate, 0.01),
+                timeout_s=20,
+                api_url=f"http://127.0.0.1:{hub.api_port}",
+                control_token=CONTROL_TOKEN,
+            )
+            tasks = [asyncio.create_task(view.window_pc.run())]
+            tasks += [asyncio.create_task(_device_traffic(d, view, rate, rng)) for d in devices]
+            deadline = None if duration_s is None else time.monotonic() + duration_s
+            with Live(view.render(hub), console=console, refresh_per_second=2, transient=False) as live:
+                tick = 0
+                while not stop.is_set() and (deadline is None or time.monotonic() < deadline):
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stop.wait(), 0.5)
+                    tick += 1
+                    if tick % 4 == 0:
+                        view.central = dataclasses.asdict(await receiver.stats())
+                    live.update(view.render(hub))
+            console.print()
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        stop.set()
+        await hub_task
+        view.central = dataclasses.asdict(await receiver.stats())
+    finally:
+        stop.set()
+        for task in serial:
+            task.cancel()
+        await asyncio.gather(*serial, return_exceptions=True)
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+        await broker.stop()
+        await central.aclose()
+    console.print(
+        f"demo stopped: {view.stored['evaluation']} evaluations and {view.stored['alert']} alerts stored "
+        f"in {base / 'data' / 'outbox.db'}; "
+        f"{view.central.get('records_by_kind', {}).get('evaluation', 0)} evaluations arrived centrally"
+    )
+    return view
