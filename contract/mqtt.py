@@ -120,6 +120,37 @@ class EvaluateRequest(_Incoming):
     timeout_s: Annotated[int, Field(ge=1, le=3600)] | None = None
 
 
+class StaffEvent(_Incoming):
+    """`window/{window}/staff` and `POST /v1/windows/{window}/staff` (§12)."""
+
+    request_id: ShortText
+    event: Literal["sign_in", "sign_out", "pause", "resume"]
+    staff_id: ShortText | None = None
+    staff_name: Annotated[str, Field(max_length=32)] | None = None
+    reason: Annotated[str, Field(max_length=100)] | None = None
+
+
+class WindowState(_Outgoing):
+    """`window/{window}/state`, retained (§12). The staff name is shown here, never stored in records."""
+
+    window: str
+    state: Literal["open", "paused", "closed"]
+    staff_id: str | None
+    staff_name: str | None
+    since: str
+    request_id: str | None = None
+    """The event that brought the window to this state (hallhub extension, optional)."""
+
+
+class WindowError(_Outgoing):
+    """`window/{window}/error`: a staff event refused, with its `request_id` when it had a usable one
+    (hallhub extension of §12)."""
+
+    request_id: str | None
+    error: str
+    topic: str
+
+
 class AckPayload(_Outgoing):
     """`dev/{device}/ack`, published only after commit (or a found duplicate)."""
 

@@ -82,9 +82,24 @@ class Topics:
         """Session state changes for a window."""
         return f"{self.root}/window/{window}/session"
 
+    def window_staff(self, window: str) -> str:
+        """Who serves at a window: sign in, sign out, pause, resume (§12)."""
+        return f"{self.root}/window/{window}/staff"
+
+    def window_state(self, window: str) -> str:
+        """A window's state, retained (§12)."""
+        return f"{self.root}/window/{window}/state"
+
+    def window_error(self, window: str) -> str:
+        """Why a staff event for a window was refused (hallhub extension of §12)."""
+        return f"{self.root}/window/{window}/error"
+
     def subscriptions(self) -> list[str]:
         """What the hub subscribes to (its own ack/cmd/error topics excluded)."""
-        return [self.device("+", leaf) for leaf in DEVICE_LEAVES] + [self.window_evaluate("+")]
+        return [self.device("+", leaf) for leaf in DEVICE_LEAVES] + [
+            self.window_evaluate("+"),
+            self.window_staff("+"),
+        ]
 
     def parse(self, topic: str) -> tuple[str, str, str] | None:
         """`(area, name, leaf)` for `dev/{id}/{leaf}` or `window/{w}/{leaf}` under this node, else None."""

@@ -9,7 +9,8 @@ proven otherwise:
 - view: any other GET/HEAD — open on a loopback listen address, otherwise the control or the view
   token (`Authorization: Bearer`, or HTTP Basic with the token as password so that a browser can
   open the status page and keep the credential for its session).
-- control: anything else (every POST) — `Content-Type: application/json`, a `Host` that is this
+- control: anything else (every POST: an evaluation request, a window's staff event of §12, an
+  alert's steps) — `Content-Type: application/json`, a `Host` that is this
   node (so a web page elsewhere, or a DNS-rebound name, cannot drive it) and, once one is set, the
   control token. A web page on the hall network can send neither JSON cross-site without a CORS
   pre-flight (never granted) nor a foreign `Host`.

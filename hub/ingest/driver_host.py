@@ -68,7 +68,7 @@ class DriverHost:
         """The driver that shows prompts for a device id (keypads), filled by `runners`."""
         self._mappings: dict[str, EventMapping] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
-        sessions.bind("serial", PromptPort(self._prompt, self._cancel))
+        sessions.bind("serial", PromptPort(self._prompt, self._cancel, self._show))
 
     def runners(self) -> list[tuple[str, Runner]]:
         """(name, coroutine function) for every driver the config asks for; builds the drivers."""
@@ -98,6 +98,12 @@ class DriverHost:
 
     async def _cancel(self, device: DeviceSection, session: int) -> None:
         await self.prompters[device.id].cancel(device.id, session)
+
+    async def _show(self, device: DeviceSection, text: str) -> None:
+        """A keypad's SHOW (the window's state, §12); nothing for a device without a display."""
+        prompter = self.prompters.get(device.id)
+        if prompter is not None:
+            await prompter.show(device.id, text)
 
     def _thank_soon(self, device: DeviceSection) -> None:
         """After a rating is stored, thank the citizen on the device's display (if it has one)."""

@@ -197,10 +197,13 @@ class _Op:
 
 @dataclass(slots=True)
 class _StoreOp(_Op):
-    """Records to store (with an optional dedup key): applied by `_store_run`, one run at a time."""
+    """Records to store (with an optional dedup key): applied by `_store_run`, one run at a time.
+    `kv` entries are written in the same transaction when the records are stored (not for a
+    duplicate): state that must change exactly when its record is committed (a window's state)."""
 
     records: list[Record]
     dedup: DedupKey | None
+    kv: dict[str, str] | None = None
 
 
 @dataclass(slots=True)
@@ -354,6 +357,7 @@ def _store_run(w: _WriterState, ops: list[_StoreOp]) -> list[StoreResult]:
     previous = _earlier_evaluations(conn, _case_numbers(ops)) if w.evaluation_hook else {}
     record_rows: list[tuple[Any, ...]] = []
     dedup_rows: list[tuple[Any, ...]] = []
+    kv_rows: list[tuple[str, str]] = []
     results: list[StoreResult] = []
     seq = w.next_seq
     now, mono = time.time(), time.monotonic()
@@ -370,10 +374,14 @@ def _store_run(w: _WriterState, ops: list[_StoreOp]) -> list[StoreResult]:
         if op.dedup is not None and key is not None and op.records:
             dedup_rows.append(_dedup_row(op.dedup, op.records[0].id, now, mono))
             known[key] = op.records[0].id
+        if op.kv:
+            kv_rows.extend(op.kv.items())
         results.append(Stored(records=op.records))
     conn.executemany(INSERT_RECORD, record_rows)
     if dedup_rows:
         conn.executemany(INSERT_DEDUP, dedup_rows)
+    if kv_rows:
+        conn.executemany("INSERT OR REPLACE INTO kv (key, value) VALUES (?, ?)", kv_rows)
     w.next_seq = seq
     w.used_bytes += SIZE_GUESS_FACTOR * sum(len(row[7]) for row in record_rows)
     return results
@@ -803,11 +811,20 @@ class Outbox:
 
     # -- writes --------------------------------------------------------------------------------
 
-    async def store(self, records: Sequence[Record], dedup: DedupKey | None = None) -> StoreResult:
-        """Commit records (with an optional dedup key); raise StoreUnavailable if it cannot."""
+    async def store(
+        self,
+        records: Sequence[Record],
+        dedup: DedupKey | None = None,
+        *,
+        kv: dict[str, str] | None = None,
+    ) -> StoreResult:
+        """Commit records (with an optional dedup key); raise StoreUnavailable if it cannot.
+
+        `kv` entries (as `kv_set` writes them) are committed in the same transaction, only if the
+        records are stored: not for a duplicate nor for records refused by the quota."""
         if self._attached is not None:
             raise StoreUnavailable(_ATTACHED_STORE)
-        result: StoreResult = await self._submit(_StoreOp(records=list(records), dedup=dedup))
+        result: StoreResult = await self._submit(_StoreOp(records=list(records), dedup=dedup, kv=kv))
         return result
 
     def store_soon(
