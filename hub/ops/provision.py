@@ -88,16 +88,19 @@ def device_block(device_id: str, kind: str, window: str | None) -> str:
     return "\n".join(lines) + "\n"
 
 
+WINDOW_WRITES = ("evaluate", "staff")
+"""What a window PC or the queue system publishes: evaluation requests (§2) and staff events (§12)."""
+WINDOW_READS = ("session", "state", "error")
+"""What it reads: session updates (§2), the window's retained state and refused staff events (§12)."""
+
+
 def acl_block(username: str, kind: str, window: str | None) -> str:
     """The `user` block of a window PC (its window only) or of the queue system (every window)."""
     target = window if kind == "window" and window is not None else "+"
     what = f"window PC of window {window}" if kind == "window" else "queue system (every window)"
-    return (
-        f"\n# {what}\n"
-        f"user {username}\n"
-        f"topic write hall/v1/+/window/{target}/evaluate\n"
-        f"topic read hall/v1/+/window/{target}/session\n"
-    )
+    lines = [f"topic write hall/v1/+/window/{target}/{leaf}\n" for leaf in WINDOW_WRITES]
+    lines += [f"topic read hall/v1/+/window/{target}/{leaf}\n" for leaf in WINDOW_READS]
+    return f"\n# {what}\nuser {username}\n" + "".join(lines)
 
 
 def passwd_users(path: Path) -> set[str]:
@@ -270,8 +273,8 @@ def _credentials(username: str, password: str, kind: str, node_id: str, window: 
         reads = tuple(f"{root}/dev/{username}/{leaf}" for leaf in DEVICE_READS)
     else:
         target = window if kind == "window" and window is not None else "+"
-        publishes = (f"{root}/window/{target}/evaluate",)
-        reads = (f"{root}/window/{target}/session",)
+        publishes = tuple(f"{root}/window/{target}/{leaf}" for leaf in WINDOW_WRITES)
+        reads = tuple(f"{root}/window/{target}/{leaf}" for leaf in WINDOW_READS)
     return Credentials(username, password, kind, node_id, publishes, reads)
 
 

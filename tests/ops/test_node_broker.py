@@ -180,32 +180,47 @@ async def test_a_window_pc_is_limited_to_its_window(node_broker: NodeBroker) -> 
     window = provision(node_broker, "window-07", "window", "07")
     queue = provision(node_broker, "queue", "queue")
     node_broker.reload()
-    assert window.publishes == ("hall/v1/hall-370102-01/window/07/evaluate",)
+    assert window.publishes == (
+        "hall/v1/hall-370102-01/window/07/evaluate",
+        "hall/v1/hall-370102-01/window/07/staff",
+    )
+    pc_reads = (f"{ROOT}/window/+/session", f"{ROOT}/window/+/state", f"{ROOT}/window/+/error")
 
     async with (
         watching(node_broker.hub_port, "hub", hub_password(node_broker), f"{ROOT}/#") as hub_view,
-        watching(node_broker.lan_port, "window-07", window.password, f"{ROOT}/window/+/session") as pc,
+        watching(node_broker.lan_port, "window-07", window.password, *pc_reads) as pc,
         client(node_broker.hub_port, "hub", hub_password(node_broker)) as hub,
         client(node_broker.lan_port, "queue", queue.password) as queue_client,
     ):
         lan, user, password = node_broker.lan_port, "window-07", window.password
         await forge(lan, user, password, f"{ROOT}/window/08/evaluate", {"request_id": "other window"})
         await forge(lan, user, password, f"{ROOT}/window/07/session", {"request_id": "forged"})
+        await forge(lan, user, password, f"{ROOT}/window/07/state", {"state": "open"})
+        await forge(lan, user, password, f"{ROOT}/window/08/staff", {"request_id": "s8", "event": "pause"})
         await forge(lan, user, password, f"{ROOT}/dev/kp-07/rating", {"msg_id": "m", "level": 5})
         async with client(lan, user, password) as pc_client:
             await publish(pc_client, f"{ROOT}/window/07/evaluate", {"request_id": "mine"})
+            await publish(pc_client, f"{ROOT}/window/07/staff", {"request_id": "s7", "event": "pause"})
         await hub_view.wait_for(f"{ROOT}/window/07/evaluate")
+        await hub_view.wait_for(f"{ROOT}/window/07/staff")
 
         await publish(queue_client, f"{ROOT}/window/09/evaluate", {"request_id": "queue"})
         await hub_view.wait_for(f"{ROOT}/window/09/evaluate")
-        assert sorted(hub_view.messages) == [f"{ROOT}/window/07/evaluate", f"{ROOT}/window/09/evaluate"]
+        assert sorted(hub_view.messages) == [
+            f"{ROOT}/window/07/evaluate",
+            f"{ROOT}/window/07/staff",
+            f"{ROOT}/window/09/evaluate",
+        ]
         assert hub_view.messages[f"{ROOT}/window/07/evaluate"] == [{"request_id": "mine"}]
 
-        await publish(hub, f"{ROOT}/window/08/session", {"request_id": "r8", "session": 8})
-        await publish(hub, f"{ROOT}/window/07/session", {"request_id": "r7", "session": 7})
+        for window_id in ("08", "07"):
+            for leaf in ("state", "error", "session"):
+                await publish(
+                    hub, f"{ROOT}/window/{window_id}/{leaf}", {"request_id": f"r{window_id}", "leaf": leaf}
+                )
         await pc.wait_for(f"{ROOT}/window/07/session")
-        assert list(pc.messages) == [f"{ROOT}/window/07/session"]
-        assert pc.messages[f"{ROOT}/window/07/session"] == [{"request_id": "r7", "session": 7}]
+        assert sorted(pc.messages) == [f"{ROOT}/window/07/{leaf}" for leaf in ("error", "session", "state")]
+        assert pc.messages[f"{ROOT}/window/07/session"] == [{"request_id": "r07", "leaf": "session"}]
 
 
 async def test_the_hub_serves_a_provisioned_device(node_broker: NodeBroker, tmp_path: Path) -> None:

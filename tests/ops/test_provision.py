@@ -69,13 +69,15 @@ def test_a_window_pc_gets_an_acl_block_and_no_device(node: Node) -> None:
     node.add("queue", "queue")
     assert node.config.read_bytes() == before
     tail = node.acl.read_text().split(ACL_MARKER, 1)[1]
-    assert (
-        "user window-07\ntopic write hall/v1/+/window/07/evaluate\ntopic read hall/v1/+/window/07/session\n"
-        in tail
-    )
-    assert (
-        "user queue\ntopic write hall/v1/+/window/+/evaluate\ntopic read hall/v1/+/window/+/session\n" in tail
-    )
+    for user, window in (("window-07", "07"), ("queue", "+")):
+        assert (
+            f"user {user}\n"
+            f"topic write hall/v1/+/window/{window}/evaluate\n"
+            f"topic write hall/v1/+/window/{window}/staff\n"  # §12: sign in, sign out, pause, resume
+            f"topic read hall/v1/+/window/{window}/session\n"
+            f"topic read hall/v1/+/window/{window}/state\n"
+            f"topic read hall/v1/+/window/{window}/error\n"
+        ) in tail
     assert {"window-07", "queue"} <= passwd_users(node.passwd)
 
 
