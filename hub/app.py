@@ -219,13 +219,18 @@ class Hub:
             log.info("hub: stopped")
 
     async def _maintain(self) -> None:
-        """Prune delivered records past their retention, and old dedup entries."""
+        """Prune delivered records past their retention, old dedup entries, and the case ledger's
+        cases past `national.case_history_days` (by their age alone, CONTRACTS §15)."""
         keep_s = self.config.outbox.retention_days * 86400
+        history_s = self.config.national.case_history_days * 86400.0
         while True:
             with contextlib.suppress(StoreUnavailable):
                 records, dedup = await self.outbox.prune(keep_s, max(DEDUP_KEEP_S, keep_s))
                 if records or dedup:
                     log.info("outbox: pruned %d delivered records and %d dedup entries", records, dedup)
+                cases = await self.outbox.prune_case_ledger(history_s)
+                if cases:
+                    log.info("outbox: forgot %d cases not rated for %.0f days", cases, history_s / 86400)
             await asyncio.sleep(MAINTENANCE_INTERVAL_S)
 
     async def _fail_with_writer(self, stop: asyncio.Event) -> None:

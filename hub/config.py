@@ -5,7 +5,8 @@ checks what depends on several keys (a serial device needs a port, one rating de
 `load_config` is the one place a config is judged: `hallhub config check`, `hallhub doctor` and
 `hallhub run` all call it, so a value that would stop the hub at start-up is a `ConfigError` naming
 its key. The rules of the national record's values (`pf_code_problem`, `reason_code_problem`,
-`area_code_problem`, `timezone_problem`) live here and `sync.national` applies the same functions.
+`area_code_problem`, `timezone_problem`, `field_name_problem`, `national_fields_problems`) live here
+and `sync.national` applies the same functions.
 """
 
 from __future__ import annotations
@@ -70,6 +71,30 @@ DEFAULT_TIMEZONE: Final = "Asia/Shanghai"
 AREA_CODE: Final = re.compile(r"[0-9]{6}(?:[0-9]{6})?")
 """`areaCode`: a 6-digit administrative division code, or the 12-digit statistical one."""
 
+NATIONAL_FIELDS: Final = (
+    "projectNo",
+    "taskCode",
+    "taskName",
+    "deptCode",
+    "areaCode",
+    "pf",
+    "satisfaction",
+    "evalDetail",
+    "writingEvaluation",
+    "assessTime",
+    "assessNumber",
+    "userProp",
+    "certkeyGOV",
+    "userName",
+)
+"""The national record's field names (§6a), the keys `national.fields` may rename (§15)."""
+
+FIELD_NAME: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
+"""A name a province's interface may give a national field: a plain JSON identifier."""
+
+DEFAULT_CASE_HISTORY_DAYS: Final = 400
+"""How long the case ledger remembers a case after its last counted rating (§15)."""
+
 
 def _shown(value: object) -> str:
     """A value as an error message quotes it (shortened: a message is one line)."""
@@ -117,6 +142,43 @@ def timezone_problem(name: str) -> str | None:
             f" got {_shown(name)}"
         )
     return None
+
+
+def field_name_problem(name: object) -> str | None:
+    """Why `name` cannot be the new name of a national field in `national.fields`, or None."""
+    if not isinstance(name, str) or not FIELD_NAME.fullmatch(name):
+        return (
+            "expected the field name the province's interface uses: a letter or '_', then up to 63"
+            f" letters, digits or '_' (e.g. \"projectno\"), got {_shown(name)}"
+        )
+    return None
+
+
+def national_fields_problems(fields: Mapping[str, object]) -> list[tuple[str, str]]:
+    """(key, problem) for each entry of `national.fields` that cannot be used: a key that is not a
+    national field name, or a new name that another field of the record would also have."""
+    problems = [
+        (name, f"unknown national field name (rename one of: {', '.join(NATIONAL_FIELDS)})")
+        for name in fields
+        if name not in NATIONAL_FIELDS
+    ]
+    named: dict[object, list[str]] = {}
+    for name in NATIONAL_FIELDS:
+        named.setdefault(fields.get(name, name), []).append(name)
+    for name in NATIONAL_FIELDS:
+        target = fields.get(name, name)
+        others = [other for other in named[target] if other != name]
+        if name in fields and others:
+            problems.append(
+                (
+                    name,
+                    (
+                        f"new name {_shown(target)} is also the name of {', '.join(others)}:"
+                        " each national field needs a name of its own"
+                    ),
+                )
+            )
+    return problems
 
 
 def _rule(problem_of: Callable[[_T], str | None]) -> AfterValidator:
@@ -230,6 +292,8 @@ class NationalSection(_Section):
     timezone: Annotated[str, _rule(timezone_problem)] = DEFAULT_TIMEZONE
     pf: dict[str, Annotated[int, _rule(pf_code_problem)]] = Field(default_factory=lambda: dict(DEFAULT_PF))
     reasons: dict[str, Annotated[str, _rule(reason_code_problem)]] = Field(default_factory=dict)
+    fields: dict[str, Annotated[str, _rule(field_name_problem)]] = Field(default_factory=dict)
+    case_history_days: Annotated[int, Field(ge=1, le=3650)] = DEFAULT_CASE_HISTORY_DAYS
 
 
 class DeviceSection(_Section):
@@ -367,6 +431,10 @@ def _cross_checks(config: HubConfig) -> list[ConfigProblem]:
             problems.append(
                 ConfigProblem(f"national.pf.{channel}", f"unknown channel ({', '.join(NATIONAL_CHANNELS)})")
             )
+    problems += [
+        ConfigProblem(f"national.fields.{name}", problem)
+        for name, problem in national_fields_problems(config.national.fields)
+    ]
 
     seen_ids: dict[str, int] = {}
     windows: dict[str, str] = {}

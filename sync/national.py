@@ -12,6 +12,10 @@ Decisions that the contract leaves to us, stated once here:
 - `taskName` is `data.item_name` when the window's evaluate request carried one, else `null`.
 - `projectNo` and `taskCode` are `data.case_no` and `data.item_code`, null when absent (a free
   rating without a case).
+- `userProp` is `data.user_prop` (the evaluate request's `user_prop`, CONTRACTS §15) when the rating
+  joined a session that carried one, else `NationalOptions.user_prop` (1, a person).
+- `NationalOptions.fields` renames fields for a province's interface (`projectNo` → `projectno`) as
+  the record is built; `national_record_schema(fields)` is the schema under those names.
 """
 
 from __future__ import annotations
@@ -31,6 +35,8 @@ from hub.config import (
     DEFAULT_PF,
     DEFAULT_TIMEZONE,
     area_code_problem,
+    field_name_problem,
+    national_fields_problems,
     pf_code_problem,
     reason_code_problem,
     timezone_problem,
@@ -45,6 +51,7 @@ __all__ = [
     "assess_number_for",
     "national_for_new_evaluation",
     "national_record_schema",
+    "rename_fields",
     "to_national",
 ]
 
@@ -64,6 +71,8 @@ class NationalOptions:
     `area_code` empty means the record's `hall_code`. `pf` maps a channel to the platform's
     channel code and `reasons` a hub reason code (`R1`…) to the platform's `evalDetail` code;
     both are copied into read-only mappings. `timezone` is an IANA name for `assessTime`.
+    `user_prop` is the `userProp` of a rating whose session gave none; `fields` renames national
+    field names (`projectNo` → `projectno`) for a province's interface.
     """
 
     level_order: LevelOrder
@@ -73,6 +82,7 @@ class NationalOptions:
     reasons: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     timezone: str = DEFAULT_TIMEZONE
     user_prop: int = 1
+    fields: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
 
     def __post_init__(self) -> None:
         """Check every setting once, so that mapping a record cannot fail on configuration.
@@ -90,6 +100,10 @@ class NationalOptions:
             ("area_code", area_code_problem(self.area_code)),
             ("timezone", timezone_problem(self.timezone)),
         ]
+        problems += [(f"fields[{name!r}]", field_name_problem(new)) for name, new in self.fields.items()]
+        problems += [
+            (f"fields[{name!r}]", problem) for name, problem in national_fields_problems(self.fields)
+        ]
         for name, problem in problems:
             if problem is not None:
                 raise ValueError(f"{name}: {problem}")
@@ -97,6 +111,7 @@ class NationalOptions:
             raise ValueError(f"user_prop must be 1 (person) or 2 (legal person), got {self.user_prop!r}")
         object.__setattr__(self, "pf", MappingProxyType(dict(self.pf)))
         object.__setattr__(self, "reasons", MappingProxyType(dict(self.reasons)))
+        object.__setattr__(self, "fields", MappingProxyType(dict(self.fields)))
 
 
 def assess_number_for(previous_levels_for_same_case: Sequence[int], bad_level: int) -> int | None:
@@ -157,10 +172,11 @@ def _map(
     if assess_number not in (1, 2):
         raise NationalMappingError(f"assess_number must be 1 or 2, got {assess_number!r}")
     flags = data.get("flags") or ()
-    if "repeat" in flags:
-        raise NationalMappingError(
-            f"record {record_id} is a repeat rating (flags: repeat) and has no national record"
-        )
+    for flag in ("repeat", "suspect"):
+        if flag in flags:
+            raise NationalMappingError(
+                f"record {record_id} is a {flag} rating (flags: {flag}) and has no national record"
+            )
     channel = data.get("channel")
     if not isinstance(channel, str) or channel not in options.pf:
         raise NationalMappingError(f"channel {channel!r} has no pf code; add it to national.pf")
@@ -172,7 +188,10 @@ def _map(
         if code is not None and code not in codes:
             codes.append(code)
     local = created_at.astimezone(_zone(options.timezone))
-    return {
+    user_prop = data.get("user_prop")
+    if user_prop not in (1, 2) or isinstance(user_prop, bool):
+        user_prop = options.user_prop
+    national = {
         "projectNo": data.get("case_no"),
         "taskCode": data.get("item_code"),
         "taskName": data.get("item_name"),
@@ -184,8 +203,16 @@ def _map(
         "writingEvaluation": data.get("comment"),
         "assessTime": local.strftime(_ASSESS_TIME_FORMAT),
         "assessNumber": assess_number,
-        "userProp": options.user_prop,
+        "userProp": user_prop,
     }
+    return rename_fields(national, options.fields)
+
+
+def rename_fields(national: Mapping[str, Any], fields: Mapping[str, str]) -> dict[str, Any]:
+    """The national record under the province's field names (`national.fields`), order kept."""
+    if not fields:
+        return dict(national)
+    return {fields.get(name, name): value for name, value in national.items()}
 
 
 @functools.cache
@@ -193,8 +220,12 @@ def _zone(name: str) -> ZoneInfo:
     return ZoneInfo(name)
 
 
-def national_record_schema() -> dict[str, Any]:
-    """The JSON Schema of the platform record (`sync/schema/national_record.json`)."""
+def national_record_schema(fields: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """The JSON Schema of the platform record (`sync/schema/national_record.json`), with its field
+    names renamed by `fields` (`national.fields`) when given."""
     text = resources.files("sync").joinpath("schema/national_record.json").read_text("utf-8")
     schema: dict[str, Any] = json.loads(text)
+    if fields:
+        schema["properties"] = rename_fields(schema["properties"], fields)
+        schema["required"] = [fields.get(name, name) for name in schema["required"]]
     return schema

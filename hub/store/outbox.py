@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from contract.records import Kind, Record, utc_now
+from hub.store.ledger import CaseKey, CaseLedger, prune_case_ledger
 from hub.store.salvage import move_aside, salvage_records
 from hub.store.schema import (
     MIGRATIONS,
@@ -166,9 +167,11 @@ class RatingCount:
     count: int
 
 
-# Called in the writer transaction for each evaluation (its seq already set) with the `data` of the
-# earlier evaluations of the same case_no (none without one); it may change `record.data`.
-EvaluationHook = Callable[[Record, list[dict[str, Any]]], None]
+EvaluationHook = Callable[[Record, tuple[int, ...]], bool]
+"""Called in the writer transaction for each evaluation (its seq already set) with the levels of the
+earlier counted ratings of its case and channel, from the case ledger (none without a case number);
+it may change `record.data` and answers whether this rating counts as one of its case's ratings
+(CONTRACTS §15: a `suspect` press or a `repeat` does not)."""
 CommitListener = Callable[[list[Record]], None]
 
 
@@ -260,26 +263,18 @@ def _dedup_row(dedup: DedupKey, record_id: str, now: float, mono: float) -> tupl
     )
 
 
-def _case_numbers(ops: Sequence[_StoreOp]) -> set[str]:
-    """The case numbers of the evaluations among these writes."""
-    cases: set[str] = set()
-    for op in ops:
-        for record in op.records:
-            if record.kind is Kind.EVALUATION and (case_no := record.data.get("case_no")):
-                cases.add(case_no)
-    return cases
+def _case_key(record: Record) -> CaseKey | None:
+    """(case_no, channel) of an evaluation with a case number: its key in the case ledger."""
+    case_no = record.data.get("case_no")
+    channel = record.data.get("channel")
+    if record.kind is not Kind.EVALUATION or not case_no or not isinstance(channel, str):
+        return None
+    return (str(case_no), channel)
 
 
-def _earlier_evaluations(conn: sqlite3.Connection, cases: set[str]) -> dict[str, list[dict[str, Any]]]:
-    """The stored evaluations' `data` of each case, oldest first (for the evaluation hook)."""
-    found: dict[str, list[dict[str, Any]]] = {case: [] for case in cases}
-    for case_no, body in conn.execute(
-        f"SELECT case_no, body FROM records WHERE case_no IN {_IN_JSON} AND +kind = 'evaluation'"
-        " ORDER BY seq",
-        (_json_list(cases),),
-    ):
-        found[case_no].append(json.loads(body)["data"])
-    return found
+def _case_keys(ops: Sequence[_StoreOp]) -> set[CaseKey]:
+    """The case ledger keys of the evaluations among these writes."""
+    return {key for op in ops for record in op.records if (key := _case_key(record)) is not None}
 
 
 def _known_dedup(conn: sqlite3.Connection, keys: set[tuple[str, str]]) -> dict[tuple[str, str], str]:
@@ -305,13 +300,13 @@ def _prepare_records(
     w: _WriterState,
     records: list[Record],
     seq: int,
-    previous: dict[str, list[dict[str, Any]]],
+    ledger: CaseLedger | None,
     rows: list[tuple[Any, ...]],
 ) -> int:
     """Number the records, run the evaluation hook, encode each once and add its row; the next seq.
 
-    `previous` holds each case's earlier evaluations; the new ones are added to it, so that later
-    writes in the same transaction see them.
+    The hook judges each evaluation by its case's counted ratings in `ledger`; one that counts is
+    added to it, so that later writes in the same transaction see it.
     """
     for record in records:
         is_evaluation = record.kind is Kind.EVALUATION
@@ -319,13 +314,15 @@ def _prepare_records(
         record.seq = seq
         seq += 1
         if is_evaluation and w.evaluation_hook is not None:
-            earlier = previous.setdefault(case_no, []) if case_no else []
+            key = _case_key(record)
+            level = record.data.get("level")
             try:
-                w.evaluation_hook(record, list(earlier))
+                counts = w.evaluation_hook(record, ledger.levels(key) if ledger and key else ())
             except Exception:
                 log.exception("outbox: the evaluation hook failed on %s; stored without it", record.id)
-            if case_no:
-                earlier.append(record.data)
+                counts = False
+            if counts and ledger is not None and key is not None and isinstance(level, int):
+                ledger.count(key, level, record.created_at)
         record.wire_json = _dumps(record.to_wire())
         rows.append(
             (
@@ -346,15 +343,15 @@ def _prepare_records(
 def _store_run(w: _WriterState, ops: list[_StoreOp]) -> list[StoreResult]:
     """Store a run of consecutive store writes (a single write is a run of one): the one write path.
 
-    One dedup query, one query for the cases' earlier evaluations and one insert per table for the
-    whole run: the writer's cost per rating under load. The outcome is that of applying each write
+    One dedup query, one read of the cases' ledger rows and one insert per table for the whole
+    run: the writer's cost per rating under load. The outcome is that of applying each write
     in turn (a repeat key within the run is a duplicate of the first). Nothing of `w` changes
     until the rows are in, so a failed run uses up no seq.
     """
     conn = w.conn
     keys = {(op.dedup.device_id, op.dedup.msg_id) for op in ops if op.dedup is not None}
     known = _known_dedup(conn, keys) if keys else {}
-    previous = _earlier_evaluations(conn, _case_numbers(ops)) if w.evaluation_hook else {}
+    ledger = CaseLedger(conn, _case_keys(ops)) if w.evaluation_hook else None
     record_rows: list[tuple[Any, ...]] = []
     dedup_rows: list[tuple[Any, ...]] = []
     kv_rows: list[tuple[str, str]] = []
@@ -370,7 +367,7 @@ def _store_run(w: _WriterState, ops: list[_StoreOp]) -> list[StoreResult]:
         if rejected is not None:
             results.append(rejected)
             continue
-        seq = _prepare_records(w, op.records, seq, previous, record_rows)
+        seq = _prepare_records(w, op.records, seq, ledger, record_rows)
         if op.dedup is not None and key is not None and op.records:
             dedup_rows.append(_dedup_row(op.dedup, op.records[0].id, now, mono))
             known[key] = op.records[0].id
@@ -380,6 +377,8 @@ def _store_run(w: _WriterState, ops: list[_StoreOp]) -> list[StoreResult]:
     conn.executemany(INSERT_RECORD, record_rows)
     if dedup_rows:
         conn.executemany(INSERT_DEDUP, dedup_rows)
+    if ledger is not None:
+        ledger.write(conn)
     if kv_rows:
         conn.executemany("INSERT OR REPLACE INTO kv (key, value) VALUES (?, ?)", kv_rows)
     w.next_seq = seq
@@ -943,6 +942,13 @@ class Outbox:
             return records, dedup
 
         result: tuple[int, int] = await self._submit(_SqlOp(action=action))
+        return result
+
+    async def prune_case_ledger(self, older_than_s: float) -> int:
+        """Forget the cases last counted more than `older_than_s` ago (`national.case_history_days`):
+        the only way rows leave the case ledger (CONTRACTS §15); how many were deleted."""
+        cutoff = datetime.fromtimestamp(time.time() - older_than_s, UTC).strftime("%Y-%m-%dT%H:%M:%S.000Z")
+        result: int = await self._submit(_SqlOp(action=lambda conn: prune_case_ledger(conn, cutoff)))
         return result
 
     async def kv_set(self, key: str, value: str | None) -> None:
