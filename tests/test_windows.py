@@ -20,11 +20,13 @@ from typing import Any
 
 import aiohttp
 import aiomqtt
+import pytest
 
 from contract.wire import validate_record
 from drivers.keypad.simulator import SimulatedKeypad, SimulatedLine
 from hub.app import Hub
 from hub.ops.broker import MosquittoBroker
+from hub.simulate.window_pc import WindowPcSimulator
 from tests.support.hub import NODE_ID, PULL_TOKEN, node_config, running_hub
 from tests.support.mqtt import Observer, observe
 from tests.test_sessions import ask, states, until
@@ -365,3 +367,31 @@ async def test_a_pad_is_sent_show_commands(tmp_path: Path, broker: MosquittoBrok
         assert (await post_staff(hub, "p9", event("pause")))[0] == 200
         commands = await seen.wait_for(f"{ROOT}/dev/pad-09/cmd", 2)
     assert [(c["cmd"], c["text"]) for c in commands] == [("show", "p9号窗口 王五"), ("show", "暂停服务")]
+
+
+@pytest.mark.parametrize("over_http", [False, True], ids=["mqtt", "http"])
+async def test_the_simulated_window_pc_signs_staff_in_and_out(
+    tmp_path: Path, broker: MosquittoBroker, over_http: bool
+) -> None:
+    """`hallhub simulate window --staff` (and the demo's window PC): every event it sends is applied."""
+    async with hall(tmp_path, broker) as (hub, _seen):
+        pc = WindowPcSimulator(
+            "127.0.0.1",
+            broker.port,
+            NODE_ID,
+            ["07", "p9"],
+            mean_interval_s=0.05,
+            timeout_s=1,
+            seed=15,
+            api_url=f"http://127.0.0.1:{hub.api_port}" if over_http else None,
+            control_token=CONTROL_TOKEN,
+            staff=True,
+        )
+        await pc.run(max_requests=60)
+        sent = sum(pc.staff_events.values())
+        assert pc.staff_events["sign_in"] >= 2
+        assert {"pause", "resume"} <= set(pc.staff_events) or "sign_out" in pc.staff_events
+        await until(lambda: len(stored(tmp_path / "data", "window")) == sent)
+        await until(lambda: pc.window_states == {w: hub.windows.state(w).state for w in ("07", "p9")})  # type: ignore[union-attr]
+        assert not pc.refused
+    assert stored(tmp_path / "data", "evaluation") == []  # nobody pressed a key

@@ -413,6 +413,14 @@ def simulate_window(
     control_token_file: Annotated[
         Path | None, typer.Option(help="File holding the hub's api.control_token (for --api).")
     ] = None,
+    staff: Annotated[
+        bool,
+        typer.Option(
+            "--staff/--no-staff",
+            help="Also sign staff in and out and pause windows now and then (§12); requests then name "
+            "no staff, so the hub credits whoever is signed in.",
+        ),
+    ] = False,
 ) -> None:
     """Act as a window PC: ask the hub for evaluations and print how each session ends."""
     from hub.config import split_host_port
@@ -427,7 +435,7 @@ def simulate_window(
             _err().print(f"[red]error[/] --control-token-file {control_token_file}: {exc.strerror}")
             raise typer.Exit(1) from None
     pc = WindowPcSimulator(
-        host, port, node, window, mean_interval_s=interval, api_url=api, control_token=token
+        host, port, node, window, mean_interval_s=interval, api_url=api, control_token=token, staff=staff
     )
 
     async def go() -> None:
@@ -436,6 +444,8 @@ def simulate_window(
 
     asyncio.run(go())
     _out().print(f"{pc.requests} requests; session states: {dict(pc.states)}")
+    if staff:
+        _out().print(f"staff events: {dict(pc.staff_events)}; window states: {pc.window_states}")
     if pc.refused:
         _err().print(f"[red]refused by the hub[/] (HTTP status: count; 0 = no answer): {dict(pc.refused)}")
         raise typer.Exit(1)

@@ -347,6 +347,7 @@ async def run_demo(
                 timeout_s=20,
                 api_url=f"http://127.0.0.1:{hub.api_port}",
                 control_token=CONTROL_TOKEN,
+                staff=True,  # signs staff in and out and pauses now and then (§12)
             )
             tasks = [asyncio.create_task(view.window_pc.run())]
             tasks += [asyncio.create_task(_device_traffic(d, view, rate, rng)) for d in devices]
