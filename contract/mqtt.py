@@ -118,6 +118,8 @@ class EvaluateRequest(_Incoming):
     staff_id: ShortText | None = None
     staff_name: Annotated[str, Field(max_length=64)] | None = None
     timeout_s: Annotated[int, Field(ge=1, le=3600)] | None = None
+    user_prop: Annotated[int, Field(ge=1, le=2)] = 1
+    """**(ext, §15)** who is rating: 1 a person, 2 a legal person; the national record's `userProp`."""
 
 
 class StaffEvent(_Incoming):

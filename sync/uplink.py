@@ -75,6 +75,7 @@ from hub.privacy.sealing import (
     load_or_create_secret,
 )
 from hub.store.outbox import Outbox, PendingRecord, StoreUnavailable
+from sync.national import rename_fields
 
 __all__ = [
     "AUTH_RETRY_S",
@@ -412,7 +413,7 @@ class Uplink:
         except UnsealError as exc:
             log.warning("uplink: record %s sent without its identity fields: %s", raw.get("id"), exc)
             return
-        data["national"] = {**national, **fields}
+        data["national"] = {**national, **rename_fields(fields, self.config.national.fields)}
 
     # -- delivering ------------------------------------------------------------------------------
 

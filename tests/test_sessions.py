@@ -254,7 +254,7 @@ async def test_two_keypads_on_one_line_and_free_ratings_with_misuse_limits(
     assert by == [
         ("kp-07", 5, "L", []),
         ("kp-08", 3, "R", []),
-        ("kp-07", 1, "L", ["suspect", "repeat"]),
+        ("kp-07", 1, "L", ["suspect"]),  # a suspect press never counts, so it is no repeat (§15)
         ("kp-08", 5, None, []),
         ("kp-08", 4, None, []),
         ("kp-08", 1, None, ["suspect"]),

@@ -60,6 +60,7 @@ class SessionContext:
     item_code: str | None
     item_name: str | None
     staff_id: str | None
+    user_prop: int = 1
 
 
 class PromptPort:
@@ -249,6 +250,7 @@ class SessionManager:
             item_code=request.item_code,
             item_name=request.item_name,
             staff_id=request.staff_id,
+            user_prop=request.user_prop,
         )
 
     def flags_for(self, device_id: str, number: int | None) -> list[str]:

@@ -57,8 +57,12 @@ class Intake:
         device_ts: str | None = None,
         citizen: CitizenIdentity | None = None,
         flags: list[str] | None = None,
+        user_prop: int | None = None,
     ) -> list[Record]:
-        """An evaluation record, plus an `alert` record when it is a bad review."""
+        """An evaluation record, plus an `alert` record when it is a bad review.
+
+        `user_prop` (1 a person, 2 a legal person) comes from the session's evaluate request (§15).
+        """
         node = self.config.node
         data = evaluation_data(
             level=level,
@@ -80,6 +84,8 @@ class Intake:
         )
         if item_name is not None:
             data["item_name"] = item_name
+        if user_prop is not None:
+            data["user_prop"] = user_prop
         evaluation = Record(kind=Kind.EVALUATION, data=data, sealed=citizen.sealed if citizen else None)
         records = [evaluation]
         if level <= self.config.evaluation.bad_level and "suspect" not in data["flags"]:
@@ -132,6 +138,7 @@ class Intake:
             device_ts=device_ts,
             citizen=citizen,
             flags=flags,
+            user_prop=context.user_prop if context else None,
         )
 
     def scan(self, device: DeviceSection, payload: ScanPayload) -> list[Record]:
@@ -270,6 +277,7 @@ class DriverRecords:
             session=event.session or None,
             citizen=self.sessions.take_citizen(window),
             flags=self.sessions.flags_for(device.id, event.session),
+            user_prop=context.user_prop if context else None,
         )
         result = await self.intake.store(records, rating_dedup(event))
         if isinstance(result, Stored):
