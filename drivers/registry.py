@@ -13,6 +13,8 @@ pyscard or OpenCV (`tests/test_cli_run_imports.py`).
 from __future__ import annotations
 
 import importlib
+import importlib.util
+import sys
 from collections.abc import Awaitable, Iterable, Sequence
 from dataclasses import dataclass
 from itertools import groupby
@@ -29,9 +31,13 @@ __all__ = [
     "DriverEntry",
     "DriverFactory",
     "DriverGroup",
+    "MissingExtra",
     "RecordMapping",
     "driver_groups",
     "entry_for",
+    "extras_for",
+    "missing_extra",
+    "missing_for",
     "serial_baud",
 ]
 
@@ -155,6 +161,10 @@ class DriverEntry:
     """The baud rate when the config gives none (serial entries)."""
     shares_port: bool = False
     """Several devices on one port (keypads on an RS-485 line) are served by one driver."""
+    extra: str | None = None
+    """The `hallhub[extra]` this entry's libraries come with; None when the core install has them."""
+    needs: tuple[str, ...] = ()
+    """Top-level modules the driver imports from its extra (checked without importing them)."""
 
     @property
     def kind_transport(self) -> tuple[str, str]:
@@ -213,6 +223,8 @@ REGISTRY: dict[tuple[str, str], DriverEntry] = {
             factory="drivers.qr.camera:from_config",
             probe="drivers.qr.probe:probe_camera_config",
             records="scan",
+            extra="camera",
+            needs=("cv2", "numpy"),
         ),
         DriverEntry(
             "pcsc",
@@ -220,6 +232,8 @@ REGISTRY: dict[tuple[str, str], DriverEntry] = {
             factory="drivers.pcsc.driver:from_config",
             probe="drivers.pcsc.probe:probe_config",
             records="card",
+            extra="pcsc",
+            needs=("smartcard",),
         ),
     )
 }
@@ -230,6 +244,67 @@ and scanners) are served by the MQTT gateway, not by a driver."""
 def entry_for(device: DeviceConfig) -> DriverEntry | None:
     """The entry that serves `device`, or None when no driver does (an MQTT device)."""
     return REGISTRY.get((device.kind, device.transport))
+
+
+_DECODER_MODULES: dict[str, str] = {"zxing": "zxingcpp", "pyzbar": "pyzbar"}
+"""The library each camera QR decoder (`decoder = ...`) loads, both in the `camera` extra."""
+
+_LIBRARIES: dict[str, str] = {
+    "cv2": "OpenCV",
+    "numpy": "NumPy",
+    "zxingcpp": "zxing-cpp",
+    "pyzbar": "pyzbar",
+    "smartcard": "pyscard",
+}
+"""How a technician knows each module: by the name of the package that brings it."""
+
+
+@dataclass(frozen=True, slots=True)
+class MissingExtra:
+    """A configured device whose driver's libraries are not installed: which extra brings them."""
+
+    extra: str
+    libraries: tuple[str, ...]
+
+    def advice(self) -> str:
+        """One sentence: what is missing and the commands that install it."""
+        listed = ", ".join(self.libraries)
+        return (
+            f"needs hallhub's [{self.extra}] extra ({listed}), which is not installed: install it with"
+            f" `sudo ./scripts/install-node --extras {self.extra}` from the hallhub release, or"
+            f" `{sys.executable} -m pip install 'hallhub[{self.extra}]'`"
+        )
+
+
+def _installed(module: str) -> bool:
+    """Whether `module` can be imported here, without importing it (OpenCV alone is tens of MB)."""
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # a broken or blocked installation is not an installed one
+        return False
+
+
+def missing_extra(device: DeviceConfig) -> MissingExtra | None:
+    """The extra `device`'s driver needs and this installation lacks, or None when it can run."""
+    return missing_for(device.kind, device.transport, device.decoder)
+
+
+def missing_for(kind: str, transport: str, decoder: str | None = None) -> MissingExtra | None:
+    """The extra a (kind, transport) device's driver needs and this installation lacks, or None."""
+    entry = REGISTRY.get((kind, transport))
+    if entry is None or entry.extra is None:
+        return None
+    needs = list(entry.needs)
+    if entry.transport == "camera":
+        needs.append(_DECODER_MODULES.get(decoder or "zxing", "zxingcpp"))
+    absent = tuple(_LIBRARIES.get(module, module) for module in needs if not _installed(module))
+    return MissingExtra(entry.extra, absent) if absent else None
+
+
+def extras_for(devices: Iterable[tuple[str, str]]) -> list[str]:
+    """The extras a node with these (kind, transport) devices needs, sorted, whether installed or not."""
+    extras = {entry.extra for key in devices if (entry := REGISTRY.get(key)) and entry.extra}
+    return sorted(extras)
 
 
 def serial_baud(device: DeviceConfig) -> int:

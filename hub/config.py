@@ -28,6 +28,7 @@ from pydantic_core import ErrorDetails
 
 from contract.records import HALL_CODE_REGEX, ID_REGEX, WINDOW_REGEX
 from contract.validation import describe, key_path
+from drivers.registry import missing_extra
 from hub.privacy.redact import redact_url
 
 DEFAULT_CONFIG_PATH = Path("/etc/hallhub/node.toml")
@@ -457,12 +458,15 @@ def _cross_checks(config: HubConfig) -> list[ConfigProblem]:
                     f"(use {' or '.join(repr(a) for a in allowed)})",
                 )
             )
+        elif (missing := missing_extra(device)) is not None:
+            problems.append(ConfigProblem(f"{key}.transport", f"{label} {missing.advice()}"))
         if device.transport == "serial" and not device.port:
+            name = f"{device.kind}-{device.window or '07'}"
             problems.append(
                 ConfigProblem(
                     f"{key}.port",
-                    f"{label} uses a serial port: set port, e.g. "
-                    '"/dev/serial/by-id/usb-…" (see `ls -l /dev/serial/by-id/`)',
+                    f'{label} uses a serial port: set port to its udev name, e.g. "/dev/hallhub/{name}"'
+                    " (docs/field-guide.md step 3; see `ls -l /dev/hallhub/`)",
                 )
             )
         if device.transport != "serial":

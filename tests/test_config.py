@@ -80,7 +80,7 @@ BROKEN = [
         "serial device without port",
         GOOD_NODE + '[[device]]\nid = "kp-07"\nkind = "keypad"\ntransport = "serial"\nwindow = "07"\n',
         [
-            'device[0].port: device "kp-07" uses a serial port: set port, e.g. "/dev/serial/by-id/usb-…" (see `ls -l /dev/serial/by-id/`)'
+            'device[0].port: device "kp-07" uses a serial port: set port to its udev name, e.g. "/dev/hallhub/keypad-07" (docs/field-guide.md step 3; see `ls -l /dev/hallhub/`)'
         ],
     ),
     (

@@ -33,6 +33,11 @@ if TYPE_CHECKING:
 
 _log = logging.getLogger(__name__)
 
+# OpenCV's own warnings ("[ WARN:0@0.019] global cap_v4l.cpp:915 open VIDEOIO(V4L2:/dev/video0): can't
+# open camera by index") go straight to stderr, around the driver's and doctor's own words for the
+# same failure: keep only its errors.
+cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+
 T = TypeVar("T")
 
 _LIVE_PREFIXES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://", "udp://", "/dev/video")

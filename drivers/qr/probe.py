@@ -56,7 +56,11 @@ async def probe_camera(source: int | str, *, timeout_s: float) -> ProbeResult:
 
 def _grab_frame(source: int | str) -> tuple[int, int] | None:
     """Open a capture, read one frame, release it; (width, height) or None. Runs on a thread."""
-    import cv2  # noqa: PLC0415 (OpenCV is tens of MB: loaded only when a camera is probed)
+    # OpenCV is tens of MB: loaded only when a camera is probed; the camera driver's module sets
+    # its log level, so that OpenCV's own warnings do not reach the technician's screen.
+    import cv2  # noqa: PLC0415
+
+    import drivers.qr.camera  # noqa: F401, PLC0415
 
     capture = cv2.VideoCapture(source)
     try:

@@ -81,6 +81,9 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     cls=_LazyGroup,
+    # Plain help text, as man pages and `--help | grep` expect: rich's panels mark every flag
+    # `<bool>` and box the text in at the width of the terminal.
+    rich_markup_mode=None,
 )
 config_app = typer.Typer(help="Check node config files.", no_args_is_help=True)
 simulate_app = typer.Typer(help="Drive simulated devices against a running hub.", no_args_is_help=True)
@@ -88,21 +91,35 @@ app.add_typer(config_app, name="config")
 app.add_typer(simulate_app, name="simulate")
 
 
+PIPED_WIDTH: Final = 240
+"""Columns a table may take when output goes to a file or a pipe (no terminal to fit)."""
+
+
+def _console(*, stderr: bool) -> Console:
+    """A console for stdout or stderr. Piped or logged, a message stays on one line (nothing knows of
+    80 columns there) and tables take the width they need; on a terminal, rich fits it."""
+    import os
+
+    from rich.console import Console
+
+    console = Console(stderr=stderr)
+    if console.is_terminal:
+        return console
+    width = None if os.environ.get("COLUMNS") else PIPED_WIDTH
+    return Console(stderr=stderr, soft_wrap=True, width=width)
+
+
 @functools.cache
 def _out() -> Console:
     """The console for output, made on first use: `hallhub run` prints nothing and never loads rich
     (for memory)."""
-    from rich.console import Console
-
-    return Console()
+    return _console(stderr=False)
 
 
 @functools.cache
 def _err() -> Console:
     """The console for errors (stderr), made on first use like `_out`."""
-    from rich.console import Console
-
-    return Console(stderr=True)
+    return _console(stderr=True)
 
 
 ConfigOption = Annotated[
@@ -196,12 +213,12 @@ def demo(
                 rate=rate,
                 console=_out(),
                 central_fail_rate=central_fail_rate,
+                keep=keep,
             )
         )
     except BrokerError as exc:
         _err().print(f"[red]error[/] {exc}")
         raise typer.Exit(1) from None
-    _out().print(f"log: {log_file}")
 
 
 @config_app.command("check")
@@ -230,6 +247,47 @@ def config_check(path: Annotated[Path, typer.Argument(help="The config file to c
     _out().print(table)
 
 
+@config_app.command("extras")
+def config_extras(path: Annotated[Path, typer.Argument(help="The config file to read.")]) -> None:
+    """Print the hallhub extras the config's devices need (e.g. `camera pcsc`), for install-node.
+
+    Reads the devices' kind and transport even from a config that does not validate yet, so that an
+    install can bring what the devices need before the rest of the file is finished.
+    """
+    from drivers.registry import extras_for
+    from hub.config import read_config_document
+
+    try:
+        raw = read_config_document(path)
+    except ConfigError as exc:
+        raise _fail(exc.lines()) from None
+    devices = raw.get("device", [])
+    pairs: list[tuple[str, str]] = []
+    for device in devices if isinstance(devices, list) else []:
+        kind, transport = (
+            (device.get("kind"), device.get("transport")) if isinstance(device, dict) else (0, 0)
+        )
+        if isinstance(kind, str) and isinstance(transport, str):
+            pairs.append((kind, transport))
+    sys.stdout.write(" ".join(extras_for(pairs)) + "\n")
+
+
+def _unreachable(url: str, exc: Exception, config: Path) -> str:
+    """One line for a hub that did not answer: what happened, and what to check."""
+    check = f"check that the hub runs (systemctl status hallhub) and that api.listen in {config} is {url}"
+    if isinstance(exc, urllib.error.HTTPError):
+        return f"the hub at {url} answered HTTP {exc.code} {exc.reason}: check its token and address"
+    reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
+    if isinstance(reason, ConnectionRefusedError):
+        return f"no hub answers at {url} (connection refused): {check}"
+    if isinstance(reason, TimeoutError):
+        return f"the hub at {url} did not answer within 5 s: {check}"
+    if isinstance(reason, ValueError):
+        return f"{reason}: pass --url http://HOST:PORT"
+    detail = reason.strerror if isinstance(reason, OSError) and reason.strerror else str(reason)
+    return f"cannot reach the hub at {url} ({detail}): {check}"
+
+
 def _get_json(url: str, timeout: float = 5.0) -> Any:
     if not url.startswith(("http://", "https://")):
         raise ValueError(f"not an http URL: {url}")
@@ -251,8 +309,10 @@ def status(
         url = f"http://{host}:{port}"
     try:
         doc = _get_json(url.rstrip("/") + "/v1/status")
-    except (OSError, ValueError, urllib.error.URLError) as exc:
-        _err().print(f"[red]error[/] cannot reach the hub at {url}: {exc} (is `hallhub run` active?)")
+    except (OSError, ValueError) as exc:
+        from rich.markup import escape
+
+        _err().print(f"[red]error[/] {escape(_unreachable(url, exc, config))}", highlight=False)
         raise typer.Exit(1) from None
     if as_json:
         sys.stdout.write(json.dumps(doc, ensure_ascii=False, indent=2) + "\n")

@@ -14,11 +14,14 @@ The file always passes `hallhub config check`; it is validated before it is writ
 from __future__ import annotations
 
 import re
+import shutil
 import socket
+import sys
 import threading
 import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
 
@@ -26,7 +29,8 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from hub.config import DEFAULT_CONFIG_PATH, ConfigError, parse_config
+from drivers.registry import missing_for
+from hub.config import DEFAULT_CONFIG_PATH, ConfigError, parse_config, read_config_document
 
 HUB_BROKER_PORT = 1884
 STABLE_NAME = re.compile(r"^(keypad|idcard|qr)-([A-Za-z0-9_-]{1,16})$")
@@ -197,7 +201,8 @@ def render(found: Found, node_id: str, hall_code: str) -> str:
             f"baud = {_BAUD[port.kind]}",
         ]
         if port.kind == "keypad":
-            out.append("address = 1")
+            out.append("address = 1                         # more keypads on this line: copy this block,")
+            out.append("                                    # same port, their own id, address and window")
         out.append(f"window = {_q(port.window)}")
     for number, path in enumerate(found.serial, start=1):
         out += [
@@ -215,23 +220,19 @@ def render(found: Found, node_id: str, hall_code: str) -> str:
             '# window = "01"',
         ]
     for number, name in enumerate(dict.fromkeys(reader_filter(r) for r in found.readers or []), start=1):
-        out += [
-            "",
-            "[[device]]                          # found: PC/SC reader",
-            f'id = "pcsc-{number:02d}"',
-            'kind = "pcsc"',
-            'transport = "pcsc"',
-            f"reader = {_q(name)}",
-        ]
+        out += _extra_block(
+            "pcsc",
+            "pcsc",
+            "# found: PC/SC reader",
+            [f'id = "pcsc-{number:02d}"', 'kind = "pcsc"', 'transport = "pcsc"', f"reader = {_q(name)}"],
+        )
     for number, camera in enumerate(found.cameras, start=1):
-        out += [
-            "",
-            f"[[device]]                          # found: /dev/video{camera.index} ({camera.name})",
-            f'id = "cam-{number:02d}"',
-            'kind = "qr"',
-            'transport = "camera"',
-            f'source = "{camera.index}"',
-        ]
+        out += _extra_block(
+            "qr",
+            "camera",
+            f"# found: /dev/video{camera.index} ({camera.name})",
+            [f'id = "cam-{number:02d}"', 'kind = "qr"', 'transport = "camera"', f'source = "{camera.index}"'],
+        )
     out += [
         "",
         "# MQTT devices (terminals, rating pads, network QR scanners) are added with their broker account:",
@@ -240,20 +241,78 @@ def render(found: Found, node_id: str, hall_code: str) -> str:
     return "\n".join(out) + "\n"
 
 
+def _extra_block(kind: str, transport: str, found: str, keys: list[str]) -> list[str]:
+    """A `[[device]]` block; commented out, with what to install, when its driver's extra is missing
+    (the file must pass `config check` on this installation)."""
+    missing = missing_for(kind, transport)
+    if missing is None:
+        return ["", f"[[device]]                          {found}", *keys]
+    return [
+        "",
+        f"{found}: it {missing.advice()}; then uncomment it",
+        "# [[device]]",
+        *(f"# {key}" for key in keys),
+    ]
+
+
 class InitError(Exception):
     """The config cannot be written; the message says why."""
 
 
-def write_config(path: Path, text: str, *, force: bool) -> None:
-    """Validate `text` as a node config and write it to `path` (only over an existing file with force)."""
+@dataclass(frozen=True, slots=True)
+class Replaced:
+    """What `write_config --force` replaced: the old file's node and devices, and where it is kept."""
+
+    backup: Path
+    node: str
+    devices: int
+
+
+def _describe(path: Path) -> tuple[str, int]:
+    """The node id and device count of an existing config, as far as it can be read."""
+    try:
+        raw = read_config_document(path)
+    except ConfigError:
+        return ("unreadable", 0)
+    node = raw.get("node")
+    devices = raw.get("device")
+    node_id = node.get("id") if isinstance(node, dict) else None
+    return (str(node_id) if node_id else "no node id", len(devices) if isinstance(devices, list) else 0)
+
+
+def write_config(path: Path, text: str, *, force: bool, now: datetime | None = None) -> Replaced | None:
+    """Validate `text` as a node config and write it to `path` (only over an existing file with force).
+
+    A replaced file is kept beside it as `<name>.<UTC time>.bak` and described in the answer, so that
+    `--force` never loses a technician's edits without a word.
+    """
     parse_config(tomllib.loads(text), path)
-    if path.exists() and not force:
-        raise InitError(f"{path} exists: not overwritten (add --force to replace it)")
+    replaced: Replaced | None = None
+    if path.exists():
+        if not force:
+            raise InitError(f"{path} exists: not overwritten (add --force to replace it)")
+        stamp = (now or datetime.now(UTC)).strftime("%Y%m%dT%H%M%SZ")
+        backup = path.with_name(f"{path.name}.{stamp}.bak")
+        node, devices = _describe(path)
+        shutil.copy2(path, backup)
+        replaced = Replaced(backup, node, devices)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.init")
     tmp.write_text(text, encoding="utf-8")
     tmp.chmod(0o640)
     tmp.replace(path)
+    return replaced
+
+
+def _ask_hall_code() -> str:
+    """The hall code: asked on a terminal; refused (exit 2) without one, never a placeholder."""
+    if sys.stdin.isatty():
+        return str(typer.prompt("The hall's 6-digit administrative division code (node.hall_code)"))
+    Console(stderr=True, highlight=False, soft_wrap=True).print(
+        "[red]error[/] --hall-code is missing: give the hall's 6-digit administrative division code,"
+        " e.g. hallhub init --hall-code 370102 (the platform files every rating under it)"
+    )
+    raise typer.Exit(2)
 
 
 def init_command(
@@ -263,22 +322,30 @@ def init_command(
     force: Annotated[bool, typer.Option(help="Replace an existing file.")] = False,
     node_id: Annotated[str | None, typer.Option(help="Node id (default: from the host name).")] = None,
     hall_code: Annotated[
-        str, typer.Option(help="The hall's 6-digit administrative division code.")
-    ] = "000000",
+        str | None,
+        typer.Option(help="The hall's 6-digit administrative division code (asked for on a terminal)."),
+    ] = None,
 ) -> None:
     """Write a starter node config from the serial ports, PC/SC readers and cameras found here."""
     console = Console(highlight=False, soft_wrap=True)
     err = Console(stderr=True, highlight=False, soft_wrap=True)
+    if hall_code is None:
+        hall_code = _ask_hall_code()
     found = discover()
     text = render(found, node_id or default_node_id(), hall_code)
     try:
-        write_config(path=output, text=text, force=force)
+        replaced = write_config(path=output, text=text, force=force)
     except InitError as exc:
         err.print(f"[red]error[/] {escape(str(exc))}")
         raise typer.Exit(1) from None
     except (ConfigError, OSError) as exc:  # a bad --node-id or --hall-code; an unwritable path
         err.print(f"[red]error[/] {escape(str(exc))}")
         raise typer.Exit(1) from None
+    if replaced is not None:
+        console.print(
+            f"[yellow]replaced[/] {escape(str(output))} (node {escape(replaced.node)},"
+            f" {replaced.devices} devices); the previous file is kept as {escape(str(replaced.backup))}"
+        )
     console.print(f"[green]wrote[/] {escape(str(output))}")
     console.print(f"  {len(found.named)} serial devices under /dev/hallhub/ (ready)")
     console.print(f"  {len(found.serial)} other serial ports (commented out: set their kind and window)")
@@ -287,6 +354,4 @@ def init_command(
     else:
         console.print(f"  {len(found.readers)} PC/SC readers")
     console.print(f"  {len(found.cameras)} cameras")
-    if hall_code == "000000":
-        console.print("[yellow]set node.hall_code[/] to the hall's administrative division code")
     console.print(f"check it: hallhub config check {output}", markup=False)

@@ -229,7 +229,7 @@ async def test_missing_port(tmp_path: Path, auth_broker: MosquittoBroker) -> Non
     report = await run_doctor(options(tmp_path, config))
     assert lines_of(report, "port") == [
         (
-            f"ERROR port[kp-07]: {port} does not exist; fix: plug the keypad in, or set device[0].port to the right"
+            f"ERROR port[kp-07]: {port} does not exist; fix: plug in the evaluation keypad kp-07, or set device[0].port to the right"
             f" port (no serial adapter is listed in {tmp_path}/serial/)"
         )
     ]
@@ -246,7 +246,7 @@ async def test_unplugged_adapter_leaves_a_dangling_link(tmp_path: Path, auth_bro
     report = await run_doctor(options(tmp_path, config))
     assert lines_of(report, "port") == [
         (
-            f"ERROR port[kp-07]: {link} points to /dev/ttyUSB97, which does not exist; fix: plug the keypad in,"
+            f"ERROR port[kp-07]: {link} points to /dev/ttyUSB97, which does not exist; fix: plug in the evaluation keypad kp-07,"
             f" or set device[0].port to the right port (present: {link}, {tmp_path}/serial/usb-Prolific_ID07A001-if00-port0)"
         )
     ]
@@ -762,7 +762,7 @@ async def test_doctor_skips_only_what_needs_an_invalid_section(tmp_path: Path) -
     ]
     (port_line,) = lines_of(report, "port")
     assert port_line.startswith(
-        f"ERROR port[kp-07]: {port} does not exist; fix: plug the keypad in, or set device[1].port"
+        f"ERROR port[kp-07]: {port} does not exist; fix: plug in the evaluation keypad kp-07, or set device[1].port"
     )
     assert [f.level for f in report.findings if f.check in ("secret", "disk", "central")] == [Level.OK] * 3
     assert report.summary().startswith("doctor: 3 errors and 1 warning in 11 checks, 2 skipped (")

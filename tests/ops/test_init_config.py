@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +11,7 @@ import pytest
 
 from hub.config import load_config
 from hub.ops.init_config import (
+    Camera,
     Found,
     InitError,
     discover,
@@ -120,15 +122,76 @@ def test_command_writes_then_refuses_then_forces(tmp_path: Path) -> None:
     assert f"wrote {path}" in first.stdout
     assert run_cli("config", "check", str(path)).returncode == 0
 
-    again = run_cli("init", "--output", str(path))
+    again = run_cli("init", "--output", str(path), "--hall-code", "370102")
     assert again.returncode == 1
     assert "add --force" in again.stderr
     assert load_config(path).node.id == "hall-cli"
 
-    forced = run_cli("init", "--output", str(path), "--force")
+    devices = len(load_config(path).device)  # what this machine has plugged in
+    edited = path.read_text() + "# the technician's own note\n"
+    path.write_text(edited)
+    forced = run_cli(
+        "init", "--output", str(path), "--force", "--node-id", "hall-new", "--hall-code", "370102"
+    )
     assert forced.returncode == 0, forced.stderr
-    assert "set node.hall_code" in forced.stdout
-    bad = run_cli("init", "--output", str(tmp_path / "other.toml"), "--node-id", "no spaces")
+    (backup,) = path.parent.glob("node.toml.*.bak")
+    assert backup.read_text() == edited
+    assert (
+        f"replaced {path} (node hall-cli, {devices} devices); the previous file is kept as {backup}"
+        in forced.stdout
+    )
+    assert load_config(path).node.id == "hall-new"
+    bad = run_cli(
+        "init", "--output", str(tmp_path / "other.toml"), "--node-id", "no spaces", "--hall-code", "370102"
+    )
     assert bad.returncode == 1
     assert "node.id" in bad.stderr
     assert not (tmp_path / "other.toml").exists()
+
+
+def test_init_without_a_hall_code_refuses_rather_than_writing_a_placeholder(tmp_path: Path) -> None:
+    path = tmp_path / "node.toml"
+    result = subprocess.run(
+        [sys.executable, "-m", "hub", "init", "--output", str(path), "--node-id", "hall-x"],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "--hall-code is missing: give the hall's 6-digit administrative division code" in result.stderr
+    assert not path.exists()
+
+
+def test_init_asks_for_the_hall_code_on_a_terminal(tmp_path: Path) -> None:
+    path = tmp_path / "node.toml"
+    controller, terminal = os.openpty()
+    try:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "hub", "init", "--output", str(path), "--node-id", "hall-x"],
+            stdin=terminal,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        os.write(controller, b"370102\n")
+        stdout, stderr = process.communicate(timeout=60)
+    finally:
+        os.close(controller)
+        os.close(terminal)
+    assert process.returncode == 0, stderr
+    assert "administrative division code (node.hall_code)" in stdout
+    assert load_config(path).node.hall_code == "370102"
+
+
+def test_a_found_camera_without_the_camera_extra_is_written_commented_out(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "cv2", None)  # as in a core install: OpenCV cannot be imported
+    text = render(Found(cameras=[Camera(0, "USB Camera")]), "hall-x", "370102")
+    assert "# [[device]]" in text
+    assert "needs hallhub's [camera] extra (OpenCV)" in text
+    path = tmp_path / "node.toml"
+    write_config(path, text, force=False)
+    assert load_config(path).device == []

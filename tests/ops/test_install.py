@@ -228,28 +228,88 @@ def test_install_to_root_in_a_sandbox(prefix: Path) -> None:
 
 @pytest.fixture(scope="module")
 def venv_node() -> Iterator[Path]:
-    """install-node --prefix ROOT with the venv (pip install of this checkout): the slow path, once."""
+    """install-node --prefix ROOT --extras none: a real venv with the core only (the slow path, once)."""
     root = Path(tempfile.mkdtemp(prefix="hallhub-venv-"))
     try:
-        result = run_install(root)
+        result = run_install(root, "--extras", "none")
         assert result.returncode == 0, result.stderr[-3000:]
+        assert "the core only" in result.stdout
         yield root
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
 
-@pytest.mark.slow
-def test_the_venv_runs_hallhub(venv_node: Path) -> None:
-    hallhub = venv_node / "opt/hallhub/venv/bin/hallhub"
-    version = subprocess.run([hallhub, "version"], capture_output=True, text=True, timeout=60, check=True)
-    assert version.stdout.strip() == __version__
-    check = subprocess.run(
-        [hallhub, "config", "check", venv_node / "etc/hallhub/node.toml"],
+OPTIONAL = ("cv2", "numpy", "zxingcpp", "pyzbar", "smartcard", "psycopg", "sqlalchemy", "sqlmodel", "psutil")
+"""Modules of the extras (and of the benchmarks): none of them in a core install."""
+
+CORE_VENV_MAX_MB = 100
+
+
+def _hallhub(node: Path, *args: str | Path) -> subprocess.CompletedProcess[str]:
+    """The installed `hallhub` with `args`."""
+    return subprocess.run(
+        [node / "opt/hallhub/venv/bin/hallhub", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def _present(node: Path, modules: tuple[str, ...]) -> list[str]:
+    """Which of `modules` the installed venv can import."""
+    probe = f"import importlib.util as u; print(' '.join(m for m in {modules!r} if u.find_spec(m)))"
+    result = subprocess.run(
+        [node / "opt/hallhub/venv/bin/python", "-c", probe],
         capture_output=True,
         text=True,
         timeout=60,
-        check=False,
+        check=True,
     )
+    return result.stdout.split()
+
+
+def tree_mb(path: Path) -> float:
+    """Bytes of the regular files under `path`, in MB."""
+    return sum(p.lstat().st_size for p in path.rglob("*") if p.is_file() and not p.is_symlink()) / 2**20
+
+
+@pytest.mark.slow
+def test_the_core_venv_is_slim_and_each_command_names_the_extra_a_device_needs(venv_node: Path) -> None:
+    version = _hallhub(venv_node, "version")
+    assert version.stdout.strip() == __version__, version.stderr
+    assert _present(venv_node, OPTIONAL) == []
+    assert tree_mb(venv_node / "opt/hallhub/venv") <= CORE_VENV_MAX_MB
+
+    # The example config has a camera and a PC/SC reader: every command names the extra and the command.
+    config = venv_node / "etc/hallhub/node.toml"
+    camera = 'device[4].transport: device "cam-01" needs hallhub\'s [camera] extra (OpenCV, NumPy, zxing-cpp)'
+    pcsc = 'device[5].transport: device "pcsc-01" needs hallhub\'s [pcsc] extra (pyscard)'
+    check = _hallhub(venv_node, "config", "check", config)
+    assert check.returncode == 1
+    for needed in (camera, pcsc):
+        assert needed in check.stderr, check.stderr
+    assert "sudo ./scripts/install-node --extras camera" in check.stderr
+    assert "-m pip install 'hallhub[pcsc]'" in check.stderr
+    run = _hallhub(venv_node, "run", "--config", config)
+    assert run.returncode == 1
+    assert camera in run.stderr
+    assert "Traceback" not in run.stderr
+    doctor = _hallhub(venv_node, "doctor", "--config", config, "--timeout", "1")
+    assert doctor.returncode == 1
+    assert "cam-01" in doctor.stdout
+    assert "[camera] extra" in doctor.stdout
+    assert _hallhub(venv_node, "config", "extras", config).stdout.split() == ["camera", "pcsc"]
+
+
+@pytest.mark.slow
+def test_install_node_adds_the_extras_the_config_needs(venv_node: Path) -> None:
+    """Run again without --extras (an upgrade): it installs what node.toml's devices need, no more."""
+    result = run_install(venv_node)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "installing the extras the devices need: camera,pcsc" in result.stdout
+    assert set(_present(venv_node, OPTIONAL)) == {"cv2", "numpy", "zxingcpp", "pyzbar", "smartcard"}
+    check = _hallhub(venv_node, "config", "check", venv_node / "etc/hallhub/node.toml")
     assert check.returncode == 0, check.stderr
     assert "ok" in check.stdout
 

@@ -145,3 +145,20 @@ def test_udev_parses_the_rules_without_complaint(tmp_path: Path) -> None:
     # The same run shows that udev does report mistakes in a rules file.
     assert "98-broken.rules:1 Invalid key 'SYMLNK'" in output
     assert "98-broken.rules:2 Invalid operator for ATTRS" in output
+
+
+def test_a_keypad_line_is_named_after_a_window_of_its_keypads() -> None:
+    """The field guide's rule: one name per adapter; a keypad line is named after its first window."""
+    devices = tomllib.loads(EXAMPLE.read_text(encoding="utf-8"))["device"]
+    lines: dict[str, list[dict[str, object]]] = {}
+    for device in devices:
+        if device.get("port", "").startswith("/dev/hallhub/"):
+            lines.setdefault(device["port"], []).append(device)
+    for port, on_it in lines.items():
+        kind, window = port.removeprefix("/dev/hallhub/").split("-", 1)
+        assert {d["kind"] for d in on_it} == {kind}, port
+        assert window == min(str(d["window"]) for d in on_it), port
+        assert len({d.get("address", 1) for d in on_it}) == len(on_it), (
+            f"two keypads at one address on {port}"
+        )
+    assert len(lines["/dev/hallhub/keypad-07"]) == 2

@@ -53,6 +53,18 @@ def _ports_present(directories: Sequence[Path]) -> str:
     return "present: " + ", ".join(names[:4]) + (" …" if len(names) > 4 else "")
 
 
+_DEVICE_NAMES = {"keypad": "evaluation keypad", "idcard": "ID card reader", "qr": "QR scanner"}
+"""What a technician calls each kind of serial device."""
+
+
+def _what(devices: Sequence[DeviceSection]) -> str:
+    """The device(s) on one port as a technician names them: `the ID card reader id-07`."""
+    name = _DEVICE_NAMES.get(devices[0].kind, f"{devices[0].kind} device")
+    if len(devices) > 1:
+        return f"the line of the {name}s {', '.join(d.id for d in devices)}"
+    return f"the {name} {devices[0].id}"
+
+
 def check_port_access(ctx: CheckContext, devices: Sequence[DeviceSection]) -> list[Finding]:
     """The port exists and the service user may read and write it (empty list: all good)."""
     port = devices[0].port or ""
@@ -69,8 +81,8 @@ def check_port_access(ctx: CheckContext, devices: Sequence[DeviceSection]) -> li
                 "port",
                 subject,
                 what,
-                f"plug the {devices[0].kind} in, or set {keys} to the right port "
-                f"({_ports_present(ctx.options.serial_dirs)})",
+                f"plug in {_what(devices)}, or set {keys} to the right port"
+                f" ({_ports_present(ctx.options.serial_dirs)})",
             )
         ]
     real = os.path.realpath(port)
