@@ -22,11 +22,13 @@ import aiohttp
 import aiomqtt
 import pytest
 
+from contract.records import Kind, Record
 from contract.wire import validate_record
 from drivers.keypad.simulator import SimulatedKeypad, SimulatedLine
 from hub.app import Hub
 from hub.ops.broker import MosquittoBroker
 from hub.simulate.window_pc import WindowPcSimulator
+from hub.store.outbox import DedupKey, Duplicate, Outbox, Stored
 from tests.support.hub import NODE_ID, PULL_TOKEN, node_config, running_hub
 from tests.support.mqtt import Observer, observe
 from tests.test_sessions import ask, states, until
@@ -395,3 +397,21 @@ async def test_the_simulated_window_pc_signs_staff_in_and_out(
         await until(lambda: pc.window_states == {w: hub.windows.state(w).state for w in ("07", "p9")})  # type: ignore[union-attr]
         assert not pc.refused
     assert stored(tmp_path / "data", "evaluation") == []  # nobody pressed a key
+
+
+async def test_a_window_state_is_committed_with_its_record_only(tmp_path: Path) -> None:
+    """`Outbox.store(..., kv=...)`: the state changes exactly when its record is stored, never for a
+    repeated request (a duplicate) — the window book's guarantee across restarts and kill -9."""
+    outbox = Outbox(tmp_path / "outbox.db")
+    await outbox.open()
+    try:
+        first = Record(kind=Kind.WINDOW, data={"window": "07", "event": "sign_in"})
+        result = await outbox.store([first], DedupKey("window:07", "r1"), kv={"window/07": "open"})
+        assert isinstance(result, Stored)
+        assert await outbox.kv_get("window/07") == "open"
+        again = Record(kind=Kind.WINDOW, data={"window": "07", "event": "sign_in"})
+        result = await outbox.store([again], DedupKey("window:07", "r1"), kv={"window/07": "changed"})
+        assert result == Duplicate(record_id=first.id)
+        assert await outbox.kv_get("window/07") == "open"
+    finally:
+        await outbox.close()

@@ -54,7 +54,8 @@ class StaffAnswer:
     error: str | None = None
 
     def body(self) -> dict[str, object]:
-        """The HTTP answer: the window's state, or `{"error", "request_id"}`."""
+        """The HTTP answer: the window's state, or `{"error", "request_id"}` with the window's
+        state as `window_state` when it has one (a refusal by the rules)."""
         if self.error is None and self.state is not None:
             return self.state.model_dump()
         body: dict[str, object] = {"error": self.error, "request_id": self.request_id}
@@ -207,8 +208,9 @@ class WindowBook:
             if not isinstance(result, Stored):  # `window` records are never shed; refuse all the same
                 raise StoreUnavailable(f"the outbox refused the window record: {result}")
             self._states[window] = new
+            # Published under the lock, so that the retained state is always the latest one.
+            await self.publish(window, new)
         log.info("windows: window %s %s (%s)", window, new.state, event.event)
-        await self.publish(window, new)
         for listener in self._listeners:
             try:
                 await listener(new, event)
