@@ -191,6 +191,9 @@ def demo(
         float,
         typer.Option(min=0, max=0.9, help="Fraction of uplink requests the demo's central receiver fails."),
     ] = 0.0,
+    keep: Annotated[
+        bool, typer.Option("--keep", help="Keep the temp dir (broker, outbox, receiver) when it ends.")
+    ] = False,
 ) -> None:
     """Run a whole node here: private broker, the hub, simulated devices, a central receiver, a live view."""
     from hub.cli.demo import run_demo
@@ -200,11 +203,19 @@ def demo(
 
     enable_stack_dumps()
 
+    import os
+    import tempfile
+    import time
+
     base = data_dir
     if base is not None:
         base.mkdir(parents=True, exist_ok=True)
-    log_file = (base or Path("/tmp")) / "hallhub-demo.log"  # noqa: S108 (the demo's own log)
+        log_file = base / "hallhub-demo.log"
+    else:  # one log per run, kept after the run's temp dir is gone
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        log_file = Path(tempfile.gettempdir()) / f"hallhub-demo-{stamp}-{os.getpid()}.log"
     setup_logging("INFO", str(log_file))
+    _out().print(f"log: {log_file}", highlight=False)
     try:
         asyncio.run(
             run_demo(

@@ -12,16 +12,19 @@ import dataclasses
 import json
 import os
 import random
+import shutil
 import signal
 import tempfile
 import time
 from collections import Counter, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import aiomqtt
-from rich.console import Console, Group
+from rich import box
+from rich.console import Console, Group, RenderableType
 from rich.live import Live
 from rich.panel import Panel
 from rich.table import Table
@@ -153,6 +156,8 @@ class DemoView:
     started: float = field(default_factory=time.monotonic)
     window_pc: WindowPcSimulator | None = None
     central: dict[str, Any] = field(default_factory=dict)
+    sink: Callable[[str], None] | None = None
+    """Where each record's line also goes as it is committed (piped output: plain lines, no live view)."""
 
     def on_commit(self, records: list[Record]) -> None:
         """Outbox listener: count what the hub just committed."""
@@ -183,20 +188,33 @@ class DemoView:
             )
         else:
             self.events.appendleft(f"{stamp} seq {record['seq']:>5} {kind} from {data.get('device_id')}")
+        if self.sink is not None:
+            self.sink(self.alerts[0] if kind == "alert" else self.events[0])
 
-    def render(self, hub: Hub) -> Group:
-        """The live view."""
+    def footer(self, hub: Hub) -> str:
+        """The line that says where to look and how to stop."""
         elapsed = time.monotonic() - self.started
-        totals = Table(title="Committed to the outbox (and mirrored on MQTT)", expand=True)
+        return (
+            f"{elapsed:4.0f} s · status page http://127.0.0.1:{hub.api_port}/ · "
+            f"broker 127.0.0.1:{hub.config.broker.port} · Ctrl-C to stop"
+        )
+
+    def sections(self, hub: Hub) -> list[tuple[int, RenderableType]]:
+        """The live view's parts as (priority, part) in screen order; 0 matters most."""
+        compact: dict[str, Any] = {"expand": True, "box": box.SIMPLE_HEAD, "padding": (0, 1)}
         kinds = ("evaluation", "alert", "scan", "card", "print", "device_status")
+        received = self.central.get("records_by_kind", {})
+        totals = Table(title="Committed to the outbox · arrived centrally (pushed by the hub)", **compact)
+        totals.add_column("")
         for name in kinds:
             totals.add_column(name, justify="right")
-        totals.add_row(*(str(self.stored[n]) for n in kinds))
-        levels = Table(title="Ratings by level", expand=True)
+        totals.add_row("outbox", *(str(self.stored[n]) for n in kinds))
+        totals.add_row("central", *(str(received.get(n, 0)) for n in kinds))
+        levels = Table(title="Ratings by level", **compact)
         for level in (5, 4, 3, 2, 1):
             levels.add_column(f"{level} {LEVEL_NAMES[level]}", justify="right")
         levels.add_row(*(str(self.levels[level]) for level in (5, 4, 3, 2, 1)))
-        devices = Table(title="Devices", expand=True)
+        devices = Table(title="Devices", **compact)
         for column in ("device", "kind", "window", "online", "sent"):
             devices.add_column(column)
         for state in hub.registry.all():
@@ -207,29 +225,38 @@ class DemoView:
                 "yes" if state.online else "no",
                 str(self.sent[state.id]),
             )
-        sessions = Table(title="Window sessions (window PC → keypad)", expand=True)
-        for name in ("prompted", "rated", "expired", "cancelled", "failed"):
+        sessions = Table(title="Window sessions (window PC → keypad)", **compact)
+        states = ("prompted", "rated", "expired", "cancelled", "failed")
+        for name in states:
             sessions.add_column(name, justify="right")
         counts = self.window_pc.states if self.window_pc else Counter()
-        sessions.add_row(*(str(counts[s]) for s in ("prompted", "rated", "expired", "cancelled", "failed")))
+        sessions.add_row(*(str(counts[s]) for s in states))
         events = Panel("\n".join(self.events) or "waiting…", title="Latest records")
         alerts = Panel("\n".join(self.alerts) or "none yet", title="Bad-review alerts (差评)", style="red")
-        footer = (
-            f"{elapsed:5.0f} s · broker 127.0.0.1:{hub.config.broker.port} · "
-            f"status http://127.0.0.1:{hub.api_port}/v1/status · Ctrl-C to stop"
-        )
-        received = self.central.get("records_by_kind", {})
-        central = Table(
-            title="Arrived at the central platform (reference receiver, pushed by the hub)", expand=True
-        )
-        for name in (*kinds, "batches", "duplicates"):
-            central.add_column(name, justify="right")
-        central.add_row(
-            *(str(received.get(n, 0)) for n in kinds),
-            str(self.central.get("batches", 0)),
-            str(self.central.get("duplicates", 0)),
-        )
-        return Group(totals, levels, sessions, central, devices, events, alerts, footer)
+        return [
+            (2, totals),
+            (4, levels),
+            (3, sessions),
+            (6, devices),
+            (5, events),
+            (1, alerts),
+            (0, self.footer(hub)),
+        ]
+
+    def render(self, hub: Hub, console: Console) -> Group:
+        """The live view, fitted to the terminal: the parts that matter most first (the footer with
+        the status page, the alerts, the totals), each further part only where it still fits."""
+        options = console.options
+        height = options.height or console.height
+        parts = self.sections(hub)
+        heights = {id(part): len(console.render_lines(part, options, pad=False)) for _, part in parts}
+        shown: set[int] = set()
+        used = 0
+        for _priority, part in sorted(parts, key=lambda item: item[0]):
+            if used + heights[id(part)] <= height - 1:  # the last line stays free for the cursor
+                shown.add(id(part))
+                used += heights[id(part)]
+        return Group(*(part for _, part in parts if id(part) in shown))
 
 
 def _serial_simulators(tty_dir: Path, rate: float) -> list[asyncio.Task[Any]]:
@@ -297,9 +324,35 @@ async def run_demo(
     rate: float,
     console: Console,
     central_fail_rate: float = 0.0,
+    keep: bool = False,
 ) -> DemoView:
-    """Run the whole demo node; returns what the view counted (tests assert on it)."""
+    """Run the whole demo node; returns what the view counted (tests assert on it).
+
+    Without `workdir` the broker, outbox and receiver live in a new temporary folder, removed at
+    the end unless `keep`. On a terminal the view is live and fitted to its size; piped, each record
+    is one plain line as it is committed.
+    """
     base = workdir or Path(tempfile.mkdtemp(prefix="hallhub-demo-"))
+    try:
+        kept = workdir is not None or keep
+        return await _run_demo(base, duration_s, rate, console, central_fail_rate, kept=kept)
+    finally:
+        if workdir is None and not keep:
+            shutil.rmtree(base, ignore_errors=True)
+        elif workdir is None:
+            console.print(f"kept the demo's broker, outbox and receiver in {base}")
+
+
+async def _run_demo(
+    base: Path,
+    duration_s: float | None,
+    rate: float,
+    console: Console,
+    central_fail_rate: float,
+    *,
+    kept: bool,
+) -> DemoView:
+    """`run_demo` in the folder `base` (`kept`: the folder stays, so its pending records would be sent)."""
     broker = DemoBroker(base / "broker", prefer=os.environ.get("HALLHUB_DEMO_BROKER", "mosquitto"))
     await broker.start()
     console.print(f"broker: {broker.describe()}")
@@ -317,20 +370,25 @@ async def run_demo(
         broker_password="", pull_token=PULL_TOKEN, central_token=CENTRAL_TOKEN, control_token=CONTROL_TOKEN
     )
     hub = build_hub(config, secrets)
-    stop = asyncio.Event()
+    stop = asyncio.Event()  # the hub's: set once the traffic has stopped and the pending count is read
+    interrupted = asyncio.Event()  # Ctrl-C or SIGTERM
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, interrupted.set)
     view = DemoView()
     hub.outbox.add_listener(view.on_commit)
     rng = random.Random()
     serial = _serial_simulators(tty_dir, rate)
+    pending = 0
     await asyncio.sleep(0.3)
     try:
         hub_task = asyncio.create_task(hub.run(stop))
         await asyncio.wait_for(hub.ready.wait(), 15)
         await hub.gateway.wait_connected(15)
         console.print(f"[bold]hallhub demo[/] — data in {base}")
+        console.print(f"status page: http://127.0.0.1:{hub.api_port}/", highlight=False)
+        if not console.is_terminal:
+            view.sink = lambda line: console.print(line, highlight=False, markup=False)
         async with contextlib.AsyncExitStack() as stack:
             devices = [
                 await stack.enter_async_context(
@@ -352,19 +410,26 @@ async def run_demo(
             tasks = [asyncio.create_task(view.window_pc.run())]
             tasks += [asyncio.create_task(_device_traffic(d, view, rate, rng)) for d in devices]
             deadline = None if duration_s is None else time.monotonic() + duration_s
-            with Live(view.render(hub), console=console, refresh_per_second=2, transient=False) as live:
+            live = (
+                Live(view.render(hub, console), console=console, refresh_per_second=2, transient=False)
+                if console.is_terminal
+                else contextlib.nullcontext()
+            )
+            with live:
                 tick = 0
-                while not stop.is_set() and (deadline is None or time.monotonic() < deadline):
+                while not interrupted.is_set() and (deadline is None or time.monotonic() < deadline):
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(stop.wait(), 0.5)
+                        await asyncio.wait_for(interrupted.wait(), 0.5)
                     tick += 1
-                    if tick % 4 == 0:
+                    if tick % 4 == 0 and not interrupted.is_set():
                         view.central = dataclasses.asdict(await receiver.stats())
-                    live.update(view.render(hub))
-            console.print()
-            for task in tasks:
+                    if isinstance(live, Live):
+                        live.update(view.render(hub, console))
+            # Traffic stops first: the devices disconnect cleanly while the broker still runs.
+            for task in (*tasks, *serial):
                 task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await asyncio.gather(*tasks, *serial, return_exceptions=True)
+        pending = (await hub.outbox.stats()).pending
         stop.set()
         await hub_task
         view.central = dataclasses.asdict(await receiver.stats())
@@ -375,11 +440,18 @@ async def run_demo(
         await asyncio.gather(*serial, return_exceptions=True)
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
-        await broker.stop()
         await central.aclose()
+        await broker.stop()
+    arrived = view.central.get("records_by_kind", {})
     console.print(
-        f"demo stopped: {view.stored['evaluation']} evaluations and {view.stored['alert']} alerts stored "
-        f"in {base / 'data' / 'outbox.db'}; "
-        f"{view.central.get('records_by_kind', {}).get('evaluation', 0)} evaluations arrived centrally"
+        f"demo stopped: {view.stored['evaluation']} evaluations and {view.stored['alert']} alerts stored; "
+        f"{arrived.get('evaluation', 0)} evaluations arrived centrally; "
+        + (
+            "nothing pending: every record was delivered"
+            if not pending
+            else f"{pending} records still pending in the outbox: the hub sends them on its next push"
+            + (f" (run the demo again with --data-dir {base})" if kept else " (this run's outbox is removed)")
+        ),
+        highlight=False,
     )
     return view

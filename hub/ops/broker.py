@@ -91,8 +91,10 @@ class MosquittoBroker:
             self.port = free_port()
         conf = self.workdir / "mosquitto.conf"
         conf.write_text(self.config_text())
+        # Its own process group: a Ctrl-C at the terminal reaches the program that started it (which
+        # stops it last, after its clients have disconnected), not the broker under their feet.
         self.process = subprocess.Popen(
-            [binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+            [binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, process_group=0
         )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
