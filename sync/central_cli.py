@@ -19,8 +19,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Final
 
 import typer
-from rich.console import Console
+from rich.markup import escape
 
+from hub.cli.console import make_console
 from hub.privacy.redact import redact_text, redact_url
 
 if TYPE_CHECKING:
@@ -34,8 +35,8 @@ _DB_HELP: Final = (
     "Where to store: sqlite:///relative.db, sqlite:////absolute.db or postgresql://user@host/db."
 )
 
-_console = Console()
-_err = Console(stderr=True)
+_console = make_console()
+_err = make_console(stderr=True)
 
 central_command = typer.Typer(
     name="central",
@@ -48,7 +49,7 @@ central_command = typer.Typer(
 
 def _fail(message: str) -> typer.Exit:
     """Print the error (redacted: a database error may quote the URL with its password); exit 1."""
-    _err.print(f"[red]error[/] {redact_text(message)}", highlight=False)
+    _err.print(f"[red]error[/] {escape(redact_text(message))}", highlight=False)
     return typer.Exit(1)
 
 

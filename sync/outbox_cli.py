@@ -21,12 +21,12 @@ from pathlib import Path
 from typing import IO, Annotated, Any, Final, TypeVar
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from contract.records import KINDS
+from hub.cli.console import make_console
 from hub.config import DEFAULT_CONFIG_PATH, ConfigError, load_config
 from hub.store import DeadLetter, Outbox, SchemaError, StoreUnavailable, WriteFailed
 from sync.uplink import INFLIGHT_KEY, UNAUTHORIZED_KEY
@@ -235,8 +235,8 @@ outbox_app = typer.Typer(
     "Works while the hub is stopped.",
     invoke_without_command=True,
 )
-_console = Console()
-_err = Console(stderr=True)
+_console = make_console()
+_err = make_console(stderr=True)
 
 _ConfigOption = Annotated[
     Path | None,

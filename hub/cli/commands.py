@@ -91,22 +91,11 @@ app.add_typer(config_app, name="config")
 app.add_typer(simulate_app, name="simulate")
 
 
-PIPED_WIDTH: Final = 240
-"""Columns a table may take when output goes to a file or a pipe (no terminal to fit)."""
-
-
 def _console(*, stderr: bool) -> Console:
-    """A console for stdout or stderr. Piped or logged, a message stays on one line (nothing knows of
-    80 columns there) and tables take the width they need; on a terminal, rich fits it."""
-    import os
+    """A console for stdout or stderr, not wrapped at 80 columns when piped (`hub.cli.console`)."""
+    from hub.cli.console import make_console
 
-    from rich.console import Console
-
-    console = Console(stderr=stderr)
-    if console.is_terminal:
-        return console
-    width = None if os.environ.get("COLUMNS") else PIPED_WIDTH
-    return Console(stderr=stderr, soft_wrap=True, width=width)
+    return make_console(stderr=stderr)
 
 
 @functools.cache

@@ -6,8 +6,13 @@ one table on SQLite or PostgreSQL, lets the platform page through what arrived
 receivers share the database. The same stores keep the pull collector's leases and cursors
 (`sync.collector`). Fault switches make it misbehave on purpose for tests and demos. Start it
 with `run_receiver` (serve until cancelled) or `start_receiver` (an async context manager), or
-mount `CentralReceiver(...).make_app()` in any aiohttp runner.
+mount `CentralReceiver(...).make_app()` in any aiohttp runner. `PostgresStore` and
+`parse_feed_cursor` load psycopg (the `postgres` extra), so they are imported on first use only.
 """
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 from sync.receiver._app import (
     DEFAULT_PAGE,
@@ -18,7 +23,6 @@ from sync.receiver._app import (
     ReceiverStats,
 )
 from sync.receiver._open import open_store
-from sync.receiver._postgres import DEFAULT_POOL_SIZE, PostgresStore, parse_feed_cursor
 from sync.receiver._server import (
     DEFAULT_LISTEN,
     RunningReceiver,
@@ -28,6 +32,7 @@ from sync.receiver._server import (
 )
 from sync.receiver._sqlite import SqliteStore
 from sync.receiver._store import (
+    DEFAULT_POOL_SIZE,
     DEFAULT_TABLE,
     FeedPage,
     LeaseLostError,
@@ -68,3 +73,17 @@ __all__ = [
     "run_receiver",
     "start_receiver",
 ]
+
+if TYPE_CHECKING:
+    from sync.receiver._postgres import PostgresStore, parse_feed_cursor
+
+_POSTGRES_NAMES = frozenset({"PostgresStore", "parse_feed_cursor"})
+
+
+def __getattr__(name: str) -> object:
+    """`PostgresStore` and `parse_feed_cursor`, imported from the PostgreSQL module when first asked for."""
+    if name in _POSTGRES_NAMES:
+        from sync.receiver import _postgres  # noqa: PLC0415 (psycopg only when PostgreSQL is used)
+
+        return getattr(_postgres, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -27,6 +27,7 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from contract.wire import Record, format_timestamp
 from sync.receiver._store import (
+    DEFAULT_POOL_SIZE,
     DEFAULT_TABLE,
     FeedPage,
     LeaseLostError,
@@ -44,7 +45,6 @@ __all__ = ["DEFAULT_POOL_SIZE", "PostgresStore", "parse_feed_cursor"]
 
 _T = TypeVar("_T")
 _Conn = psycopg.AsyncConnection[Any]
-DEFAULT_POOL_SIZE: Final = 8
 _MAX_XID: Final = 2**64 - 1
 _MAX_SERIAL: Final = 2**63 - 1
 

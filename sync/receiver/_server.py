@@ -14,8 +14,7 @@ from aiohttp import web
 from contract.wire import MAX_BATCH_BYTES
 from sync.receiver._app import CentralReceiver, Misbehaviour, ReceiverStats
 from sync.receiver._open import open_store
-from sync.receiver._postgres import DEFAULT_POOL_SIZE
-from sync.receiver._store import DEFAULT_TABLE
+from sync.receiver._store import DEFAULT_POOL_SIZE, DEFAULT_TABLE
 
 __all__ = ["DEFAULT_LISTEN", "RunningReceiver", "parse_listen", "run_receiver", "start_receiver"]
 

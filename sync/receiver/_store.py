@@ -21,6 +21,7 @@ from typing import Any, Final, Protocol
 from contract.wire import Record, format_timestamp
 
 __all__ = [
+    "DEFAULT_POOL_SIZE",
     "DEFAULT_TABLE",
     "FeedPage",
     "LeaseLostError",
@@ -37,6 +38,9 @@ __all__ = [
 ]
 
 DEFAULT_TABLE: Final = "hallhub_records"
+DEFAULT_POOL_SIZE: Final = 8
+"""The most PostgreSQL connections one process opens (here, not in the PostgreSQL module, so that a
+SQLite receiver never loads psycopg)."""
 # 48 leaves room for the longest derived name (`{table}_collectors`) under PostgreSQL's 63.
 _TABLE_NAME: Final = re.compile(r"[a-z_][a-z0-9_]{0,47}")
 
