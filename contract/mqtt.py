@@ -120,6 +120,9 @@ class EvaluateRequest(_Incoming):
     timeout_s: Annotated[int, Field(ge=1, le=3600)] | None = None
     user_prop: Annotated[int, Field(ge=1, le=2)] = 1
     """**(ext, §15)** who is rating: 1 a person, 2 a legal person; the national record's `userProp`."""
+    channel: Literal["qr"] | None = None
+    """**(ext, §13)** `"qr"`: rate on the citizen's own phone only, no keypad or pad is prompted (for
+    windows without one); absent, the window's keypad or pad is prompted (with a link too, when enabled)."""
 
 
 class StaffEvent(_Incoming):
@@ -169,6 +172,12 @@ class CmdPayload(_Outgoing):
     session: int | None = None
     timeout_s: int | None = None
     text: str | None = None
+    qr_url: str | None = None
+    """**(ext, §13)** on a `prompt`: the session's rating link, for the pad to draw as a QR code."""
+
+    def encode(self) -> bytes:
+        """Compact UTF-8 JSON; `qr_url` only when there is one (pads that predate §13 see no change)."""
+        return _encode_without_empty(self, "qr_url")
 
 
 class ErrorPayload(_Outgoing):
@@ -187,6 +196,18 @@ class SessionUpdate(_Outgoing):
     level: int | None = None
     id: str | None = None
     error: str | None = None
+    qr_url: str | None = None
+    """**(ext, §13)** on `prompted`: the session's single-use rating link for the citizen's phone."""
+
+    def encode(self) -> bytes:
+        """Compact UTF-8 JSON; `qr_url` only when there is one (window PCs that predate §13 see no change)."""
+        return _encode_without_empty(self, "qr_url")
+
+
+def _encode_without_empty(payload: _Outgoing, name: str) -> bytes:
+    """A payload's JSON with the optional extension field `name` left out while it is None."""
+    exclude = {name} if getattr(payload, name) is None else None
+    return payload.model_dump_json(exclude_none=False, exclude=exclude).encode()
 
 
 class HubState(_Outgoing):

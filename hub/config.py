@@ -23,7 +23,15 @@ from typing import Annotated, Any, Final, Literal, TypeVar
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 from pydantic_core import ErrorDetails
 
 from contract.records import HALL_CODE_REGEX, ID_REGEX, WINDOW_REGEX
@@ -315,6 +323,58 @@ class DeviceSection(_Section):
     reader: str | None = None
 
 
+MAX_QR_BASE_URL_CHARS: Final = 200
+"""A rating link must fit a small QR code on a pad's screen or a queue ticket."""
+
+
+def qr_base_url_problem(url: str) -> str | None:
+    """Why `qr_evaluation.base_url` cannot start a rating link that phones open (§13), or None."""
+    if not url.isascii() or any(char.isspace() or not char.isprintable() for char in url):
+        return f"expected a plain ASCII URL without spaces, got {url!r}"
+    parts = urlsplit(url)
+    try:
+        host = parts.hostname
+        parts.port  # noqa: B018 (raises ValueError for a port that is not a number)
+    except ValueError as exc:
+        return f'not a usable URL ({exc}): "{redact_url(url)}"'
+    if parts.scheme not in ("http", "https") or not host:
+        return (
+            "expected the http:// or https:// address phones on the hall network use to reach this hub, "
+            f'such as "http://10.1.2.3:8780", got "{redact_url(url)}"'
+        )
+    if parts.username is not None or parts.password is not None:
+        return "expected no user name or password in the URL (the link's own token is the phone's credential)"
+    if parts.query or parts.fragment:
+        return f'expected no query or fragment, got "{redact_url(url)}"'
+    return None
+
+
+class QrEvaluationSection(_Section):
+    """`[qr_evaluation]` (§13): single-use rating links that citizens open on their own phones."""
+
+    enabled: bool = False
+    base_url: Annotated[str, Field(max_length=MAX_QR_BASE_URL_CHARS, validate_default=True)] = ""
+    ttl_s: Annotated[int, Field(ge=60, le=86_400)] = 1800
+    # extension: submissions per minute from one client address (a hall behind one NAT: raise it)
+    submissions_per_minute: Annotated[int, Field(ge=1, le=600)] = 10
+
+    @field_validator("base_url")
+    @classmethod
+    def _base_url_usable(cls, url: str, info: ValidationInfo) -> str:
+        """Required once enabled; then a URL phones can open, kept without a trailing `/`."""
+        if not url:
+            if info.data.get("enabled"):
+                raise ValueError(
+                    "required when enabled: the address phones on the hall network use to reach this hub, "
+                    'such as "http://10.1.2.3:8780"'
+                )
+            return url
+        problem = qr_base_url_problem(url)
+        if problem is not None:
+            raise ValueError(problem)
+        return url.rstrip("/")
+
+
 class HubConfig(_Section):
     """The whole node config. Build it with `load_config`, which reports errors precisely."""
 
@@ -329,6 +389,7 @@ class HubConfig(_Section):
     limits: LimitsSection = Field(default_factory=LimitsSection)
     national: NationalSection = Field(default_factory=NationalSection)
     device: list[DeviceSection] = Field(default_factory=list)
+    qr_evaluation: QrEvaluationSection = Field(default_factory=QrEvaluationSection)
 
     @functools.cached_property
     def devices_by_id(self) -> dict[str, DeviceSection]:

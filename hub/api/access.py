@@ -5,7 +5,10 @@ proven otherwise:
 
 - open: `/healthz`, `/metrics`, `/board` — anyone.
 - pull: `/v1/records…` — the pull token, checked by the pull handlers themselves (§5).
-- phone: `/r/{token}` — the link's single-use token is the credential (§13).
+- phone: `/r/{token}` — the link's single-use token is the credential (§13); no control token and
+  no JSON (a phone posts a plain form), but a `Host` that is this node or the host of
+  `qr_evaluation.base_url` (`phone_hosts`), so that a DNS-rebound name cannot reach the page either.
+  Its refusals are pages a phone can show, logged without the client's address or the token.
 - view: any other GET/HEAD — open on a loopback listen address, otherwise the control or the view
   token (`Authorization: Bearer`, or HTTP Basic with the token as password so that a browser can
   open the status page and keep the credential for its session).
@@ -29,6 +32,7 @@ from urllib.parse import urlsplit
 
 from aiohttp import web
 
+from hub.api.phone_pages import phone_refusal
 from hub.config import is_loopback
 
 log = logging.getLogger(__name__)
@@ -93,8 +97,11 @@ class AccessPolicy:
     control_token: str = field(default="", repr=False)
     view_token: str = field(default="", repr=False)
     allowed_hosts: Iterable[str] = ()
+    phone_hosts: Iterable[str] = ()
+    """Host names phones use for `/r/…` besides this node's names: `qr_evaluation.base_url`'s (§13)."""
     _names: frozenset[str] = frozenset()
     _host_ports: frozenset[str] = frozenset()
+    _phone_names: frozenset[str] = frozenset()
 
     def __post_init__(self) -> None:
         names = set(LOCAL_HOSTS)
@@ -108,6 +115,7 @@ class AccessPolicy:
                 names.add(_bracketed(text))
         self._names = frozenset(names)
         self._host_ports = frozenset(host_ports)
+        self._phone_names = frozenset(_bracketed(name.strip().lower()) for name in self.phone_hosts)
 
     @property
     def loopback(self) -> bool:
@@ -120,6 +128,12 @@ class AccessPolicy:
             return False
         text = header.strip().lower()
         return _host_name(text) in self._names or text in self._host_ports
+
+    def phone_host_allowed(self, header: str | None) -> bool:
+        """Is `Host` this node, or the host (any port: a proxy may forward) of the phones' base URL?"""
+        return self.host_allowed(header) or (
+            bool(header) and _host_name(str(header).strip().lower()) in self._phone_names
+        )
 
     def origin_allowed(self, origin: str | None) -> bool:
         """A browser's `Origin`, if sent, must name this node too (`null` never does)."""
@@ -179,7 +193,9 @@ class AccessGuard:
         """None if the request may proceed, else the refusal to send."""
         access = access_for(request.method, request.path)
         policy = self.policy
-        if access in (Access.OPEN, Access.PULL, Access.PHONE):
+        if access is Access.PHONE:
+            return self._check_phone(request)
+        if access in (Access.OPEN, Access.PULL):
             return None
         if not policy.host_allowed(request.headers.get("Host")):
             return self._refuse(
@@ -216,6 +232,17 @@ class AccessGuard:
                 f"Content-Type must be application/json, got {request.content_type!r}",
             )
         return None
+
+    def _check_phone(self, request: web.Request) -> web.Response | None:
+        """`/r/…`: only the `Host` is checked here; the handler checks the token, form and rate."""
+        if self.policy.phone_host_allowed(request.headers.get("Host")):
+            return None
+        self._count("http_host")
+        # Neither the client's address nor the path (it holds the link's token) is logged (§13).
+        log.warning(
+            "api: %s /r/… refused: Host is not this node nor qr_evaluation.base_url's", request.method
+        )
+        return phone_refusal(421, "请使用评价二维码中的地址打开评价页面。")
 
     @web.middleware
     async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
