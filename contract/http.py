@@ -1,9 +1,11 @@
-"""Bodies of the local pull API (CONTRACTS §5): a page of records and the answer to an ack."""
+"""Bodies of the local HTTP API: the pull API (§5) and the follow-up steps of a bad review (§11)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Final
+from typing import Annotated, Final, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
 
 PULL_LIMIT_MAX: Final = 5000
 PULL_LIMIT_DEFAULT: Final = 500
@@ -24,4 +26,30 @@ def ack_answer(acked: int, upto: int) -> dict[str, int]:
     return {"acked": acked, "upto": upto}
 
 
-__all__ = ["PULL_LIMIT_DEFAULT", "PULL_LIMIT_MAX", "ack_answer", "pull_page"]
+class _StepRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    by: Annotated[str, Field(min_length=1, max_length=64)]
+    note: Annotated[str, Field(max_length=500)] | None = None
+
+
+class CallbackRequest(_StepRequest):
+    """`POST /v1/alerts/{id}/callback`: the citizen was called back (回访)."""
+
+    outcome: Literal["reached", "unreachable"]
+
+
+class RectifyRequest(_StepRequest):
+    """`POST /v1/alerts/{id}/rectify`: whether the complaint held, and if so that it was put right (整改)."""
+
+    substantiated: bool
+
+
+__all__ = [
+    "PULL_LIMIT_DEFAULT",
+    "PULL_LIMIT_MAX",
+    "CallbackRequest",
+    "RectifyRequest",
+    "ack_answer",
+    "pull_page",
+]

@@ -35,6 +35,8 @@ class Kind(enum.StrEnum):
     CARD = "card"
     PRINT = "print"
     DEVICE_STATUS = "device_status"
+    FOLLOWUP = "followup"
+    WINDOW = "window"
 
 
 class Channel(enum.StrEnum):

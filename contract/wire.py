@@ -21,13 +21,14 @@ import zlib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Annotated, Any, Final
+from typing import Annotated, Any, Final, Literal
 
 from pydantic import (
     AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
+    StrictBool,
     StrictInt,
     StrictStr,
     ValidationError,
@@ -196,6 +197,43 @@ class EvaluationData(BaseModel):
     flags: list[StrictStr] = Field(default_factory=list)
 
 
+class FollowupData(BaseModel):
+    """The `data` of a `followup` record (§11): one step of a bad review's callback and rectification."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    alert_id: RecordId
+    evaluation_id: RecordId
+    step: Literal["callback", "rectify"]
+    by: Annotated[StrictStr, Field(min_length=1, max_length=64)]
+    outcome: Literal["reached", "unreachable"] | None = None
+    substantiated: StrictBool | None = None
+    note: Annotated[StrictStr, Field(max_length=500)] | None = None
+    late: StrictBool
+    window: WindowId | None = None
+    staff_id: StrictStr | None = None
+    case_no: StrictStr | None = None
+    node_id: NodeId
+    hall_code: HallCode
+
+
+class WindowData(BaseModel):
+    """The `data` of a `window` record (§12): who serves at a window. Never the staff name."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    window: WindowId
+    event: Literal["sign_in", "sign_out", "pause", "resume"]
+    staff_id: StrictStr | None = None
+    reason: Annotated[StrictStr, Field(max_length=100)] | None = None
+    node_id: NodeId
+    hall_code: HallCode
+
+
+DATA_MODELS: Final[dict[str, type[BaseModel]]] = {"followup": FollowupData, "window": WindowData}
+"""The schema of `data` for the kinds checked beyond the envelope (evaluations: `evaluation_data`)."""
+
+
 class Batch(BaseModel):
     """The body of one uplink POST (§6). Records go alerts first, then oldest first."""
 
@@ -307,6 +345,12 @@ def validate_record(raw: object) -> Record:
         raise RecordError(field, message) from None
     if record.kind == "evaluation":
         evaluation_data(record)
+    elif record.kind in DATA_MODELS:
+        try:
+            DATA_MODELS[record.kind].model_validate(record.data)
+        except ValidationError as exc:
+            field, message = _explain(exc, "data")
+            raise RecordError(field, message) from None
     return record
 
 

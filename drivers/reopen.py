@@ -1,9 +1,8 @@
-"""Open a device again after it was lost: the one backoff every driver's reconnect loop uses.
+"""Open a device again after it was lost, with the node's one backoff policy (`drivers.backoff`).
 
-Built on tenacity's public `AsyncRetrying` rather than a loop of our own: tenacity is already what
-the drivers load (it is a dependency of the hub), its waits are tested upstream, and one wrapper
-here keeps the policy in one place: exponential backoff with jitter, so that many devices lost at
-the same moment (a USB hub reset, pcscd restarting, a power cut in the hall) do not retry in step.
+The loop is tenacity's public `AsyncRetrying` with `full_jitter` as its wait: tenacity is a
+dependency of the hub and its loop is tested upstream. Only the serial, PC/SC and camera drivers
+import this module (a node with only MQTT devices never loads tenacity).
 """
 
 from __future__ import annotations
@@ -11,7 +10,9 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_random_exponential
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type
+
+from drivers.backoff import full_jitter
 
 __all__ = ["SHORT_SESSION_S", "check_backoff", "open_with_backoff"]
 
@@ -49,7 +50,7 @@ async def open_with_backoff(
             on_failure(error, state.next_action.sleep if state.next_action is not None else 0.0)
 
     retrying = AsyncRetrying(
-        wait=wait_random_exponential(multiplier=min_s, max=max_s, min=floor_s),
+        wait=lambda state: full_jitter(state.attempt_number, min_s, max_s, floor_s=floor_s),
         retry=retry_if_exception_type(retry_on),
         before_sleep=before_sleep,
         reraise=True,

@@ -6,39 +6,44 @@ import asyncio
 import contextlib
 import gc
 import logging
-import time
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
-from contract.records import utc_now
+from contract.topics import Topics
 from hub import __version__
 from hub.api.access import AccessPolicy
+from hub.api.followup import followup_routes
 from hub.api.routes import HubApi
 from hub.api.server import ConnectionLimits, GuardedServer
+from hub.api.stats import stats_routes
 from hub.api.status_page import status_page_routes
-from hub.api.windows import window_and_alert_routes
+from hub.api.windows import window_and_alert_routes, window_staff_routes
 from hub.config import HubConfig, Secrets, is_loopback
 from hub.hall.alerts import AlertBook
+from hub.hall.deadlines import Deadlines
+from hub.hall.followup import FollowupBook, hall_books
 from hub.hall.sessions import PromptPort, SessionManager
+from hub.hall.stats import SatisfactionStats
+from hub.hall.windows import WindowBook
 from hub.ingest.device_alerts import DeviceAlerts
 from hub.ingest.devices import DeviceRegistry
 from hub.ingest.driver_host import DriverHost
 from hub.ingest.gateway import MqttGateway
 from hub.ingest.intake import Intake
+from hub.ingest.publisher import MqttPublisher
 from hub.metrics import HubMetrics
 from hub.ops.systemd import notify, watchdog_interval_s
-from hub.privacy.redact import redact
 from hub.privacy.sealing import NodeIdentifier, load_or_create_secret, preload_crypto
+from hub.status import NodeStatus, SyncState
 from hub.store.outbox import EvaluationHook, Outbox, StoreUnavailable, WriterDied
 
 log = logging.getLogger(__name__)
 
 MAINTENANCE_INTERVAL_S = 600.0
 DEDUP_KEEP_S = 7 * 86400.0
-WRITER_STALL_S = 10.0
 CARD_READER_KINDS = frozenset({"idcard", "pcsc"})
 """Device kinds whose drivers read ID numbers through the node's `NodeIdentifier`."""
 
@@ -76,35 +81,73 @@ class Hub:
     def __init__(
         self, config: HubConfig, secrets: Secrets, *, evaluation_hook: EvaluationHook | None = None
     ) -> None:
-        """Build every part from the config; `evaluation_hook` annotates each evaluation as it is
-        stored (the national mapping, wired in by `sync.node.build_hub`)."""
+        """Build every part from the config, each given what it needs; `evaluation_hook` annotates
+        each evaluation as it is stored (the national mapping, wired in by `sync.node.build_hub`)."""
         self.config = config
-        self.secrets = secrets
         self.metrics = HubMetrics()
-        data_dir = Path(config.node.data_dir)
+        self.sync = SyncState()
+        deadlines = Deadlines.from_config(
+            config.national.timezone,
+            config.followup.callback_within_min,
+            config.followup.rectify_within_days,
+            config.followup.holidays,
+        )
         self.outbox = Outbox(
-            data_dir / "outbox.db",
+            Path(config.node.data_dir) / "outbox.db",
             max_bytes=config.outbox.max_mb * 2**20,
             evaluation_hook=evaluation_hook,
+            store_hooks=[hall_books(deadlines).on_store],
         )
         self.registry = DeviceRegistry(config.device)
         self.intake = Intake(config, self.outbox, self.metrics)
-        self.gateway = MqttGateway(
-            config, secrets, self.intake, self.registry, self.metrics, self._state_summary
+        self.publisher = MqttPublisher(Topics(config.node.id), self.registry, self.metrics)
+        self.windows = WindowBook(config, self.outbox, self.metrics, self.publisher.window_state)
+        self.sessions = SessionManager(
+            config, self.outbox, self.publisher.publish_session, windows=self.windows
         )
-        self.sessions = SessionManager(config, self.outbox, self.gateway.publish_session)
-        self.sessions.bind("mqtt", PromptPort(self.gateway.prompt_pad, self.gateway.cancel_pad))
-        self.gateway.sessions = self.sessions
+        self.sessions.bind(
+            "mqtt",
+            PromptPort(self.publisher.prompt_pad, self.publisher.cancel_pad, self.publisher.show_pad),
+        )
         self.alerts = AlertBook(self.outbox)
-        self.identifier = NodeIdentifier(
+        self.followups = FollowupBook(
+            self.outbox, deadlines, node_id=config.node.id, hall_code=config.node.hall_code
+        )
+        stats = SatisfactionStats(self.outbox, config.national.timezone, config.evaluation.bad_level)
+        self.device_alerts = DeviceAlerts(config, self.registry, self.intake)
+        self.gateway = MqttGateway(
+            config,
+            secrets,
+            intake=self.intake,
+            registry=self.registry,
+            metrics=self.metrics,
+            sessions=self.sessions,
+            publisher=self.publisher,
+            state_provider=self._hub_state,
+            health_listener=self.device_alerts.on_health,
+            windows=self.windows,
+        )
+        identifier = NodeIdentifier(
             load_or_create_secret(config.node.secret_file),
             hmac=config.privacy.hmac,
             identity_mode=config.privacy.identity,
         )
         if any(device.kind in CARD_READER_KINDS for device in config.device):
             preload_crypto()  # imported lazily for memory; a node with card readers needs it anyway
-        self.drivers = DriverHost(
-            config, self.intake, self.registry, self.metrics, self.sessions, self.identifier
+        self.drivers = DriverHost(config, self.intake, self.registry, self.metrics, self.sessions, identifier)
+        self.node_status = NodeStatus(
+            config,
+            outbox=self.outbox,
+            registry=self.registry,
+            metrics=self.metrics,
+            alerts=self.alerts,
+            followups=self.followups,
+            device_alerts=self.device_alerts,
+            sessions=self.sessions,
+            broker_connected=lambda: self.gateway.connected,
+            sync=self.sync,
+            pull_enabled=bool(secrets.pull_token),
+            windows=self.windows,
         )
         listen_host, listen_port = config.api_host_port
         policy = AccessPolicy(
@@ -114,34 +157,45 @@ class Hub:
             view_token=secrets.view_token,
             allowed_hosts=config.api.allowed_hosts,
         )
-        self._http: GuardedServer | None = None
-        self._fatal: WriterDied | None = None
         self.api = HubApi(
-            self,
-            secrets.pull_token,
-            policy,
+            status=self.node_status,
+            outbox=self.outbox,
+            metrics=self.metrics,
+            pull_token=secrets.pull_token,
+            policy=policy,
+            routes=[
+                *window_and_alert_routes(self.sessions, self.alerts),
+                *followup_routes(self.followups),
+                *stats_routes(stats, hall_name=config.node.name or f"政务服务大厅 {config.node.hall_code}"),
+                *window_staff_routes(self.windows),
+                *status_page_routes(
+                    self.node_status,
+                    self.outbox,
+                    stats,
+                    timezone=config.national.timezone,
+                    central_url=config.central.url,
+                ),
+            ],
             body_timeout_s=config.api.header_timeout_s,
             request_hook=self._request_started,
         )
-        self.api.extra_routes += window_and_alert_routes(self)
-        self.services: list[tuple[str, Service]] = list(self.drivers.runners())
+        self.services: list[tuple[str, Service]] = [
+            *self.drivers.runners(),
+            ("device-alerts", self.device_alerts.run),
+            ("followup-deadlines", self.followups.run),
+        ]
         self.ready = asyncio.Event()
-        self.started_at = utc_now()
-        self.last_sync: str | None = None
         self.api_port: int | None = None
+        self._http: GuardedServer | None = None
         self._runner: web.AppRunner | None = None
-        self.device_alerts = DeviceAlerts(config, self.registry, self.intake)
-        self.gateway.health_listener = self.device_alerts.on_health
-        self.add_service("device-alerts", self.device_alerts.run)
-        self.api.extra_routes += status_page_routes(self)
+        self._fatal: WriterDied | None = None
 
     def add_service(self, name: str, service: Service) -> None:
         """Run `service()` beside the core (drivers, sessions, uplink) until shutdown."""
         self.services.append((name, service))
 
-    async def _state_summary(self) -> tuple[int, str | None]:
-        stats = await self.outbox.stats()
-        return stats.pending, self.last_sync
+    async def _hub_state(self) -> tuple[int, str | None]:
+        return await self.node_status.summary()
 
     def _request_started(self, request: web.Request) -> Callable[[], None] | None:
         """Clear the connection's header deadline while a request is handled (hub.api.server)."""
@@ -178,9 +232,11 @@ class Hub:
     async def run(self, stop: asyncio.Event) -> None:
         """Open the store, serve everything until `stop`, then shut down in order."""
         await self.outbox.open()
-        self.outbox.add_listener(self.gateway.mirror)
+        self.outbox.add_listener(self.publisher.mirror)
         self.outbox.add_listener(self.alerts.on_commit)
+        self.outbox.add_listener(self.followups.on_commit)
         await self.alerts.load()
+        await self.windows.load()
         try:
             await self.start_api()
             async with asyncio.TaskGroup() as group:
@@ -256,81 +312,3 @@ class Hub:
             else:
                 notify("WATCHDOG=1")
             await asyncio.sleep(interval)
-
-    async def problems(self) -> list[str]:
-        """What makes the hub degraded right now (empty when healthy)."""
-        problems = []
-        if not self.gateway.connected:
-            broker = self.config.broker
-            problems.append(f"not connected to the MQTT broker at {broker.host}:{broker.port}")
-        if time.monotonic() - self.outbox.last_commit_monotonic > WRITER_STALL_S:
-            try:
-                await asyncio.wait_for(self.outbox.ping(), timeout=WRITER_STALL_S)
-            except (TimeoutError, StoreUnavailable) as exc:
-                problems.append(f"outbox writer not answering: {exc or 'timeout'}")
-        if self.outbox.failing_since is not None:
-            failure = self.outbox.last_failure
-            problems.append(f"outbox cannot write: {failure} (devices are not acked and retry)")
-        if self.outbox.recovered_from is not None:
-            problems.append(
-                f"outbox was damaged and moved aside to {self.outbox.recovered_from}; "
-                f"{self.outbox.salvaged} pending records salvaged"
-            )
-        stats = await self.outbox.stats()
-        if stats.max_bytes and stats.used_bytes >= 0.9 * stats.max_bytes:
-            problems.append(
-                f"outbox {stats.used_bytes // 2**20} MB of {stats.max_bytes // 2**20} MB: telemetry is shed"
-            )
-        return problems
-
-    async def refresh_gauges(self) -> None:
-        """Update the outbox gauges before a scrape."""
-        stats = await self.outbox.stats()
-        self.metrics.outbox_pending.clear()
-        for kind, count in stats.pending_by_kind.items():
-            self.metrics.outbox_pending.labels(kind=kind).set(count)
-        self.metrics.outbox_oldest_age.set(stats.oldest_pending_age_s())
-        self.metrics.outbox_used_bytes.set(stats.used_bytes)
-        self.metrics.outbox_dead_letters.set(stats.dead_letters)
-        self.metrics.outbox_failed_writes.set(self.outbox.failed_writes)
-        self.metrics.devices_online.set(self.registry.online_count)
-
-    async def status(self) -> dict[str, Any]:
-        """The document behind /v1/status, `hallhub status` and the status page."""
-        stats = await self.outbox.stats()
-        node = self.config.node
-        broker = self.config.broker
-        status = {
-            "node": {
-                "id": node.id,
-                "hall_code": node.hall_code,
-                "version": __version__,
-                "started_at": self.started_at,
-            },
-            "broker": {
-                "host": broker.host,
-                "port": broker.port,
-                "connected": self.gateway.connected,
-            },
-            "devices": [device.to_json() for device in self.registry.all()],
-            **self.registry.unknown_status(),  # unknown_devices, unknown_devices_dropped
-            "outbox": {
-                "pending": stats.pending,
-                "pending_by_kind": stats.pending_by_kind,
-                "oldest_pending_at": stats.oldest_pending_at,
-                "oldest_pending_age_s": round(stats.oldest_pending_age_s(), 1),
-                "dead_letters": stats.dead_letters,
-                "used_bytes": stats.used_bytes,
-                "max_bytes": stats.max_bytes,
-                "last_seq": stats.last_seq,
-            },
-            "alerts": self.alerts.open_alerts(),
-            "device_alerts": self.device_alerts.open_alerts(),
-            "sessions": self.sessions.open_sessions(),
-            "sync": {
-                "last_sync": self.last_sync,
-                "push": bool(self.config.central.url),
-                "pull": bool(self.secrets.pull_token),
-            },
-        }
-        return redact(status)

@@ -17,6 +17,7 @@ import re
 import tomllib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import date
 from pathlib import Path
 from types import MappingProxyType
 from typing import Annotated, Any, Final, Literal, TypeVar
@@ -211,6 +212,7 @@ class NodeSection(_Section):
 
     id: Annotated[str, Field(pattern=_ID_PATTERN)]
     hall_code: Annotated[str, Field(pattern=_HALL_CODE_PATTERN)]
+    name: Annotated[str, Field(max_length=64)] = ""  # extension: the hall's name, for the board (§14)
     data_dir: Annotated[str, Field(min_length=1)] = "/var/lib/hallhub"
     secret_file: Annotated[str, Field(min_length=1)] = "/etc/hallhub/secret"  # noqa: S105 (a path)
 
@@ -305,6 +307,25 @@ class NationalSection(_Section):
     case_history_days: Annotated[int, Field(ge=1, le=3650)] = DEFAULT_CASE_HISTORY_DAYS
 
 
+def holiday_problem(text: str) -> str | None:
+    """Why `text` is not a date `YYYY-MM-DD`, or None."""
+    try:
+        date.fromisoformat(text)
+    except ValueError:
+        return f"expected a date YYYY-MM-DD, got {text!r}"
+    return None if len(text) == 10 else f"expected a date YYYY-MM-DD, got {text!r}"
+
+
+class FollowupSection(_Section):
+    """`[followup]` (§11): deadlines for calling back a bad review and putting right what it found."""
+
+    callback_within_min: Annotated[int, Field(ge=1, le=7 * 24 * 60)] = 60
+    rectify_within_days: Annotated[int, Field(ge=1, le=60)] = 3
+    holidays: Annotated[list[Annotated[str, _rule(holiday_problem)]], Field(max_length=1000)] = Field(
+        default_factory=list
+    )
+
+
 class DeviceSection(_Section):
     """One `[[device]]`."""
 
@@ -388,6 +409,7 @@ class HubConfig(_Section):
     privacy: PrivacySection = Field(default_factory=PrivacySection)
     limits: LimitsSection = Field(default_factory=LimitsSection)
     national: NationalSection = Field(default_factory=NationalSection)
+    followup: FollowupSection = Field(default_factory=FollowupSection)
     device: list[DeviceSection] = Field(default_factory=list)
     qr_evaluation: QrEvaluationSection = Field(default_factory=QrEvaluationSection)
 

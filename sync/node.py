@@ -23,7 +23,15 @@ def build_hub(config: HubConfig, secrets: Secrets, **uplink_options: Any) -> Hub
     if config.central.url:
         from sync.uplink import Uplink  # noqa: PLC0415 (lazy, for memory: only when push is on)
 
-        hub.add_service("uplink", Uplink(hub, **uplink_options).run)
+        uplink = Uplink(
+            config,
+            outbox=hub.outbox,
+            metrics=hub.metrics,
+            sync=hub.sync,
+            central_token=secrets.central_token,
+            **uplink_options,
+        )
+        hub.add_service("uplink", uplink.run)
     return hub
 
 

@@ -57,7 +57,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Final, Protocol
+from typing import Any, Final
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -65,7 +65,8 @@ from pydantic import ValidationError
 
 from contract import wire
 from contract.records import Kind, Record, utc_now
-from hub.config import HubConfig, Secrets
+from drivers.backoff import full_jitter
+from hub.config import HubConfig
 from hub.metrics import HubMetrics
 from hub.privacy.sealing import (
     SealedIdentity,
@@ -74,6 +75,7 @@ from hub.privacy.sealing import (
     derive_seal_key,
     load_or_create_secret,
 )
+from hub.status import SyncState
 from hub.store.outbox import Outbox, PendingRecord, StoreUnavailable
 from sync.national import rename_fields
 
@@ -85,8 +87,6 @@ __all__ = [
     "REDIRECTED_KEY",
     "UNAUTHORIZED_KEY",
     "Uplink",
-    "UplinkHost",
-    "full_jitter",
     "identity_allowed",
     "parse_retry_after",
 ]
@@ -107,24 +107,8 @@ MAX_ANSWER_BYTES: Final = 4 * 2**20
 """An answer lists at most `batch_max` ids (5,000 × ~40 bytes): anything far larger is hostile."""
 
 
-class UplinkHost(Protocol):
-    """What the uplink needs from the hub (`hub.app.Hub` provides it)."""
-
-    config: HubConfig
-    secrets: Secrets
-    outbox: Outbox
-    metrics: HubMetrics
-    last_sync: str | None
-
-
 class UplinkSetupError(Exception):
     """TLS files or the node secret cannot be used; the message names the config key and the fix."""
-
-
-def full_jitter(attempt: int, base_s: float, cap_s: float, rng: random.Random) -> float:
-    """The wait before retry `attempt` (1, 2, …): uniform in [0, min(cap, base × 2^(attempt-1))]."""
-    exponent = min(max(attempt, 1) - 1, 62)
-    return rng.uniform(0.0, min(cap_s, base_s * 2.0**exponent))
 
 
 def identity_allowed(url: str, context: ssl.SSLContext | None) -> bool:
@@ -190,7 +174,7 @@ class _Result:
 
 
 class Uplink:
-    """The push service: `Uplink(hub).run()` until cancelled.
+    """The push service: `Uplink(config, outbox=…, metrics=…, sync=…).run()` until cancelled.
 
     The keyword arguments exist for tests and tuning: `auth_retry_s` (5 minutes by contract),
     `backoff_base_s` and `backoff_max_s` (1 s and 300 s), `idle_poll_s` (how often an idle uplink
@@ -199,18 +183,23 @@ class Uplink:
 
     def __init__(
         self,
-        host: UplinkHost,
+        config: HubConfig,
         *,
+        outbox: Outbox,
+        metrics: HubMetrics,
+        sync: SyncState,
+        central_token: str = "",
         auth_retry_s: float = AUTH_RETRY_S,
         backoff_base_s: float = BACKOFF_BASE_S,
         backoff_max_s: float = BACKOFF_MAX_S,
         idle_poll_s: float = IDLE_POLL_S,
         rng: random.Random | None = None,
     ) -> None:
-        self.host = host
-        self.config = host.config
-        self.outbox = host.outbox
-        self.metrics = host.metrics
+        self.config = config
+        self.outbox = outbox
+        self.metrics = metrics
+        self.sync = sync
+        self.central_token = central_token
         self.auth_retry_s = auth_retry_s
         self.backoff_base_s = backoff_base_s
         self.backoff_max_s = backoff_max_s
@@ -274,7 +263,7 @@ class Uplink:
             except OSError as exc:
                 log.error("uplink: central.token_file %s: %s", central.token_file, exc.strerror)
                 return ""
-        return self.host.secrets.central_token or central.token
+        return self.central_token or central.token
 
     def _on_commit(self, records: list[Record]) -> None:
         self._wake.set()
@@ -585,7 +574,7 @@ class Uplink:
         self.metrics.records_delivered.labels(via="push").inc(marked)
         self.metrics.sync.labels(result="ok").inc()
         self.metrics.last_sync.set(time.time())
-        self.host.last_sync = utc_now()
+        self.sync.last_sync = utc_now()
         for key, what in (
             (UNAUTHORIZED_KEY, "the platform accepts the token again"),
             (REDIRECTED_KEY, "the platform answers without a redirect again"),

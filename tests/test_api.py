@@ -94,7 +94,7 @@ async def test_pull_needs_the_token(
         ({"limit": "5001"}, "limit: expected a value from 1 to 5000, got 5001"),
         (
             {"kind": "rating"},
-            "kind: expected one of evaluation, alert, scan, card, print, device_status, got 'rating'",
+            "kind: expected one of evaluation, alert, scan, card, print, device_status, followup, window, got 'rating'",
         ),
         ({"since": "1"}, "unknown query parameter: since (use after, limit, kind)"),
     ],
@@ -124,7 +124,7 @@ async def test_bad_ack_bodies(
     hub, http = api
     async with http.post("/v1/records/ack", data=body, headers=AUTH) as response:
         assert (response.status, await response.json()) == (status, {"error": message})
-    assert (await hub.status())["node"]["id"] == "test-node", "the hub carries on"
+    assert (await hub.node_status.status())["node"]["id"] == "test-node", "the hub carries on"
 
 
 async def test_pull_is_off_without_a_token(tmp_path: Path, broker: MosquittoBroker) -> None:

@@ -68,7 +68,7 @@ async def test_printer_faults_raise_and_clear(broker: MosquittoBroker, tmp_path:
             "detail": "",
             "node_id": NODE_ID,
         }
-        (open_alert,) = (await hub.status())["device_alerts"]
+        (open_alert,) = (await hub.node_status.status())["device_alerts"]
         assert open_alert["fault"] == "paper_out"
         assert open_alert["description"] == "out of paper"
 
@@ -78,7 +78,7 @@ async def test_printer_faults_raise_and_clear(broker: MosquittoBroker, tmp_path:
         assert cleared["fault"] == "paper_out"
         raised_record = next(m for m in observer.messages[ALERTS] if m["data"] == raised)
         assert cleared["raised_id"] == raised_record["id"]
-        assert (await hub.status())["device_alerts"] == []
+        assert (await hub.node_status.status())["device_alerts"] == []
 
         await printer.publish_raw("health", json.dumps({"jam": True, "door_open": True, "output_full": True}))
         three = (await wait_faults(observer, 5))[2:]
@@ -95,7 +95,7 @@ async def test_printer_faults_raise_and_clear(broker: MosquittoBroker, tmp_path:
             ("output_full", "cleared"),
         ]
         await asyncio.sleep(0.3)
-        assert [a["fault"] for a in (await hub.status())["device_alerts"]] == ["door_open"]
+        assert [a["fault"] for a in (await hub.node_status.status())["device_alerts"]] == ["door_open"]
         assert len(faults(observer)) == 7
 
         # Every alert is also an outbox record, on its way upstream (alerts first).
@@ -120,12 +120,12 @@ async def test_offline_device_raises_after_the_configured_time(
         assert raised["fault"] == "offline"
         assert raised["window"] == "07"
         assert raised["detail"].startswith("last seen 20")
-        assert [a["fault"] for a in (await hub.status())["device_alerts"]] == ["offline"]
+        assert [a["fault"] for a in (await hub.node_status.status())["device_alerts"]] == ["offline"]
 
         async with SimulatedMqttDevice("127.0.0.1", broker.port, NODE_ID, "pad-07", kind="pad"):
             cleared = (await wait_faults(observer, 2, timeout=5))[1]
             assert (cleared["fault"], cleared["state"]) == ("offline", "cleared")
-            assert (await hub.status())["device_alerts"] == []
+            assert (await hub.node_status.status())["device_alerts"] == []
 
 
 async def test_open_faults_survive_a_hub_restart(broker: MosquittoBroker, tmp_path: Path) -> None:
@@ -139,7 +139,7 @@ async def test_open_faults_survive_a_hub_restart(broker: MosquittoBroker, tmp_pa
             (raised,) = await wait_faults(observer, 1)
 
         async with running_hub(config) as hub:
-            assert [a["fault"] for a in (await hub.status())["device_alerts"]] == ["jam"]
+            assert [a["fault"] for a in (await hub.node_status.status())["device_alerts"]] == ["jam"]
             # The printer repeats its report to the new hub: still jammed, nothing new is raised.
             await printer.publish_raw("health", json.dumps({"jam": True, "paper": "ok"}))
             await asyncio.sleep(0.5)

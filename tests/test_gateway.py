@@ -323,7 +323,7 @@ async def test_every_bad_payload_is_rejected_with_its_field_and_the_hub_carries_
         assert rejects["no_msg_id"] == 4
         assert rejects["wrong_kind"] == 2
         assert 'hallhub_acks_total{status="rejected"} 30.0' in metrics
-        status = await hub.status()
+        status = await hub.node_status.status()
         assert (status["unknown_devices"], status["unknown_devices_dropped"]) == ({"ghost": 1}, 0)
         terminal_errors = next(d for d in status["devices"] if d["id"] == "terminal-00")["errors"]
         assert terminal_errors["invalid_field"] >= 10
@@ -351,7 +351,7 @@ async def test_scan_print_health_and_state_are_stored(tmp_path: Path, broker: Mo
             {"device_id": "terminal-00", "node_id": NODE_ID, "health": {"paper": "low", "jam": False}}
         ]
         await asyncio.sleep(0.3)
-        states = {d["id"]: d for d in (await hub.status())["devices"]}
+        states = {d["id"]: d for d in (await hub.node_status.status())["devices"]}
         assert states["qr-00"]["online"] is False, "the device said goodbye with online: false"
         assert states["terminal-00"]["fw"] == "sim-1.0"
 

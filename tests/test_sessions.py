@@ -125,7 +125,7 @@ async def test_prompted_then_rated_with_bad_review_alert(tmp_path: Path, broker:
         assert rated["level"] == 2
         alerts = await seen.wait_for(f"{ROOT}/alerts")
         await until(lambda: "感谢您的评价" in keypad.shows)
-        status = await hub.status()
+        status = await hub.node_status.status()
     [record] = evaluations(tmp_path)
     assert record["id"] == rated["id"]
     data = record["data"]
@@ -245,7 +245,7 @@ async def test_two_keypads_on_one_line_and_free_ratings_with_misuse_limits(
         for level in (5, 4, 1):
             assert await right.free_rating(level).wait()
         await asyncio.sleep(0.2)
-        status = await hub.status()
+        status = await hub.node_status.status()
     records = evaluations(tmp_path)
     by = [
         (r["data"]["device_id"], r["data"]["level"], r["data"]["case_no"], r["data"]["flags"])

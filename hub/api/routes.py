@@ -6,8 +6,8 @@ import asyncio
 import hmac
 import json
 import logging
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
@@ -16,7 +16,11 @@ from contract.http import PULL_LIMIT_DEFAULT, PULL_LIMIT_MAX, ack_answer, pull_p
 from contract.records import KINDS
 from hub import __version__
 from hub.api.access import AccessGuard, AccessPolicy, RequestHook
-from hub.store.outbox import StoreUnavailable
+from hub.metrics import HubMetrics
+from hub.store.outbox import Outbox, StoreUnavailable
+
+if TYPE_CHECKING:
+    from hub.status import NodeStatus
 
 log = logging.getLogger(__name__)
 
@@ -32,25 +36,31 @@ def json_error(status: int, message: str, **extra: Any) -> web.Response:
 
 
 class HubApi:
-    """Routes bound to a running hub (see hub.app.Hub for what `hub` provides)."""
+    """The application: §5's own routes (health, metrics, status, pull) and the `routes` of the
+    hall's features, behind the §9 access check and JSON errors."""
 
     def __init__(
         self,
-        hub: Any,
+        *,
+        status: NodeStatus,
+        outbox: Outbox,
+        metrics: HubMetrics,
         pull_token: str,
         policy: AccessPolicy,
-        *,
+        routes: Sequence[web.RouteDef] = (),
         body_timeout_s: float = 10.0,
         request_hook: RequestHook | None = None,
     ) -> None:
-        self.hub = hub
+        self.node_status = status
+        self.outbox = outbox
+        self.hub_metrics = metrics
         self.pull_token = pull_token
-        self.extra_routes: list[web.RouteDef] = []
+        self.extra_routes = list(routes)
         self.guard = AccessGuard(policy, self._count_refusal, request_hook)
         self.body_timeout_s = body_timeout_s
 
     def _count_refusal(self, reason: str) -> None:
-        self.hub.metrics.rejects.labels(reason=reason).inc()
+        self.hub_metrics.rejects.labels(reason=reason).inc()
 
     def make_app(self) -> web.Application:
         """The aiohttp application: errors as JSON outside, the §9 access check inside."""
@@ -100,25 +110,25 @@ class HubApi:
 
     def _refuse(self, request: web.Request, reason: str) -> web.Response:
         """401, counted and logged once per request (never the token itself)."""
-        self.hub.metrics.rejects.labels(reason="http_unauthorized").inc()
+        self.hub_metrics.rejects.labels(reason="http_unauthorized").inc()
         log.warning("api: %s %s from %s refused: %s", request.method, request.path, request.remote, reason)
         return json_error(401, reason)
 
     async def healthz(self, _request: web.Request) -> web.Response:
         """200 ok, or 503 with the problems found."""
-        problems = await self.hub.problems()
+        problems = await self.node_status.problems()
         if problems:
             return web.json_response({"status": "degraded", "problems": problems}, status=503)
         return web.json_response({"status": "ok"})
 
     async def metrics(self, _request: web.Request) -> web.Response:
         """Prometheus text exposition."""
-        await self.hub.refresh_gauges()
-        return web.Response(body=self.hub.metrics.render(), content_type="text/plain", charset="utf-8")
+        await self.node_status.refresh_gauges()
+        return web.Response(body=self.hub_metrics.render(), content_type="text/plain", charset="utf-8")
 
     async def status(self, _request: web.Request) -> web.Response:
         """The node at a glance."""
-        return web.json_response(await self.hub.status(), dumps=_dumps)
+        return web.json_response(await self.node_status.status(), dumps=_dumps)
 
     async def records(self, request: web.Request) -> web.Response:
         """Pull: pending records with seq > after, oldest first."""
@@ -137,7 +147,7 @@ class HubApi:
         kind = query.get("kind")
         if kind is not None and kind not in KINDS:
             return json_error(400, f"kind: expected one of {', '.join(KINDS)}, got {kind!r}")
-        bodies, last, more = await self.hub.outbox.pending_page(after, limit, kind)
+        bodies, last, more = await self.outbox.pending_page(after, limit, kind)
         text = pull_page(bodies, last, more)
         return web.Response(text=text, content_type="application/json")
 
@@ -152,13 +162,13 @@ class HubApi:
         upto = body.get("upto")
         if isinstance(upto, bool) or not isinstance(upto, int) or upto < 0:
             return json_error(400, f"upto: expected a whole number ≥ 0, got {upto!r}")
-        highest = self.hub.outbox.last_seq
+        highest = self.outbox.last_seq
         if upto > highest:
             return json_error(
                 400, f"upto: {upto} is beyond the highest seq this node has assigned ({highest})"
             )
-        acked = await self.hub.outbox.ack_upto(upto, via="pull")
-        self.hub.metrics.records_delivered.labels(via="pull").inc(acked)
+        acked = await self.outbox.ack_upto(upto, via="pull")
+        self.hub_metrics.records_delivered.labels(via="pull").inc(acked)
         return web.json_response(ack_answer(acked, upto))
 
 

@@ -25,13 +25,15 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from aiohttp import web
 
 from contract.records import format_utc, parse_rfc3339
+from hub.api.hall_sections import followups_section, satisfaction_section
 from hub.privacy.redact import redact_url
 from hub.store.outbox import Outbox, StoreUnavailable
 
 if TYPE_CHECKING:
     from rich.console import Console
 
-    from hub.app import Hub
+    from hub.hall.stats import SatisfactionStats
+    from hub.status import NodeStatus
 
 DEFAULT_REFRESH_S: Final = 5
 MAX_REFRESH_S: Final = 300
@@ -40,7 +42,7 @@ LEVELS: Final = (5, 4, 3, 2, 1)
 LEVEL_NAMES: Final[dict[int, str]] = {5: "非常满意", 4: "满意", 3: "基本满意", 2: "不满意", 1: "非常不满意"}
 
 _SCRIPT: Final = (
-    "(()=>{const b=document.body,s=+b.dataset.refresh*1000,K='hallhub-control-token';"
+    "(()=>{const b=document.body,s=+b.dataset.refresh*1000,K='hallhub-control-token',B='hallhub-by';"
     "async function load(){try{const r=await fetch(location.href,{cache:'no-store'});"
     "if(!r.ok)throw Error(r.status);const d=new DOMParser().parseFromString(await r.text(),'text/html');"
     "document.getElementById('page').replaceWith(d.getElementById('page'));b.classList.remove('stale')}"
@@ -53,6 +55,12 @@ _SCRIPT: Final = (
     "if(!n)return r;sessionStorage.setItem(K,n.trim())}}"
     "document.addEventListener('click',async e=>{const id=e.target.dataset.ack;if(!id)return;"
     "await post('/v1/alerts/'+encodeURIComponent(id)+'/ack',{});load()});"
+    # A follow-up step (§11): who takes it is asked once and kept for this tab, like the token.
+    "document.addEventListener('click',async e=>{const d=e.target.dataset;if(!d.step)return;"
+    "let by=sessionStorage.getItem(B)||prompt('处理人 who is taking this step');if(!by)return;"
+    "sessionStorage.setItem(B,by.trim());const v=d.step==='callback'?{by,outcome:d.value}"
+    ":{by,substantiated:d.value==='true'};"
+    "await post('/v1/alerts/'+encodeURIComponent(d.alert)+'/'+d.step,v);load()});"
     "setInterval(load,s)})()"
 )
 _SCRIPT_HASH: Final = base64.b64encode(hashlib.sha256(_SCRIPT.encode()).digest()).decode()
@@ -159,12 +167,12 @@ async def ratings_today(outbox: Outbox, timezone: str, now: datetime | None = No
     return RatingsToday(local.date().isoformat(), zone.key, since, windows)
 
 
-async def _bad_reviews(hub: Hub, status: Mapping[str, Any]) -> list[dict[str, Any]]:
+async def _bad_reviews(outbox: Outbox, status: Mapping[str, Any]) -> list[dict[str, Any]]:
     """Open bad-review alerts: the hub's alert book, or (without one) those still pending upload."""
     alerts = status.get("alerts")
     if isinstance(alerts, list):
         return [a for a in alerts if isinstance(a, dict)]
-    bodies, _last, _more = await hub.outbox.pending_page(0, FALLBACK_ALERTS, "alert")
+    bodies, _last, _more = await outbox.pending_page(0, FALLBACK_ALERTS, "alert")
     records = [json.loads(body) for body in bodies]
     return [r for r in records if r.get("data", {}).get("type") == "bad_review"]
 
@@ -353,6 +361,7 @@ def render_page(
     bad_reviews: list[dict[str, Any]],
     ratings: RatingsToday,
     *,
+    hall: str = "",
     refresh_s: int = DEFAULT_REFRESH_S,
     now: datetime | None = None,
     central_url: str = "",
@@ -376,8 +385,9 @@ def render_page(
         f'<main id="page"><p class="mute" id="updated">updated {updated} · refreshes every {refresh_s} s</p>'
         f"{problem_box}{_connections(status, central_url, now)}"
         f"{_alerts(bad_reviews, list(status.get('device_alerts') or []), zone)}"
+        f"{followups_section(list(status.get('followups') or []), now, zone)}"
         f"{_devices(status.get('devices') or [], now, zone)}{_outbox(status.get('outbox') or {})}"
-        f"{_ratings(ratings)}</main>"
+        f"{_ratings(ratings)}{hall}</main>"
     )
     title = f"hallhub · {_e(node.get('id'))}"
     return (
@@ -402,22 +412,33 @@ def _refresh_param(request: web.Request) -> int:
     return DEFAULT_REFRESH_S
 
 
-def status_page_routes(hub: Hub) -> list[web.RouteDef]:
-    """`GET /` (the page) and `GET /v1/ratings/today` (JSON), bound to a hub."""
-    timezone = hub.config.national.timezone
+def status_page_routes(
+    status_source: NodeStatus,
+    outbox: Outbox,
+    stats: SatisfactionStats,
+    *,
+    timezone: str,
+    central_url: str,
+) -> list[web.RouteDef]:
+    """`GET /` (the page) and `GET /v1/ratings/today` (JSON), from the node's status and outbox."""
 
     async def page(request: web.Request) -> web.Response:
-        status = await hub.status()
-        problems = await hub.problems()
-        bad_reviews = await _bad_reviews(hub, status)
-        ratings = await ratings_today(hub.outbox, timezone)
+        status = await status_source.status()
+        problems = await status_source.problems()
+        bad_reviews = await _bad_reviews(outbox, status)
+        ratings = await ratings_today(outbox, timezone)
+        try:
+            hall = satisfaction_section(await stats.by_periods("window"), await stats.by_periods("staff"))
+        except StoreUnavailable:
+            hall = ""
         html = render_page(
             status,
             problems,
             bad_reviews,
             ratings,
+            hall=hall,
             refresh_s=_refresh_param(request),
-            central_url=hub.config.central.url,
+            central_url=central_url,
         )
         return web.Response(
             text=html,
@@ -432,7 +453,7 @@ def status_page_routes(hub: Hub) -> list[web.RouteDef]:
         )
 
     async def today(_request: web.Request) -> web.Response:
-        ratings = await ratings_today(hub.outbox, timezone)
+        ratings = await ratings_today(outbox, timezone)
         return web.json_response(ratings.to_json())
 
     return [web.get("/", page), web.get("/v1/ratings/today", today)]

@@ -33,6 +33,7 @@ _LAZY_FIRST: Final = {
     "central": ("sync.central_cli", "central_command"),
 }
 _LAZY_LAST: Final = {
+    "stats": ("hub.cli.stats", "stats_command"),
     "device": ("hub.ops.provision", "device_app"),
     "outbox": ("sync.outbox_cli", "outbox_app"),
 }

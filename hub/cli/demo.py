@@ -37,6 +37,7 @@ from hub.app import Hub
 from hub.config import HubConfig, Secrets, parse_config
 from hub.ops.broker import EmbeddedBroker, MosquittoBroker, free_port, mosquitto_binary
 from hub.simulate.mqtt_device import NotAcked, SimulatedMqttDevice
+from hub.simulate.supervisor import SimulatedSupervisor
 from hub.simulate.window_pc import WindowPcSimulator
 from sync.node import build_hub
 from sync.receiver import start_receiver
@@ -155,6 +156,7 @@ class DemoView:
     alerts: deque[str] = field(default_factory=lambda: deque(maxlen=5))
     started: float = field(default_factory=time.monotonic)
     window_pc: WindowPcSimulator | None = None
+    supervisor: SimulatedSupervisor | None = None
     central: dict[str, Any] = field(default_factory=dict)
     sink: Callable[[str], None] | None = None
     """Where each record's line also goes as it is committed (piped output: plain lines, no live view)."""
@@ -180,6 +182,16 @@ class DemoView:
             self.events.appendleft(
                 f"{stamp} seq {record['seq']:>5} card {data.get('card_type')} {data.get('citizen_masked')}"
                 f" at window {data.get('window')}"
+            )
+        elif kind == "followup":
+            what = (
+                data.get("outcome")
+                if data.get("step") == "callback"
+                else ("substantiated" if data.get("substantiated") else "not substantiated")
+            )
+            self.events.appendleft(
+                f"{stamp} seq {record['seq']:>5} followup {data.get('step')} by {data.get('by')} ({what}) "
+                f"window {data.get('window') or '-'}"
             )
         elif kind == "alert":
             self.alerts.appendleft(
@@ -231,12 +243,25 @@ class DemoView:
             sessions.add_column(name, justify="right")
         counts = self.window_pc.states if self.window_pc else Counter()
         sessions.add_row(*(str(counts[s]) for s in states))
+        follow = Table(title="Bad reviews followed up (回访 → 整改) · satisfaction 满意率", **compact)
+        for name in ("bad reviews", "called back", "settled", "satisfied"):
+            follow.add_column(name, justify="right")
+        rated = sum(self.levels.values())
+        satisfied = sum(self.levels[level] for level in (3, 4, 5))
+        done = self.supervisor.done if self.supervisor else Counter()
+        follow.add_row(
+            str(self.levels[1] + self.levels[2]),
+            str(done["callback"]),
+            str(done["rectify"]),
+            f"{100 * satisfied / rated:.1f}%" if rated else "-",
+        )
         events = Panel("\n".join(self.events) or "waiting…", title="Latest records")
         alerts = Panel("\n".join(self.alerts) or "none yet", title="Bad-review alerts (差评)", style="red")
         return [
             (2, totals),
             (4, levels),
             (3, sessions),
+            (3, follow),
             (6, devices),
             (5, events),
             (1, alerts),
@@ -407,7 +432,10 @@ async def _run_demo(
                 control_token=CONTROL_TOKEN,
                 staff=True,  # signs staff in and out and pauses now and then (§12)
             )
-            tasks = [asyncio.create_task(view.window_pc.run())]
+            view.supervisor = SimulatedSupervisor(
+                f"http://127.0.0.1:{hub.api_port}", CONTROL_TOKEN, delay_s=8.0, rng=rng
+            )
+            tasks = [asyncio.create_task(view.window_pc.run()), asyncio.create_task(view.supervisor.run())]
             tasks += [asyncio.create_task(_device_traffic(d, view, rate, rng)) for d in devices]
             deadline = None if duration_s is None else time.monotonic() + duration_s
             live = (

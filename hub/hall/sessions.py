@@ -15,9 +15,10 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-from contract.mqtt import EvaluateRequest, SessionUpdate
+from contract.mqtt import EvaluateRequest, SessionUpdate, StaffEvent, WindowState
 from drivers.base import CitizenIdentity
 from hub.config import DeviceSection, HubConfig
+from hub.hall.windows import WindowBook, display_text
 from hub.store.outbox import Outbox
 
 log = logging.getLogger(__name__)
@@ -63,31 +64,69 @@ class SessionContext:
     user_prop: int = 1
 
 
+@dataclass(frozen=True, slots=True)
+class Attribution:
+    """What a rating takes from where it was given: its session's case and staff, its window, the
+    citizen identified at that window, and the misuse flags."""
+
+    context: SessionContext | None
+    window: str | None
+    citizen: CitizenIdentity | None
+    flags: list[str]
+
+
+SELF_SERVICE_KINDS = frozenset({"terminal"})
+"""Kinds nobody serves at: their ratings join no session and are not held to the misuse limits."""
+
+
 class PromptPort:
-    """How a session reaches a device: the hub plugs in the keypad driver and the MQTT gateway."""
+    """How a session reaches a device: the hub plugs in the keypad driver and the MQTT gateway.
+
+    `show` puts a short text on the device's display (a keypad's SHOW, a pad's `show` cmd), for the
+    window's state (§12); a transport without one shows nothing."""
 
     prompt: Callable[[DeviceSection, int, int, str], Awaitable[None]]
     cancel: Callable[[DeviceSection, int], Awaitable[None]]
+    show: Callable[[DeviceSection, str], Awaitable[None]] | None
 
     def __init__(
         self,
         prompt: Callable[[DeviceSection, int, int, str], Awaitable[None]],
         cancel: Callable[[DeviceSection, int], Awaitable[None]],
+        show: Callable[[DeviceSection, str], Awaitable[None]] | None = None,
     ) -> None:
         self.prompt = prompt
         self.cancel = cancel
+        self.show = show
 
 
 Publisher = Callable[[str, SessionUpdate], Awaitable[None]]
 
 
+def _credited(request: EvaluateRequest, staffed: WindowState | None) -> EvaluateRequest:
+    """The request as its session keeps it: one naming no staff takes the staff signed in at the
+    window (§12), so the rating is credited to them and their name is prompted."""
+    if request.staff_id is not None or staffed is None or staffed.staff_id is None:
+        return request
+    return request.model_copy(
+        update={"staff_id": staffed.staff_id, "staff_name": request.staff_name or staffed.staff_name}
+    )
+
+
 class SessionManager:
     """Owns the open session of every window, the session counter and the misuse limits."""
 
-    def __init__(self, config: HubConfig, outbox: Outbox, publish: Publisher) -> None:
+    def __init__(
+        self, config: HubConfig, outbox: Outbox, publish: Publisher, *, windows: WindowBook | None = None
+    ) -> None:
+        """`windows`, when given, is read for each request (paused windows refuse, the signed-in
+        staff are credited) and tells this manager of each change (displays, §12)."""
         self.config = config
         self.outbox = outbox
         self.publish = publish
+        self.windows = windows
+        if windows is not None:
+            windows.add_listener(self._window_changed)
         self.ports: dict[str, PromptPort] = {}
         self._open: dict[str, Session] = {}
         self._by_number: dict[int, Session] = {}
@@ -119,6 +158,31 @@ class SessionManager:
         self._next += 1
         return number
 
+    async def show(self, window: str, text: str) -> bool:
+        """Show `text` on the window's keypad or pad; False if it has none, or no way to show it."""
+        device = self.rating_device(window)
+        port = self.ports.get(device.transport) if device is not None else None
+        if device is None or port is None or port.show is None:
+            return False
+        try:
+            await port.show(device, text)
+        except Exception as exc:  # a display is a courtesy: its failure changes nothing
+            log.warning("sessions: cannot show %r on %s: %s", text, device.id, exc)
+            return False
+        return True
+
+    async def _window_changed(self, state: WindowState, event: StaffEvent) -> None:
+        """A window's staff changed (§12): a pause cancels its open session; its device shows
+        `暂停服务` on a pause and the window and staff on a sign-in or resume."""
+        window = state.window
+        if state.state == "paused":
+            session = self._open.get(window)
+            if session is not None:
+                await self._end(session, "cancelled", notify_device=True, error=f"window {window} is paused")
+        text = display_text(state)
+        if text is not None and event.event != "sign_out":
+            await self.show(window, text)
+
     def rating_device(self, window: str) -> DeviceSection | None:
         """The keypad or pad that serves `window`."""
         for device in self.config.device:
@@ -131,15 +195,20 @@ class SessionManager:
         async with self._lock:
             device = self.rating_device(window)
             number = await self._new_number()
+            staffed = self.windows.state(window) if self.windows is not None else None
+            refusal = None
             if device is None:
+                refusal = f"no keypad or rating pad is configured for window {window}"
+            elif staffed is not None and staffed.state == "paused":
+                refusal = f"window {window} is paused"
+            if refusal is not None:
                 update = SessionUpdate(
-                    request_id=request.request_id,
-                    session=number,
-                    state="failed",
-                    error=f"no keypad or rating pad is configured for window {window}",
+                    request_id=request.request_id, session=number, state="failed", error=refusal
                 )
                 await self.publish(window, update)
                 return update
+            assert device is not None
+            request = _credited(request, staffed)
             old = self._open.pop(window, None)
             session = Session(number=number, window=window, request=request, device_id=device.id)
             self._open[window] = session
@@ -252,6 +321,20 @@ class SessionManager:
             staff_id=request.staff_id,
             user_prop=request.user_prop,
         )
+
+    def attribute(
+        self, device: DeviceSection, number: int | None, claimed_window: str | None = None
+    ) -> Attribution:
+        """The one place a rating is attributed, for every device that rates (pads, keypads, terminals).
+
+        A terminal is self-service: its citizen is the one identified at its own window. Any other
+        device's rating joins the session it was prompted for (or none), at the window it names, that
+        of its session, or its own; presses beyond the misuse limits are flagged."""
+        if device.kind in SELF_SERVICE_KINDS:
+            return Attribution(None, claimed_window, self.take_citizen(device.window), [])
+        context = self.context(device.id, number)
+        window = claimed_window or (context.window if context else device.window)
+        return Attribution(context, window, self.take_citizen(window), self.flags_for(device.id, number))
 
     def flags_for(self, device_id: str, number: int | None) -> list[str]:
         """`suspect` for presses beyond the misuse limits (N per session, M free ratings a minute)."""

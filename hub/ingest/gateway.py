@@ -5,9 +5,11 @@ afterwards), answers each device message only after the outbox has decided, and 
 record on `events/{kind}` and `alerts`. Publishes are pipelined: many messages are in the outbox's
 queue at once, and acks and mirrors are queued at QoS 1 without waiting for each PUBACK.
 
-The common case, a terminal's rating, scan or print report, is handled at once in the MQTT client's
-message callback and answered from the commit's callback (`hub.mqtt`); everything else (pads in sessions,
-windows, health, state, errors) runs in a task of its own.
+One pipeline for every acked message (rating, scan, print report): decoded, validated and turned
+into records in the MQTT client's message callback, queued on the outbox writer (which commits many
+messages at once) and answered from the commit's callback; the client flushes the acks and mirrors of
+one loop turn in one write (`hub.mqtt`). A pad's rating in a session takes the window's session lock
+around the same steps. Only what is not acked (window requests, health, state) runs in a task.
 """
 
 from __future__ import annotations
@@ -15,9 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import json
 import logging
-import random
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -26,8 +26,6 @@ from prometheus_client import Counter
 
 from contract.mqtt import (
     AckPayload,
-    CmdPayload,
-    ErrorPayload,
     EvaluateRequest,
     HealthPayload,
     HubState,
@@ -37,17 +35,21 @@ from contract.mqtt import (
     ScanPayload,
     SessionUpdate,
     StatePayload,
+    WindowError,
     decode_object,
     parse_device_payload,
     usable_msg_id,
 )
-from contract.records import Kind, Record
-from contract.topics import ACKED_LEAVES, LEAVES_BY_KIND, Topics
+from contract.records import Record
+from contract.topics import ACKED_LEAVES, LEAVES_BY_KIND
+from drivers.backoff import full_jitter
 from hub import __version__, mqtt
 from hub.config import DeviceSection, HubConfig, Secrets
-from hub.hall.sessions import PromptFailed, SessionManager
+from hub.hall.sessions import SessionManager
+from hub.hall.windows import WindowBook, valid_window
 from hub.ingest.devices import DeviceRegistry
 from hub.ingest.intake import Intake
+from hub.ingest.publisher import MqttPublisher
 from hub.ingest.ratelimit import RateLimiter
 from hub.metrics import HubMetrics
 from hub.store.outbox import DedupKey, Duplicate, Rejected, Stored, StoreResult, StoreUnavailable
@@ -61,7 +63,6 @@ BACKOFF_FIRST_S = 0.5
 BACKOFF_MAX_S = 30.0
 STATE_INTERVAL_S = 15.0
 FAILURE_ALERT_INTERVAL_S = 60.0
-TOPIC_CACHE_SIZE = 10_000  # encoded topics kept (a node has tens of devices, each a few topics)
 
 # Self-service kinds: nobody serves at them, so a rating from one that names staff is refused. No kind
 # carries staff the hub uses: staff come from the window's session (docs/contracts.md §2).
@@ -90,29 +91,34 @@ class MqttGateway:
         self,
         config: HubConfig,
         secrets: Secrets,
+        *,
         intake: Intake,
         registry: DeviceRegistry,
         metrics: HubMetrics,
+        sessions: SessionManager,
+        publisher: MqttPublisher,
         state_provider: StateProvider,
+        health_listener: HealthListener,
+        windows: WindowBook | None = None,
     ) -> None:
         self.config = config
         self.secrets = secrets
         self.intake = intake
         self.registry = registry
         self.metrics = metrics
-        self.topics = Topics(config.node.id)
+        self.topics = publisher.topics
+        self.sessions = sessions
+        self.publisher = publisher
         self.state_provider = state_provider
-        self.sessions: SessionManager | None = None
-        self._client: mqtt.Client | None = None
+        self.health_listener = health_listener
+        self.windows = windows
         self._storing: set[asyncio.Future[StoreResult]] = set()
-        self._topic_bytes: dict[str, bytes] = {}
         self._connected = asyncio.Event()
         self._tasks: set[asyncio.Future[None]] = set()
         self._stop = asyncio.Event()
         self.limiter = RateLimiter(config.limits.device_msgs_per_s, config.limits.device_burst)
         self._last_failure_alert = -FAILURE_ALERT_INTERVAL_S
         self._last_health: dict[str, dict[str, Any]] = {}
-        self.health_listener: HealthListener | None = None  # hub.ingest.device_alerts
         self.connects = 0
         self.overloaded = 0
         self._retained_log = _LogThrottle(REFUSAL_LOG_INTERVAL_S)
@@ -155,15 +161,15 @@ class MqttGateway:
 
     async def run(self) -> None:
         """Serve until `stop()`, reconnecting after any broker error."""
-        delay = BACKOFF_FIRST_S
+        failures = 0
         while not self._stop.is_set():
             try:
                 client = self._new_client()
                 # Before connecting: what the broker kept for this session arrives right after CONNACK,
                 # and its acks go out through this client.
-                self._client = client
+                self.publisher.attach(client)
                 async with client:
-                    delay = BACKOFF_FIRST_S
+                    failures = 0
                     await self._serve(client)
             except mqtt.MqttError as exc:
                 log.warning(
@@ -173,15 +179,17 @@ class MqttGateway:
                     exc,
                 )
             finally:
-                self._client = None
+                self.publisher.attach(None)
                 self._connected.clear()
                 self.metrics.mqtt_connected.set(0)
             if self._stop.is_set():
                 return
             # Full jitter keeps a hall's devices and hub from reconnecting in lockstep.
+            failures += 1
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), random.uniform(0, delay))
-            delay = min(BACKOFF_MAX_S, delay * 2)
+                await asyncio.wait_for(
+                    self._stop.wait(), full_jitter(failures, BACKOFF_FIRST_S, BACKOFF_MAX_S)
+                )
 
     async def stop(self) -> None:
         """Stop taking messages, finish those in flight, publish `hub/state` offline, disconnect."""
@@ -190,11 +198,12 @@ class MqttGateway:
     async def _serve(self, client: mqtt.Client) -> None:
         for topic in self.topics.subscriptions():
             await client.subscribe(topic, qos=1)
-        self._client = client
         self.connects += 1
         self._connected.set()
         self.metrics.mqtt_connected.set(1)
         log.info("mqtt: connected to %s:%d", self.config.broker.host, self.config.broker.port)
+        if self.windows is not None:  # retained, but the broker may have lost them (§12)
+            self._spawn(self.windows.publish_all())
         reader = asyncio.create_task(client.wait_closed())
         state = asyncio.create_task(self._publish_state_periodically())
         stopping = asyncio.create_task(self._stop.wait())
@@ -227,54 +236,11 @@ class MqttGateway:
 
     # -- publishing ----------------------------------------------------------------------------
 
-    async def publish(self, topic: str, payload: bytes, *, retain: bool = False) -> bool:
-        """Publish at QoS 1; False if not connected or the broker went away meanwhile."""
-        client = self._client
-        if client is None:
-            return False
-        try:
-            await client.publish(topic, payload, qos=1, retain=retain)
-        except mqtt.MqttError as exc:
-            log.debug("mqtt: publish to %s failed: %s", topic, exc)
-            return False
-        return True
-
-    def mirror(self, records: list[Record]) -> None:
-        """Outbox listener: publish each stored record on events/{kind}, alerts also on alerts."""
-        if self._client is None:
-            return
-        for record in records:
-            body = _wire_bytes(record)
-            self.publish_nowait(self.topics.event(str(record.kind)), body)
-            if record.kind is Kind.ALERT:
-                self.publish_nowait(self.topics.alerts, body)
-
-    def publish_nowait(self, topic: str, payload: bytes) -> bool:
-        """Queue a QoS-1 publish without waiting for the broker's PUBACK; False if not connected.
-
-        For acks and event mirrors, whose failure the hub never acts on (a device retries until it
-        hears its ack). Awaiting each PUBACK would cost a future and a task per publish.
-        """
-        client = self._client
-        if client is None:
-            return False
-        encoded = self._topic_bytes.get(topic)
-        if encoded is None:
-            encoded = topic.encode()
-            if len(self._topic_bytes) < TOPIC_CACHE_SIZE:
-                self._topic_bytes[topic] = encoded
-        try:
-            client.publish_nowait(encoded, payload)
-        except mqtt.MqttError as exc:  # not connected (any more), or 65,535 publishes unconfirmed
-            log.debug("mqtt: publish to %s not queued: %s", topic, exc)
-            return False
-        return True
-
     async def publish_state(self, *, online: bool) -> None:
         """Retained `hub/state`."""
         pending, last_sync = await self.state_provider()
         state = HubState(online=online, version=__version__, outbox_pending=pending, last_sync=last_sync)
-        await self.publish(self.topics.hub_state, state.encode(), retain=True)
+        await self.publisher.hub_state(state)
 
     async def _publish_state_periodically(self) -> None:
         while not self._stop.is_set():
@@ -285,23 +251,16 @@ class MqttGateway:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), STATE_INTERVAL_S)
 
-    async def _ack(self, device_id: str, ack: AckPayload) -> None:
-        self._ack_now(device_id, ack)
-
-    def _ack_now(self, device_id: str, ack: AckPayload) -> None:
-        self.metrics.inc(self.metrics.acks, ack.status)
-        self.publish_nowait(self.topics.ack(device_id), ack.encode())
-
     async def _error(self, device_id: str, topic: str, reason: str, message: str) -> None:
         self.metrics.rejects.labels(reason=reason).inc()
         self.registry.count_error(device_id, reason)
         log.warning("mqtt: %s from %s rejected: %s", topic.rsplit("/", 1)[-1], device_id, message)
-        await self.publish(self.topics.error(device_id), ErrorPayload(error=message, topic=topic).encode())
+        await self.publisher.error(device_id, topic, message)
 
     # -- handling ------------------------------------------------------------------------------
 
     def _take_message(self, topic: str, payload: bytes, retain: bool) -> None:
-        """The MQTT client's message callback: a terminal's acked message at once, anything else in a task.
+        """The MQTT client's message callback: an acked message at once, anything else in a task.
 
         Refused at once: a message from an unknown device id, and a retained one (the broker sends
         those at every subscription, so a retained command or rating would be obeyed again after
@@ -321,10 +280,10 @@ class MqttGateway:
         if retain and not (area == "dev" and leaf == "state"):
             self._refuse_retained(device, leaf, topic)
             return
-        if device is None or leaf not in ACKED_LEAVES or (device.kind == "pad" and self.sessions is not None):
+        if device is None or leaf not in ACKED_LEAVES:
             self._spawn(self._handle(topic, payload))
             return
-        self._handle_acked_now(device, topic, leaf, payload)
+        self._take_acked(device, topic, leaf, payload)
 
     def _count_overload(self, name: str) -> None:
         """A message beyond MAX_CONCURRENT_MESSAGES: not processed, not answered (it retries), counted."""
@@ -351,7 +310,7 @@ class MqttGateway:
         ):
             registry.answered_unknown(shown, now)
             message = f'device "{name}" is not configured on node "{self.config.node.id}"'
-            self.publish_nowait(self.topics.error(name), ErrorPayload(error=message, topic=topic).encode())
+            self.publisher.error_nowait(name, topic, message)
         count = self._unknown_log.due(now)
         if count:
             log.warning(
@@ -369,9 +328,7 @@ class MqttGateway:
         self.metrics.inc(self.metrics.rejects, "retained")
         if device is not None:
             self.registry.count_error(device.id, "retained")
-            self.publish_nowait(
-                self.topics.error(device.id), ErrorPayload(error=RETAINED_ERROR, topic=topic).encode()
-            )
+            self.publisher.error_nowait(device.id, topic, RETAINED_ERROR)
         count = self._retained_log.due(time.monotonic())
         if count:
             log.warning(
@@ -381,8 +338,11 @@ class MqttGateway:
                 count,
             )
 
-    def _handle_acked_now(self, device: DeviceSection, topic: str, leaf: str, payload: bytes) -> None:
-        """`_handle` + `_handle_acked` without a task: validate, queue the store, ack from its callback."""
+    def _take_acked(self, device: DeviceSection, topic: str, leaf: str, payload: bytes) -> None:
+        """A rating, scan or print report: validate, queue the store, ack from the commit's callback.
+
+        A rating in a session (a pad's, or any naming a session) is stored under the window's session
+        lock in a task, because its records depend on the session's state and end the session."""
         obj = self._admit(device, topic, leaf, payload)
         if obj is None:
             return
@@ -393,12 +353,12 @@ class MqttGateway:
             )
             return
         try:
-            records, rating = self._records_for(device, leaf, msg_id, obj)
+            rating, records = self._validated(device, leaf, msg_id, obj)
         except PayloadError as exc:
             self._reject(device, leaf, msg_id, exc)
             return
-        if rating is not None and rating.session and self.sessions is not None:
-            self._spawn(self._store_and_ack(device, leaf, msg_id, records, rating))
+        if rating is not None and (device.kind == "pad" or rating.session):
+            self._spawn(self._store_session_rating(device, msg_id, rating))
             return
         future = self.intake.store_soon(records, DedupKey(device.id, msg_id))
         self._storing.add(future)
@@ -425,27 +385,34 @@ class MqttGateway:
                 self._spawn(self._error(device.id, topic, exc.reason, exc.message))
             return None
 
-    def _records_for(
+    def _validated(
         self, device: DeviceSection, leaf: str, msg_id: str, obj: dict[str, object]
-    ) -> tuple[list[Record], RatingPayload | None]:
-        """The records of an acked message from a device outside sessions; PayloadError if invalid."""
+    ) -> tuple[RatingPayload | None, list[Record]]:
+        """An acked message checked against its schema and its device's rights; PayloadError if not.
+
+        A rating comes back as its payload (its records depend on the session, built when stored);
+        a scan or print report as its records."""
         if device.kind not in LEAVES_BY_KIND[leaf]:
             raise PayloadError("wrong_kind", f'a {device.kind} device cannot send "{leaf}" messages', msg_id)
         if leaf == "rating":
             rating = parse_device_payload(RatingPayload, obj)
             if rating.window is not None or rating.staff_id is not None:
                 self._check_claims(device, rating, msg_id)
-            return self._rating_records(device, rating), rating
+            if device.kind == "pad" or rating.session:
+                return rating, []
+            return rating, self._rating_records(device, rating)
         if leaf == "scan":
-            return self.intake.scan(device, parse_device_payload(ScanPayload, obj)), None
-        return self.intake.print_job(device, parse_device_payload(PrintPayload, obj)), None
+            return None, self.intake.scan(device, parse_device_payload(ScanPayload, obj))
+        return None, self.intake.print_job(device, parse_device_payload(PrintPayload, obj))
 
     def _reject(self, device: DeviceSection, leaf: str, msg_id: str, exc: PayloadError) -> None:
         """An invalid acked message: counted, logged and answered `rejected`."""
         self.metrics.rejects.labels(reason=exc.reason).inc()
         self.registry.count_error(device.id, exc.reason)
         log.warning("mqtt: %s %s from %s rejected: %s", leaf, msg_id, device.id, exc.message)
-        self._ack_now(device.id, AckPayload(msg_id=msg_id, id=None, status="rejected", error=exc.message))
+        self.publisher.ack(
+            device.id, AckPayload(msg_id=msg_id, id=None, status="rejected", error=exc.message)
+        )
 
     def _stored(
         self,
@@ -455,7 +422,7 @@ class MqttGateway:
         rating: RatingPayload | None,
         future: asyncio.Future[StoreResult],
     ) -> None:
-        """The commit's callback for `_handle_acked_now`: answer the device (nothing if not stored)."""
+        """The commit's callback for `_take_acked`: answer the device (nothing if not stored)."""
         self._storing.discard(future)
         if future.cancelled():
             return
@@ -472,9 +439,9 @@ class MqttGateway:
             return
         result = future.result()
         self.intake.count(result)
-        if rating is not None and self.sessions is not None and isinstance(result, Stored):
+        if rating is not None and isinstance(result, Stored):
             self.sessions.count_free(device.id)
-        self._ack_now(device.id, _ack_for(msg_id, result))
+        self.publisher.ack(device.id, _ack_for(msg_id, result))
 
     async def _handle(self, topic: str, payload: bytes) -> None:
         parsed = self.topics.parse(topic)
@@ -491,75 +458,27 @@ class MqttGateway:
         obj = self._admit(device, topic, leaf, payload)
         if obj is None:
             return
-        if leaf in ACKED_LEAVES:
-            await self._handle_acked(device, topic, leaf, obj)
-        elif leaf == "health":
+        if leaf == "health":
             await self._handle_health(device, topic, obj)
         elif leaf == "state":
             await self._handle_state(device, topic, obj)
 
-    async def _handle_acked(
-        self, device: DeviceSection, topic: str, leaf: str, obj: dict[str, object]
-    ) -> None:
-        msg_id = usable_msg_id(obj)
-        if msg_id is None:
-            await self._error(device.id, topic, "no_msg_id", "msg_id: expected text of 1 to 64 characters")
-            return
-        try:
-            if device.kind not in LEAVES_BY_KIND[leaf]:
-                raise PayloadError(
-                    "wrong_kind", f'a {device.kind} device cannot send "{leaf}" messages', msg_id
+    async def _store_session_rating(self, device: DeviceSection, msg_id: str, rating: RatingPayload) -> None:
+        """A rating in a session: records built, committed and the session ended under the session
+        lock, then the device answered (nothing if not stored: it retries)."""
+        async with self.sessions.lock_for(device.id):
+            records = self._rating_records(device, rating)
+            try:
+                result = await self.intake.store(records, DedupKey(device.id, msg_id))
+            except StoreUnavailable as exc:
+                log.error(
+                    "mqtt: rating %s from %s not stored (%s); the device will retry", msg_id, device.id, exc
                 )
-            rating: RatingPayload | None = None
-            records: list[Record] = []
-            if leaf == "rating":
-                rating = parse_device_payload(RatingPayload, obj)
-                if rating.window is not None or rating.staff_id is not None:
-                    self._check_claims(device, rating, msg_id)
-                if device.kind != "pad" or self.sessions is None:
-                    records = self._rating_records(device, rating)
-            elif leaf == "scan":
-                records = self.intake.scan(device, parse_device_payload(ScanPayload, obj))
-            else:
-                records = self.intake.print_job(device, parse_device_payload(PrintPayload, obj))
-        except PayloadError as exc:
-            self.metrics.rejects.labels(reason=exc.reason).inc()
-            self.registry.count_error(device.id, exc.reason)
-            log.warning("mqtt: %s %s from %s rejected: %s", leaf, msg_id, device.id, exc.message)
-            await self._ack(
-                device.id, AckPayload(msg_id=msg_id, id=None, status="rejected", error=exc.message)
-            )
-            return
-        if rating is not None and device.kind == "pad" and self.sessions is not None:
-            async with self.sessions.lock_for(device.id):
-                await self._store_and_ack(device, leaf, msg_id, self._rating_records(device, rating), rating)
-            return
-        await self._store_and_ack(device, leaf, msg_id, records, rating)
-
-    async def _store_and_ack(
-        self,
-        device: DeviceSection,
-        leaf: str,
-        msg_id: str,
-        records: list[Record],
-        rating: RatingPayload | None,
-    ) -> None:
-        """Commit, then answer the device: stored, duplicate or rejected (no answer if not stored)."""
-        try:
-            result = await self.intake.store(records, DedupKey(device.id, msg_id))
-        except StoreUnavailable as exc:
-            log.error(
-                "mqtt: %s %s from %s not stored (%s); the device will retry",
-                leaf,
-                msg_id,
-                device.id,
-                exc,
-            )
-            await self.announce_store_failure(str(exc))
-            return
-        if isinstance(result, Stored) and rating is not None and self.sessions is not None:
-            await self.sessions.rated(device.id, rating.session, rating.level, result.records[0].id)
-        await self._ack(device.id, _ack_for(msg_id, result))
+                await self.announce_store_failure(str(exc))
+                return
+            if isinstance(result, Stored):
+                await self.sessions.rated(device.id, rating.session, rating.level, result.records[0].id)
+        self.publisher.ack(device.id, _ack_for(msg_id, result))
 
     def _count_limited(self, device_id: str) -> None:
         """A message over the device's rate limit: not processed, not acked (it retries), counted."""
@@ -590,7 +509,7 @@ class MqttGateway:
                 "stored": False,
             },
         }
-        await self.publish(self.topics.alerts, json.dumps(alert, ensure_ascii=False).encode())
+        await self.publisher.alert(alert)
 
     def _check_claims(self, device: DeviceSection, rating: RatingPayload, msg_id: str) -> None:
         """PayloadError naming `window` and `staff_id` where a rating claims what its device may not
@@ -619,36 +538,10 @@ class MqttGateway:
             raise PayloadError("not_allowed", "; ".join(problems), msg_id)
 
     def _rating_records(self, device: DeviceSection, rating: RatingPayload) -> list[Record]:
-        """A rating joins its session (case, staff, window) and any citizen identified there; a pad's
-        presses beyond the misuse limits are flagged (terminals are not rated per window)."""
-        if self.sessions is None:
-            return self.intake.rating(device, rating)
-        if device.kind != "pad":
-            return self.intake.rating(device, rating, citizen=self.sessions.take_citizen(device.window))
-        context = self.sessions.context(device.id, rating.session)
-        window = rating.window or (context.window if context else device.window)
+        """A rating's records, attributed to its session, window and citizen by the session manager."""
         return self.intake.rating(
-            device,
-            rating,
-            context=context,
-            citizen=self.sessions.take_citizen(window),
-            flags=self.sessions.flags_for(device.id, rating.session),
+            device, rating, self.sessions.attribute(device, rating.session, rating.window)
         )
-
-    async def prompt_pad(self, device: DeviceSection, session: int, timeout_s: int, text: str) -> None:
-        """Prompt an MQTT rating pad with a `cmd` it answers with a rating carrying the session."""
-        state = self.registry.get(device.id)
-        if state is not None and not state.online:
-            raise PromptFailed(f"{device.kind} {device.id} offline")
-        command = CmdPayload(cmd="prompt", session=session, timeout_s=timeout_s, text=text)
-        if not await self.publish(self.topics.cmd(device.id), command.encode()):
-            raise PromptFailed(
-                f"cannot reach {device.kind} {device.id}: the hub is not connected to the broker"
-            )
-
-    async def cancel_pad(self, device: DeviceSection, session: int) -> None:
-        """Tell a pad its prompt is over."""
-        await self.publish(self.topics.cmd(device.id), CmdPayload(cmd="cancel", session=session).encode())
 
     async def _handle_health(self, device: DeviceSection, topic: str, obj: dict[str, object]) -> None:
         try:
@@ -660,8 +553,7 @@ class MqttGateway:
         if self._last_health.get(device.id) == report:
             return
         self._last_health[device.id] = report
-        if self.health_listener is not None:
-            await self.health_listener(device.id, report)
+        await self.health_listener(device.id, report)
         await self._store_status(device.id, {"health": report})
 
     async def _handle_state(self, device: DeviceSection, topic: str, obj: dict[str, object]) -> None:
@@ -682,6 +574,9 @@ class MqttGateway:
             await self.intake.store([self.intake.device_status(device_id, status)])
 
     async def _handle_window(self, topic: str, window: str, payload: bytes) -> None:
+        if topic.endswith("/staff"):
+            await self._handle_staff(topic, window, payload)
+            return
         if not topic.endswith("/evaluate"):
             return
         obj: dict[str, object] | None = None
@@ -694,14 +589,21 @@ class MqttGateway:
             log.warning("mqtt: evaluate request for window %s rejected: %s", window, exc.message)
             if request_id is not None:
                 failed = SessionUpdate(request_id=request_id, session=0, state="failed", error=exc.message)
-                await self.publish_session(window, failed)
+                await self.publisher.publish_session(window, failed)
             return
-        if self.sessions is not None:
-            await self.sessions.request(window, request)
+        await self.sessions.request(window, request)
 
-    async def publish_session(self, window: str, update: SessionUpdate) -> None:
-        """`window/{w}/session`."""
-        await self.publish(self.topics.window_session(window), update.encode())
+    async def _handle_staff(self, topic: str, window: str, payload: bytes) -> None:
+        """`window/{w}/staff` (§12): applied by the window book, which publishes the new state; a
+        refusal is counted there and answered on `window/{w}/error`."""
+        if self.windows is None:
+            return
+        answer = await self.windows.handle_payload(window, payload)
+        if answer.error is not None:
+            self.metrics.rejects.labels(reason="window_staff").inc()
+            if valid_window(window):
+                refusal = WindowError(request_id=answer.request_id, error=answer.error, topic=topic)
+                await self.publisher.window_error(window, refusal)
 
 
 async def _cancel_all(tasks: tuple[asyncio.Task[Any], ...]) -> None:
@@ -749,9 +651,3 @@ def _ack_for(msg_id: str, result: StoreResult) -> AckPayload:
         return AckPayload(msg_id=msg_id, id=result.record_id, status="duplicate", error=None)
     assert isinstance(result, Rejected)
     return AckPayload(msg_id=msg_id, id=None, status="rejected", error=result.reason)
-
-
-def _wire_bytes(record: Record) -> bytes:
-    """The record as committed (the outbox already encoded it once)."""
-    text = record.wire_json or json.dumps(record.to_wire(), ensure_ascii=False, separators=(",", ":"))
-    return text.encode()

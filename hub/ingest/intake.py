@@ -14,7 +14,7 @@ from drivers.keypad.events import KeyPressed
 from drivers.qr.events import CodeScanned
 from drivers.registry import RecordMapping
 from hub.config import DeviceSection, HubConfig
-from hub.hall.sessions import SessionContext, SessionManager
+from hub.hall.sessions import Attribution, SessionManager
 from hub.ingest.scans import ScanRecorder
 from hub.metrics import HubMetrics
 from hub.privacy.sealing import NodeIdentifier, load_or_create_secret
@@ -110,20 +110,13 @@ class Intake:
             },
         )
 
-    def rating(
-        self,
-        device: DeviceSection,
-        payload: RatingPayload,
-        context: SessionContext | None = None,
-        citizen: CitizenIdentity | None = None,
-        flags: list[str] | None = None,
-    ) -> list[Record]:
-        """Records for an MQTT `rating`; a session's context fills what the payload leaves out.
+    def rating(self, device: DeviceSection, payload: RatingPayload, attribution: Attribution) -> list[Record]:
+        """Records for an MQTT `rating`; its attribution fills what the payload leaves out.
 
         Staff come from the session only, never from the device (docs/contracts.md §2): the gateway
         has refused a `staff_id` from a terminal, and a pad's is not used.
         """
-        device_ts = normalized_utc(payload.ts) if payload.ts else None
+        context = attribution.context
         return self.evaluation(
             device,
             level=payload.level,
@@ -132,12 +125,30 @@ class Intake:
             case_no=payload.case_no or (context.case_no if context else None),
             item_code=payload.item_code or (context.item_code if context else None),
             item_name=payload.item_name or (context.item_name if context else None),
-            window=payload.window or (context.window if context else None),
+            window=attribution.window,
             staff_id=context.staff_id if context else None,
             session=payload.session or None,
-            device_ts=device_ts,
-            citizen=citizen,
-            flags=flags,
+            device_ts=normalized_utc(payload.ts) if payload.ts else None,
+            citizen=attribution.citizen,
+            flags=attribution.flags,
+            user_prop=context.user_prop if context else None,
+        )
+
+    def key_rating(self, device: DeviceSection, event: KeyPressed, attribution: Attribution) -> list[Record]:
+        """Records for a keypad's key press, attributed like any rating."""
+        context = attribution.context
+        return self.evaluation(
+            device,
+            level=event.level,
+            reasons=list(event.reasons),
+            case_no=context.case_no if context else None,
+            item_code=context.item_code if context else None,
+            item_name=context.item_name if context else None,
+            window=attribution.window,
+            staff_id=context.staff_id if context else None,
+            session=event.session or None,
+            citizen=attribution.citizen,
+            flags=attribution.flags,
             user_prop=context.user_prop if context else None,
         )
 
@@ -263,22 +274,8 @@ class DriverRecords:
             return await self._rating_locked(device, event)
 
     async def _rating_locked(self, device: DeviceSection, event: KeyPressed) -> Outcome:
-        context = self.sessions.context(device.id, event.session)
-        window = context.window if context else device.window
-        records = self.intake.evaluation(
-            device,
-            level=event.level,
-            reasons=list(event.reasons),
-            case_no=context.case_no if context else None,
-            item_code=context.item_code if context else None,
-            item_name=context.item_name if context else None,
-            window=window,
-            staff_id=context.staff_id if context else None,
-            session=event.session or None,
-            citizen=self.sessions.take_citizen(window),
-            flags=self.sessions.flags_for(device.id, event.session),
-            user_prop=context.user_prop if context else None,
-        )
+        attribution = self.sessions.attribute(device, event.session)
+        records = self.intake.key_rating(device, event, attribution)
         result = await self.intake.store(records, rating_dedup(event))
         if isinstance(result, Stored):
             await self.sessions.rated(device.id, event.session, event.level, result.records[0].id)

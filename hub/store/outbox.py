@@ -25,7 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from contract.records import Kind, Record, utc_now
 from hub.store.ledger import CaseKey, CaseLedger, prune_case_ledger
@@ -41,6 +41,8 @@ from hub.store.schema import (
 )
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 PENDING, DELIVERED, DEAD = 0, 1, 2
 PRIORITY_ALERT, PRIORITY_NORMAL = 0, 1
@@ -172,6 +174,10 @@ EvaluationHook = Callable[[Record, tuple[int, ...]], bool]
 earlier counted ratings of its case and channel, from the case ledger (none without a case number);
 it may change `record.data` and answers whether this rating counts as one of its case's ratings
 (CONTRACTS §15: a `suspect` press or a `repeat` does not)."""
+StoreHook = Callable[[sqlite3.Connection, list[Record]], None]
+"""Runs in the writer's transaction after records are inserted: book-keeping that must change
+exactly when they are committed (follow-up state, daily tallies). A failing hook is logged and
+undone alone (a savepoint): it never costs a record."""
 CommitListener = Callable[[list[Record]], None]
 
 
@@ -184,6 +190,7 @@ class _WriterState:
     used_bytes: int = 0
     max_bytes: int = 0
     evaluation_hook: EvaluationHook | None = None
+    store_hooks: tuple[StoreHook, ...] = ()
     sized_at: float = 0.0
 
     @property
@@ -381,9 +388,26 @@ def _store_run(w: _WriterState, ops: list[_StoreOp]) -> list[StoreResult]:
         ledger.write(conn)
     if kv_rows:
         conn.executemany("INSERT OR REPLACE INTO kv (key, value) VALUES (?, ?)", kv_rows)
+    if w.store_hooks and record_rows:
+        _run_store_hooks(w, [r for result in results if isinstance(result, Stored) for r in result.records])
     w.next_seq = seq
     w.used_bytes += SIZE_GUESS_FACTOR * sum(len(row[7]) for row in record_rows)
     return results
+
+
+def _run_store_hooks(w: _WriterState, records: list[Record]) -> None:
+    """Each store hook in a savepoint of its own: one that fails is undone and logged, alone."""
+    conn = w.conn
+    for hook in w.store_hooks:
+        conn.execute("SAVEPOINT store_hook")
+        try:
+            hook(conn, records)
+        except Exception:
+            conn.execute("ROLLBACK TO store_hook")
+            log.exception(
+                "outbox: a store hook failed on %d records; they are stored without it", len(records)
+            )
+        conn.execute("RELEASE store_hook")
 
 
 def _apply_run(w: _WriterState, batch: list[_Op]) -> list[Any]:
@@ -446,10 +470,12 @@ class Outbox:
         *,
         max_bytes: int = 512 * 2**20,
         evaluation_hook: EvaluationHook | None = None,
+        store_hooks: Sequence[StoreHook] = (),
     ) -> None:
         self.path = Path(path)
         self.max_bytes = max_bytes
         self._evaluation_hook = evaluation_hook
+        self._store_hooks = tuple(store_hooks)
         self._attached: _Attached | None = None
         self._queue: asyncio.Queue[_Op] = asyncio.Queue()
         self._writer_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="outbox-writer")
@@ -548,6 +574,7 @@ class Outbox:
             next_seq=next_seq,
             max_bytes=self.max_bytes,
             evaluation_hook=self._evaluation_hook,
+            store_hooks=self._store_hooks,
         )
         self._state.used_bytes = _used_bytes(conn)
         if self.recovered_from is not None:
@@ -967,6 +994,19 @@ class Outbox:
         await self._submit(_SqlOp(action=lambda _conn: None))
 
     # -- reads ---------------------------------------------------------------------------------
+
+    async def read(self, query: Callable[[sqlite3.Connection], T]) -> T:
+        """Run `query` on the reader connection (a snapshot beside the writer); for the book-keeping
+        modules of `hub.store`, which keep their SQL to themselves."""
+        result: T = await self._read(query)
+        return result
+
+    async def write(self, action: Callable[[sqlite3.Connection], T]) -> T:
+        """Run `action` in the writer's next transaction (not for records: `store` is their one path)."""
+        if self._attached is not None and not self._attached.writable:
+            raise StoreUnavailable("outbox attached read-only")
+        result: T = await self._submit(_SqlOp(action=action))
+        return result
 
     async def _read(self, query: Callable[[sqlite3.Connection], Any]) -> Any:
         if self._reader is None or not self._opened:

@@ -235,7 +235,7 @@ async def test_three_thousand_unknown_device_ids_keep_memory_and_log_bounded(
             )
         assert await until(lambda: rejects(hub, "unknown_device") == 3000, 30)
         await asyncio.sleep(0.5)  # replies still on their way
-        status = await hub.status()
+        status = await hub.node_status.status()
         assert len(status["unknown_devices"]) == 100
         assert "ghost-2999" in status["unknown_devices"], "the most recently seen are kept"
         assert status["unknown_devices_dropped"] == 2900

@@ -68,7 +68,7 @@ async def test_enospc_then_space_returns(tmp_path: Path, small_disk: Path, broke
             async with asyncio.timeout(60):
                 while hub.outbox.failing_since is None:
                     await asyncio.sleep(0.05)
-            problems = await hub.problems()
+            problems = await hub.node_status.problems()
             assert any(p.startswith("outbox cannot write: disk full") for p in problems), problems
             alert = (await seen.wait_for(f"{ROOT}/alerts"))[0]
             assert (alert["data"]["type"], alert["data"]["state"], alert["data"]["stored"]) == (
@@ -84,7 +84,7 @@ async def test_enospc_then_space_returns(tmp_path: Path, small_disk: Path, broke
             await asyncio.wait_for(asyncio.gather(*streams), 120)
             await asyncio.sleep(0.5)
             assert hub.outbox.failing_since is None
-            assert await hub.problems() == []
+            assert await hub.node_status.problems() == []
     assert len(acked) == 2400
     conn = sqlite3.connect(small_disk / "data" / "outbox.db")
     try:

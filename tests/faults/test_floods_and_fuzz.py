@@ -60,7 +60,7 @@ async def test_a_device_flooding_1000_messages_a_second_does_not_starve_others(
         stored = (await hub.outbox.stats()).pending_by_kind["evaluation"]
         assert limited > 0, "the flooder's excess was counted"
         assert stored - 20 + limited <= 3000
-        status = await hub.status()
+        status = await hub.node_status.status()
         flooder_state = next(d for d in status["devices"] if d["id"] == "terminal-00")
         assert flooder_state["errors"]["rate_limited"] == limited
 
@@ -169,7 +169,7 @@ async def test_100000_mutated_mqtt_payloads(tmp_path: Path, broker: MosquittoBro
                 await asyncio.sleep(0.5)
         async with SimulatedMqttDevice("127.0.0.1", broker.port, NODE_ID, "terminal-00") as terminal:
             assert (await terminal.rate(5, msg_id="after-fuzz")).status == "stored"
-        assert await hub.problems() == []
+        assert await hub.node_status.problems() == []
     assert sent == 100_000
     rejects = metric(text, "hallhub_rejects_total")
     assert rejects > 30_000, "most mutated payloads were refused and counted"
@@ -221,7 +221,7 @@ async def test_huge_numbers_and_retained_flags_at_volume(tmp_path: Path, broker:
                 await asyncio.gather(*publishes)
             acks = await wait_for_answers(seen, "ack", len(expected_acks), timeout=60)
             errors = await wait_for_answers(seen, "error", expected_errors, timeout=30)
-            assert await hub.problems() == []
+            assert await hub.node_status.problems() == []
         wrong = [
             (a["msg_id"], a["error"])
             for a in acks

@@ -75,7 +75,7 @@ async def hall(
             await pad8.rate(level, case_no="B-2024-0001" if level == 1 else None)
         await printer.publish_raw("health", json.dumps({"paper": "out"}))
         async with asyncio.timeout(5):
-            while not (await hub.status())["device_alerts"]:
+            while not (await hub.node_status.status())["device_alerts"]:
                 await asyncio.sleep(0.02)
         yield hub, f"http://127.0.0.1:{hub.api_port}", pad
 

@@ -24,6 +24,7 @@ from hub.app import Hub
 from hub.config import HubConfig, Secrets, parse_config
 from hub.ingest.intake import Intake
 from hub.metrics import HubMetrics
+from hub.status import SyncState
 from hub.store.outbox import Outbox, Stored
 from sync.annotate import make_evaluation_hook
 from sync.node import build_hub
@@ -62,13 +63,13 @@ def sync_config(data_dir: Path, url: str, **kwargs: Any) -> HubConfig:
 
 @dataclass
 class StubHost:
-    """What `Uplink` needs of a hub, without MQTT: config, secrets, outbox, metrics, last_sync."""
+    """The parts an `Uplink` is built from, without a hub: config, outbox, metrics, sync state."""
 
     config: HubConfig
     outbox: Outbox
     secrets: Secrets = field(default_factory=lambda: Secrets("", PULL_TOKEN, ""))
     metrics: HubMetrics = field(default_factory=HubMetrics)
-    last_sync: str | None = None
+    sync: SyncState = field(default_factory=SyncState)
 
     def counter(self, name: str, **labels: str) -> float:
         """A metric's current value (0 if never set)."""
@@ -114,9 +115,16 @@ async def fill(outbox: Outbox, records: list[Record], chunk: int = 1000) -> None
 
 
 @contextlib.asynccontextmanager
-async def running_uplink(host: Any, **options: Any) -> AsyncIterator[Uplink]:
+async def running_uplink(host: StubHost, **options: Any) -> AsyncIterator[Uplink]:
     """An uplink serving in this loop until the block ends (then cancelled, as the hub does)."""
-    uplink = Uplink(host, **{**FAST, **options})
+    uplink = Uplink(
+        host.config,
+        outbox=host.outbox,
+        metrics=host.metrics,
+        sync=host.sync,
+        central_token=host.secrets.central_token,
+        **{**FAST, **options},
+    )
     task = asyncio.create_task(uplink.run(), name="test-uplink")
     try:
         yield uplink

@@ -19,10 +19,11 @@ from aiohttp import web
 
 from contract import wire
 from contract.records import Kind, Record
+from drivers.backoff import full_jitter
 from hub.ops.broker import free_port
 from hub.privacy.sealing import SealedIdentity, derive_seal_key, load_or_create_secret
 from hub.store.outbox import DEAD, DELIVERED, PENDING
-from sync.uplink import INFLIGHT_KEY, UNAUTHORIZED_KEY, full_jitter, parse_retry_after
+from sync.uplink import INFLIGHT_KEY, UNAUTHORIZED_KEY, parse_retry_after
 from tests.support.tls import key_and_cert, write_pem
 from tests.sync.conftest import Backend
 from tests.sync.support import (
@@ -187,7 +188,7 @@ async def test_delivers_alerts_first_with_the_contract_headers(tmp_path: Path) -
                 await wait_until(lambda: _none_pending(outbox), 30, "the backlog to drain")
             stats = await central.receiver.stats()
             assert host.counter("hallhub_records_delivered_total", via="push") == len(records)
-            assert host.last_sync is not None
+            assert host.sync.last_sync is not None
             assert host.counter("hallhub_last_sync_timestamp_seconds") > time.time() - 60
             assert await outbox.kv_get(INFLIGHT_KEY) is None
     rows = central_rows(central_db)

@@ -1,0 +1,285 @@
+"""The local HTTP API (CONTRACTS §5, §9), the uplink and the reference receiver (§6, §16) as an
+OpenAPI 3.1 document.
+
+Generated, never written by hand: bodies are the JSON Schemas of the pydantic models the hub, the
+uplink and the receiver read and write (`contract.mqtt`, `contract.wire`); the few answers that are
+built without a model (a pull page, an error) get one here, and the API tests check every real
+answer against them. `OPERATIONS` lists the routes with the model of each body. The hub serves its
+part at `/openapi.json`, the receiver its own; `python -m contract.docs` writes both parts to
+docs/openapi.json.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.json_schema import models_json_schema
+
+from contract.http import PULL_LIMIT_DEFAULT, PULL_LIMIT_MAX
+from contract.mqtt import EvaluateRequest, SessionUpdate, StaffEvent, WindowState
+from contract.records import ID_REGEX, KINDS, WINDOW_REGEX
+from contract.wire import BATCH_PATH_TEMPLATE, Batch, BatchAnswer, Record
+
+__all__ = ["OPENAPI_VERSION", "OPERATIONS", "Operation", "Service", "openapi_document"]
+
+OPENAPI_VERSION: Final = "3.1.0"
+Service = Literal["hub", "receiver"]
+
+
+class ErrorAnswer(BaseModel):
+    """Every 4xx/5xx answer of the hub and the receiver: what is wrong, in a sentence."""
+
+    model_config = ConfigDict(extra="allow")
+
+    error: str
+
+
+class HealthAnswer(BaseModel):
+    """`GET /healthz`: `ok`, or `degraded` with the problems found (503)."""
+
+    status: Literal["ok", "degraded"]
+    problems: list[str] | None = None
+
+
+class PullPage(BaseModel):
+    """`GET /v1/records`: pending records after `after`, oldest first (`contract.http.pull_page`)."""
+
+    records: list[Record]
+    next_after: int = Field(ge=0)
+    more: bool
+
+
+class AckRequest(BaseModel):
+    """`POST /v1/records/ack`: every record up to `upto` was taken by the platform."""
+
+    model_config = ConfigDict(extra="allow")
+
+    upto: int = Field(ge=0)
+
+
+class AckAnswer(BaseModel):
+    """The answer to `POST /v1/records/ack` (`contract.http.ack_answer`)."""
+
+    acked: int = Field(ge=0)
+    upto: int = Field(ge=0)
+
+
+class EvaluationsPage(BaseModel):
+    """`GET /v1/evaluations` of the receiver: the evaluations that arrived after a cursor."""
+
+    evaluations: list[dict[str, Any]]
+    next: str
+
+
+@dataclass(frozen=True, slots=True)
+class Param:
+    """A path or query parameter."""
+
+    name: str
+    where: Literal["path", "query"]
+    schema: Mapping[str, Any]
+    description: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Operation:
+    """One route: who serves it, who may call it (§9), the body's model and each answer's."""
+
+    service: Service
+    method: Literal["get", "post"]
+    path: str
+    summary: str
+    security: tuple[str, ...] = ()
+    params: tuple[Param, ...] = ()
+    body: type[BaseModel] | None = None
+    answers: Mapping[int, type[BaseModel] | str] = field(default_factory=dict)
+    """Status → a model (JSON) or a media type (a body that is not JSON)."""
+
+
+_WINDOW = Param("window", "path", {"type": "string", "pattern": f"^{WINDOW_REGEX}$"}, "The window.")
+_CONTROL: Final = ("control", "")
+"""Control routes need the control token once one is set; on loopback with none set they are open."""
+_VIEW: Final = ("view", "")
+"""View routes are open on loopback; on another address they need the view or the control token."""
+
+OPERATIONS: Final[tuple[Operation, ...]] = (
+    Operation(
+        "hub",
+        "get",
+        "/healthz",
+        "Health: ok, or degraded with the problems.",
+        answers={200: HealthAnswer, 503: HealthAnswer},
+    ),
+    Operation("hub", "get", "/metrics", "Prometheus metrics.", answers={200: "text/plain"}),
+    Operation("hub", "get", "/v1/status", "The node at a glance.", _VIEW, answers={200: "application/json"}),
+    Operation("hub", "get", "/", "The status page for technicians.", _VIEW, answers={200: "text/html"}),
+    Operation(
+        "hub",
+        "get",
+        "/openapi.json",
+        "This document.",
+        _VIEW,
+        answers={200: "application/json"},
+    ),
+    Operation(
+        "hub",
+        "get",
+        "/v1/records",
+        "Pull: pending records after `after`, oldest first.",
+        ("pull",),
+        params=(
+            Param("after", "query", {"type": "integer", "minimum": 0, "maximum": 2**63 - 1}, "A seq."),
+            Param(
+                "limit",
+                "query",
+                {"type": "integer", "minimum": 1, "maximum": PULL_LIMIT_MAX, "default": PULL_LIMIT_DEFAULT},
+            ),
+            Param("kind", "query", {"type": "string", "enum": list(KINDS)}),
+        ),
+        answers={200: PullPage, 400: ErrorAnswer, 401: ErrorAnswer, 404: ErrorAnswer},
+    ),
+    Operation(
+        "hub",
+        "post",
+        "/v1/records/ack",
+        "Pull: mark every record up to `upto` delivered.",
+        ("pull",),
+        body=AckRequest,
+        answers={200: AckAnswer, 400: ErrorAnswer, 401: ErrorAnswer, 404: ErrorAnswer},
+    ),
+    Operation(
+        "hub",
+        "post",
+        "/v1/windows/{window}/evaluate",
+        "Ask the window's device for a rating.",
+        _CONTROL,
+        params=(_WINDOW,),
+        body=EvaluateRequest,
+        answers={200: SessionUpdate, 400: ErrorAnswer, 401: ErrorAnswer, 415: ErrorAnswer, 421: ErrorAnswer},
+    ),
+    Operation(
+        "hub",
+        "post",
+        "/v1/windows/{window}/staff",
+        "Sign in, sign out, pause or resume (§12).",
+        _CONTROL,
+        params=(_WINDOW,),
+        body=StaffEvent,
+        answers={
+            200: WindowState,
+            400: ErrorAnswer,
+            401: ErrorAnswer,
+            404: ErrorAnswer,
+            409: ErrorAnswer,
+            415: ErrorAnswer,
+        },
+    ),
+    Operation(
+        "receiver",
+        "post",
+        BATCH_PATH_TEMPLATE,
+        "Uplink: one batch of a node's records (gzip).",
+        ("node",),
+        params=(Param("node_id", "path", {"type": "string", "pattern": f"^{ID_REGEX}$"}, "The node."),),
+        body=Batch,
+        answers={200: BatchAnswer, 400: ErrorAnswer, 401: ErrorAnswer, 413: ErrorAnswer, 415: ErrorAnswer},
+    ),
+    Operation(
+        "receiver",
+        "get",
+        "/v1/evaluations",
+        "The evaluations that arrived after a cursor.",
+        ("node",),
+        params=(
+            Param("after", "query", {"type": "string", "maxLength": 64}, "A cursor from `next`."),
+            Param("limit", "query", {"type": "integer", "minimum": 1, "maximum": 1000}),
+        ),
+        answers={200: EvaluationsPage, 400: ErrorAnswer, 401: ErrorAnswer},
+    ),
+    Operation(
+        "receiver", "get", "/metrics", "Prometheus metrics of the receiver.", answers={200: "text/plain"}
+    ),
+    Operation("receiver", "get", "/openapi.json", "This document.", answers={200: "application/json"}),
+)
+"""Every documented route of the hub's local API and of the reference receiver."""
+
+_SCHEMES: Final[dict[str, dict[str, Any]]] = {
+    "pull": {"type": "http", "scheme": "bearer", "description": "api.pull_token (§5)."},
+    "control": {"type": "http", "scheme": "bearer", "description": "api.control_token (§9)."},
+    "view": {"type": "http", "scheme": "bearer", "description": "api.view_token or the control token (§9)."},
+    "node": {"type": "http", "scheme": "bearer", "description": "The node's central token (§6)."},
+}
+
+
+def _schemas(operations: tuple[Operation, ...]) -> dict[str, Any]:
+    models = {op.body for op in operations if op.body is not None}
+    models |= {answer for op in operations for answer in op.answers.values() if not isinstance(answer, str)}
+    ordered = sorted(models, key=lambda model: model.__name__)
+    _, top = models_json_schema(
+        [(model, "validation") for model in ordered], ref_template="#/components/schemas/{model}"
+    )
+    return dict(sorted(top.get("$defs", {}).items()))
+
+
+def _content(answer: type[BaseModel] | str) -> dict[str, Any]:
+    if isinstance(answer, str):
+        schema: dict[str, Any] = {"type": "object"} if answer == "application/json" else {"type": "string"}
+        return {answer: {"schema": schema}}
+    return {"application/json": {"schema": {"$ref": f"#/components/schemas/{answer.__name__}"}}}
+
+
+def _slug(path: str) -> str:
+    """`/v1/windows/{window}/evaluate` → `v1_windows_window_evaluate` (`/` → `root`)."""
+    return path.strip("/").replace("/", "_").replace("{", "").replace("}", "").replace(".", "_") or "root"
+
+
+def _operation(op: Operation) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "operationId": f"{op.service}_{op.method}_{_slug(op.path)}",
+        "summary": op.summary,
+        "tags": [op.service],
+    }
+    if op.params:
+        out["parameters"] = [
+            {
+                "name": p.name,
+                "in": p.where,
+                "required": p.where == "path",
+                "schema": dict(p.schema),
+                **({"description": p.description} if p.description else {}),
+            }
+            for p in op.params
+        ]
+    if op.body is not None:
+        out["requestBody"] = {"required": True, "content": _content(op.body)}
+    if op.security:
+        out["security"] = [{name: []} if name else {} for name in op.security]
+    out["responses"] = {
+        str(status): {"description": f"HTTP {status}", "content": _content(answer)}
+        for status, answer in sorted(op.answers.items())
+    }
+    return out
+
+
+def openapi_document(version: str, services: tuple[Service, ...] = ("hub", "receiver")) -> dict[str, Any]:
+    """The OpenAPI 3.1 document of `services` (the hub's local API, the reference receiver, or both),
+    for hallhub `version`. A path both serve (`/metrics`, `/openapi.json`) is described once."""
+    chosen = tuple(op for op in OPERATIONS if op.service in services)
+    paths: dict[str, dict[str, Any]] = {}
+    for op in chosen:
+        paths.setdefault(op.path, {}).setdefault(op.method, _operation(op))
+    schemes = {name: scheme for name, scheme in _SCHEMES.items() if any(name in op.security for op in chosen)}
+    return {
+        "openapi": OPENAPI_VERSION,
+        "info": {
+            "title": "hallhub HTTP API" if len(services) > 1 else f"hallhub {services[0]} API",
+            "version": version,
+            "description": "The node's local API (CONTRACTS §5, §9) and the uplink's other side, the "
+            'reference central receiver (§6, §16). Errors are JSON `{"error": ...}`.',
+        },
+        "paths": dict(sorted(paths.items())),
+        "components": {"schemas": _schemas(chosen), "securitySchemes": schemes},
+    }
