@@ -75,6 +75,7 @@ class HubApi:
                 web.get("/v1/status", self.status),
                 web.get("/v1/records", self.records),
                 web.post("/v1/records/ack", self.records_ack),
+                web.get("/openapi.json", openapi),
                 *self.extra_routes,
             ]
         )
@@ -205,6 +206,14 @@ def _int_param(text: str, name: str, low: int, high: int) -> int:
     if not low <= value <= high:
         raise ValueError(f"{name}: expected a value from {low} to {high}, got {value}")
     return value
+
+
+async def openapi(_request: web.Request) -> web.Response:
+    """`GET /openapi.json`: the OpenAPI 3.1 document of this API, generated from the contract's models
+    (a view route, §9). Built on the first request: an idle hub never loads the schema generator."""
+    from contract.openapi import openapi_document  # noqa: PLC0415 (memory: only when asked for)
+
+    return web.json_response(openapi_document(__version__, ("hub",)), dumps=_dumps)
 
 
 def _dumps(value: Any) -> str:

@@ -166,6 +166,7 @@ class CentralReceiver:
         app.router.add_post(BATCH_PATH_TEMPLATE, self._post_batch)
         app.router.add_get("/v1/evaluations", self._get_evaluations)
         app.router.add_get("/metrics", self._get_metrics)
+        app.router.add_get("/openapi.json", _get_openapi)
         return app
 
     async def _store_context(self, _app: web.Application) -> AsyncIterator[None]:
@@ -354,6 +355,14 @@ RECEIVER_KEY: Final = web.AppKey("central_receiver", CentralReceiver)
 """Where `make_app` keeps its `CentralReceiver` in the application."""
 
 _Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+async def _get_openapi(_request: web.Request) -> web.Response:
+    """`GET /openapi.json`: the OpenAPI 3.1 document of the receiver's routes, from the contract's models."""
+    from contract.openapi import openapi_document  # noqa: PLC0415 (only when asked for)
+    from hub import __version__  # noqa: PLC0415
+
+    return web.json_response(openapi_document(__version__, ("receiver",)))
 
 
 @web.middleware
