@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from hub.cli.console import make_console
 from hub.config import DEFAULT_CONFIG_PATH, ConfigError, load_config
 from hub.hall.stats import BY_VALUES, SatisfactionStats, StatsRequestError, parse_range
 from hub.store.outbox import Outbox, StoreUnavailable
@@ -84,7 +84,7 @@ def stats_command(
     ] = DEFAULT_CONFIG_PATH,
 ) -> None:
     """Satisfaction figures (满意率) by window, staff, item, channel or day, from the outbox file."""
-    err = Console(stderr=True, highlight=False)
+    err = make_console(stderr=True, highlight=False)
     try:
         loaded = load_config(config)
     except ConfigError as exc:
@@ -118,7 +118,7 @@ def stats_command(
     for row in rows:
         table.add_row(*row)
     table.add_row(*total, style="bold")
-    Console(highlight=False).print(table)
+    make_console(highlight=False).print(table)
 
 
 __all__ = ["stats_command"]
