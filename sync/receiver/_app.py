@@ -288,6 +288,15 @@ class CentralReceiver:
             else:
                 seen.add(record.id)
                 fresh.append(record)
+        # Shielded: a client that goes away mid-request (a hub killed, a dropped connection) cancels
+        # this handler, but the insert may already be committing; its records are counted either way,
+        # or the retry of the same batch would count them as duplicates that were never accepted.
+        return await asyncio.shield(self._commit(node_id, fresh, repeated, rejected))
+
+    async def _commit(
+        self, node_id: str, fresh: list[Record], repeated: list[str], rejected: list[Rejection]
+    ) -> BatchAnswer:
+        """Store the fresh records and count the batch's outcome."""
         inserted = await self._store.insert(node_id, fresh) if fresh else set()
         accepted = [r.id for r in fresh if r.id in inserted]
         duplicate = [r.id for r in fresh if r.id not in inserted] + repeated
