@@ -26,6 +26,7 @@ from aiohttp import web
 
 from contract.records import format_utc, parse_rfc3339
 from hub.api.hall_sections import followups_section, satisfaction_section
+from hub.config import DEFAULT_TIMEZONE
 from hub.privacy.redact import redact_url
 from hub.store.outbox import Outbox, StoreUnavailable
 
@@ -92,6 +93,7 @@ th{font-size:.8rem;color:var(--mute);border-top:0}.num{text-align:right;font-var
 .stale-note{display:none}.stale .stale-note{display:block;position:sticky;top:0;background:var(--bad);
 color:#fff;padding:.4rem .9rem;font-weight:600}button{font:inherit;padding:.1rem .5rem}
 @media (max-width:40rem){.wide{display:none}td,th{padding:.25rem}}
+.scroll{overflow-x:auto;max-width:100%}
 """
 
 
@@ -229,7 +231,7 @@ def _section(title: str, body: str, css: str = "", ident: str = "") -> str:
     return f"<section{attrs}><h2>{title}</h2>{body}</section>"
 
 
-def _connections(status: Mapping[str, Any], central_url: str, now: datetime) -> str:
+def _connections(status: Mapping[str, Any], central_url: str, now: datetime, zone: ZoneInfo) -> str:
     broker = status.get("broker", {})
     sync = status.get("sync", {})
     connected = bool(broker.get("connected"))
@@ -240,7 +242,7 @@ def _connections(status: Mapping[str, Any], central_url: str, now: datetime) -> 
     rows = [
         ("MQTT broker", f"{_e(broker.get('host'))}:{_e(broker.get('port'))} {broker_badge}"),
         ("central push", _e(push)),
-        ("last upload", _e(f"{_age(last, now)} ({last})" if last else "never")),
+        ("last upload", _e(f"{_age(last, now)} ({_local_time(last, zone)})" if last else "never")),
         ("pull API", _e(pull)),
     ]
     body = "".join(f"<div>{name}</div><div>{value}</div>" for name, value in rows)
@@ -383,7 +385,7 @@ def render_page(
     updated = now.astimezone(zone).strftime("%H:%M:%S")
     main = (
         f'<main id="page"><p class="mute" id="updated">updated {updated} · refreshes every {refresh_s} s</p>'
-        f"{problem_box}{_connections(status, central_url, now)}"
+        f"{problem_box}{_connections(status, central_url, now, zone)}"
         f"{_alerts(bad_reviews, list(status.get('device_alerts') or []), zone)}"
         f"{followups_section(list(status.get('followups') or []), now, zone)}"
         f"{_devices(status.get('devices') or [], now, zone)}{_outbox(status.get('outbox') or {})}"
@@ -400,6 +402,7 @@ def render_page(
         "the numbers below are from the last successful refresh</div>"
         f"<header><h1>{title}</h1><span class='sub'>hall {_e(node.get('hall_code'))} · hallhub "
         f"{_e(node.get('version'))} · up since {_e(_local_time(node.get('started_at'), zone))}"
+        f" · times in {_e(zone.key)}"
         "</span></header>"
         f"{main}<script>{_SCRIPT}</script></body></html>"
     )
@@ -466,18 +469,19 @@ def print_status_extras(console: Console, doc: Mapping[str, Any], ratings: Mappi
 
     faults = list(doc.get("device_alerts") or [])
     reviews = [a for a in doc.get("alerts") or [] if isinstance(a, dict)]
+    zone = hall_zone(str((ratings or {}).get("timezone") or DEFAULT_TIMEZONE))
     if not faults and not reviews:
         console.print("alerts: [green]none open[/]")
     else:
         table = Table(title=f"{len(faults) + len(reviews)} open alerts")
-        for column in ("alert", "where", "what", "since"):
+        for column in ("alert", "where", "what", f"since ({zone.key})"):
             table.add_column(column)
         for alert in faults:
             table.add_row(
                 "device fault",
                 rich_escape(str(alert.get("device_id"))),
                 rich_escape(str(alert.get("description") or alert.get("fault"))),
-                rich_escape(str(alert.get("raised_at"))),
+                rich_escape(_local_time(alert.get("raised_at"), zone)),
             )
         for alert in reviews:
             data = alert.get("data", {})
@@ -486,7 +490,7 @@ def print_status_extras(console: Console, doc: Mapping[str, Any], ratings: Mappi
                 "bad review",
                 rich_escape(f"window {data.get('window') or '-'}"),
                 rich_escape(what),
-                rich_escape(str(alert.get("created_at"))),
+                rich_escape(_local_time(alert.get("created_at"), zone)),
             )
         console.print(table)
     if ratings is None:

@@ -14,6 +14,7 @@ import contextlib
 import itertools
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -159,7 +160,10 @@ def test_render_page_hides_url_credentials_and_says_how_old_the_last_upload_is()
     )
     assert "pw@" not in page
     assert "on, to https://central.example/" in page
-    assert "5 min ago (2026-11-23T01:55:00.000Z)" in page
+    assert "5 min ago (11-23 09:55:00)" in page, "in the hall's time zone, like every other time"
+    assert "times in Asia/Shanghai" in page
+    shown = re.sub(r"<[^>]+>", " ", page)
+    assert re.search(r"\d{4}-\d\d-\d\dT\d\d:\d\d", shown) is None, "no UTC timestamp on the page"
     assert '<span class="badge bad">not connected</span>' in page
     assert "<h2>Problems (1)</h2><ul><li>outbox writer not answering</li></ul>" in page
     assert "no ratings yet today" in page
