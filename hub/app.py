@@ -9,6 +9,7 @@ import logging
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from aiohttp import web
 
@@ -16,6 +17,7 @@ from contract.topics import Topics
 from hub import __version__
 from hub.api.access import AccessPolicy
 from hub.api.followup import followup_routes
+from hub.api.rating_page import RatingPage, page_reasons
 from hub.api.routes import HubApi
 from hub.api.server import ConnectionLimits, GuardedServer
 from hub.api.stats import stats_routes
@@ -75,6 +77,12 @@ def release_free_heap() -> None:
         ctypes.CDLL(None).malloc_trim(0)
 
 
+def _phone_hosts(config: HubConfig) -> list[str]:
+    """The host phones use for rating links (§13), accepted in `Host` on `/r/…` only."""
+    host = urlsplit(config.qr_evaluation.base_url).hostname if config.qr_evaluation.enabled else None
+    return [host] if host else []
+
+
 class Hub:
     """One node's hub. `run(stop)` serves until `stop` is set, then shuts down cleanly."""
 
@@ -107,7 +115,12 @@ class Hub:
         )
         self.sessions.bind(
             "mqtt",
-            PromptPort(self.publisher.prompt_pad, self.publisher.cancel_pad, self.publisher.show_pad),
+            PromptPort(
+                self.publisher.prompt_pad,
+                self.publisher.cancel_pad,
+                self.publisher.show_pad,
+                prompt_link=self.publisher.prompt_pad,
+            ),
         )
         self.alerts = AlertBook(self.outbox)
         self.followups = FollowupBook(
@@ -156,6 +169,7 @@ class Hub:
             control_token=secrets.control_token,
             view_token=secrets.view_token,
             allowed_hosts=config.api.allowed_hosts,
+            phone_hosts=_phone_hosts(config),
         )
         self.api = HubApi(
             status=self.node_status,
@@ -168,6 +182,7 @@ class Hub:
                 *followup_routes(self.followups),
                 *stats_routes(stats, hall_name=config.node.name or f"政务服务大厅 {config.node.hall_code}"),
                 *window_staff_routes(self.windows),
+                *self._rating_page_routes(),
                 *status_page_routes(
                     self.node_status,
                     self.outbox,
@@ -189,6 +204,28 @@ class Hub:
         self._http: GuardedServer | None = None
         self._runner: web.AppRunner | None = None
         self._fatal: WriterDied | None = None
+
+    def _rating_page_routes(self) -> list[web.RouteDef]:
+        """`/r/{token}`, the rating page for phones (§13), when QR evaluation is enabled."""
+        qr = self.config.qr_evaluation
+        if not qr.enabled:
+            return []
+        host = urlsplit(qr.base_url).hostname
+        if is_loopback(self.config.api_host_port[0]) and host is not None and not is_loopback(host):
+            log.warning(
+                "qr_evaluation: phones are sent to %s, but api.listen %s is loopback: they cannot reach it",
+                qr.base_url,
+                self.config.api.listen,
+            )
+        page = RatingPage(
+            self.sessions,
+            self.intake,
+            self.metrics,
+            reasons=page_reasons(self.config.national.reasons),
+            submissions_per_minute=qr.submissions_per_minute,
+            body_timeout_s=self.config.api.header_timeout_s,
+        )
+        return page.routes()
 
     def add_service(self, name: str, service: Service) -> None:
         """Run `service()` beside the core (drivers, sessions, uplink) until shutdown."""

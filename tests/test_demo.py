@@ -57,6 +57,7 @@ def test_demo_runs_and_stores_evaluations(tmp_path: Path, broker: str) -> None:
         )
     assert ("keypad",) in channels, "keypad sessions ran"
     assert ("pad",) in channels or ("terminal",) in channels
+    assert ("qr",) in channels, "a simulated phone rated through the QR window's link (§13)"
     log = (tmp_path / "hallhub-demo.log").read_text()
     assert "Traceback" not in log
 

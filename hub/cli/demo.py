@@ -16,12 +16,14 @@ import shutil
 import signal
 import tempfile
 import time
+import uuid
 from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import aiomqtt
 from rich import box
 from rich.console import Console, Group, RenderableType
@@ -29,6 +31,7 @@ from rich.live import Live
 from rich.panel import Panel
 from rich.table import Table
 
+from contract.mqtt import CmdPayload
 from contract.records import Record
 from drivers.idcard.simulator import run_simulated_reader
 from drivers.keypad.simulator import run_simulated_line
@@ -37,6 +40,7 @@ from hub.app import Hub
 from hub.config import HubConfig, Secrets, parse_config
 from hub.ops.broker import EmbeddedBroker, MosquittoBroker, free_port, mosquitto_binary
 from hub.simulate.mqtt_device import NotAcked, SimulatedMqttDevice
+from hub.simulate.phone import PhoneError, SimulatedPhone
 from hub.simulate.supervisor import SimulatedSupervisor
 from hub.simulate.window_pc import WindowPcSimulator
 from sync.node import build_hub
@@ -62,6 +66,8 @@ MQTT_DEVICES = [
 
 
 KEYPAD_WINDOWS = {1: "01", 2: "02", 3: "03", 4: "04"}
+QR_WINDOW = "06"
+"""The window whose citizens rate on their own phones (§13): its pad draws each session's link."""
 
 
 class DemoBroker:
@@ -140,6 +146,7 @@ def demo_config(
         "broker": {"host": "127.0.0.1", "port": broker_port},
         "api": {"listen": f"127.0.0.1:{api_port}", "pull_token": PULL_TOKEN, "control_token": CONTROL_TOKEN},
         "central": {"url": central_url, "token": CENTRAL_TOKEN if central_url else "", "batch_max": 200},
+        "qr_evaluation": {"enabled": True, "base_url": f"http://127.0.0.1:{api_port}"},
         "device": serial_devices(tty_dir) + MQTT_DEVICES,
     }
     return parse_config(raw, "<demo>")
@@ -158,6 +165,10 @@ class DemoView:
     window_pc: WindowPcSimulator | None = None
     supervisor: SimulatedSupervisor | None = None
     central: dict[str, Any] = field(default_factory=dict)
+    phone: Counter[int] = field(default_factory=Counter)
+    """How the hub answered the simulated phones' ratings, by HTTP status (§13)."""
+    qr_screen: str | None = None
+    """What the QR window's pad shows: the current session's link as a QR code."""
     sink: Callable[[str], None] | None = None
     """Where each record's line also goes as it is committed (piped output: plain lines, no live view)."""
 
@@ -255,6 +266,12 @@ class DemoView:
             str(done["rectify"]),
             f"{100 * satisfied / rated:.1f}%" if rated else "-",
         )
+        answered = ", ".join(f"{count} × {status}" for status, count in sorted(self.phone.items()))
+        qr = Panel(
+            (self.qr_screen or "waiting for a session…") + f"\nphone ratings answered: {answered or '-'}",
+            title=f"QR evaluation at window {QR_WINDOW}: the pad's screen, rated by a phone (二维码评价)",
+            expand=False,
+        )
         events = Panel("\n".join(self.events) or "waiting…", title="Latest records")
         alerts = Panel("\n".join(self.alerts) or "none yet", title="Bad-review alerts (差评)", style="red")
         return [
@@ -265,6 +282,7 @@ class DemoView:
             (6, devices),
             (5, events),
             (1, alerts),
+            (7, qr),
             (0, self.footer(hub)),
         ]
 
@@ -340,6 +358,61 @@ async def _device_traffic(
             else:
                 await device.rate(**random_rating(rng))
             view.sent[device.device_id] += 1
+
+
+async def _qr_window_traffic(
+    api_url: str, pad: SimulatedMqttDevice, view: DemoView, rate: float, rng: random.Random
+) -> None:
+    """The QR window: its PC asks for an evaluation, the pad draws the link, a citizen's phone opens
+    it and rates over HTTP (§13) a few seconds later, as if it had scanned the code."""
+    drawn = asyncio.Event()
+
+    async def on_command(command: CmdPayload) -> None:
+        if command.cmd == "prompt" and command.qr_url:
+            drawn.set()
+
+    pad.on_command = on_command
+    await asyncio.sleep(1.0)  # the first citizen comes soon, so that a short demo shows one
+    while True:
+        with contextlib.suppress(aiohttp.ClientError, TimeoutError, PhoneError):
+            await _qr_citizen(api_url, pad, drawn, view, rng)
+        await asyncio.sleep(rng.expovariate(max(rate, 0.01) / 4))
+
+
+async def _qr_citizen(
+    api_url: str, pad: SimulatedMqttDevice, drawn: asyncio.Event, view: DemoView, rng: random.Random
+) -> None:
+    """One citizen at the QR window: a session asked for, its link drawn, rated on the phone."""
+    rating = random_rating(rng)
+    request = {
+        "request_id": uuid.uuid4().hex[:12],
+        "case_no": rating["case_no"],
+        "item_code": rating["item_code"],
+        "item_name": rating["item_name"],
+        "timeout_s": 60,
+    }
+    drawn.clear()
+    async with (
+        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http,
+        http.post(
+            f"{api_url}/v1/windows/{QR_WINDOW}/evaluate",
+            json=request,
+            headers={"Authorization": f"Bearer {CONTROL_TOKEN}"},
+        ) as answer,
+    ):
+        url = (await answer.json()).get("qr_url") if answer.status == 200 else None
+    if url is None:
+        return
+    await asyncio.wait_for(drawn.wait(), 5)
+    if pad.qr_url != url:
+        return
+    if view.qr_screen is None and view.sink is not None:
+        view.sink(f"window {QR_WINDOW}'s pad shows its rating link as a QR code:\n{pad.screen}")
+    view.qr_screen = pad.screen
+    await asyncio.sleep(rng.uniform(1.0, 3.0))  # the citizen takes out a phone and scans
+    reasons = rating.get("reasons", []) if rating["level"] <= 2 else []
+    answered = await SimulatedPhone().rate(url, rating["level"], reasons, rating.get("comment"))
+    view.phone[answered.status] += 1
 
 
 async def run_demo(
@@ -437,6 +510,9 @@ async def _run_demo(
             )
             tasks = [asyncio.create_task(view.window_pc.run()), asyncio.create_task(view.supervisor.run())]
             tasks += [asyncio.create_task(_device_traffic(d, view, rate, rng)) for d in devices]
+            qr_pad = next(d for d in devices if d.device_id == f"pad-{QR_WINDOW}")
+            api_url = f"http://127.0.0.1:{hub.api_port}"
+            tasks.append(asyncio.create_task(_qr_window_traffic(api_url, qr_pad, view, rate, rng)))
             deadline = None if duration_s is None else time.monotonic() + duration_s
             live = (
                 Live(view.render(hub, console), console=console, refresh_per_second=2, transient=False)

@@ -18,8 +18,9 @@ from dataclasses import dataclass, field
 from contract.mqtt import EvaluateRequest, SessionUpdate, StaffEvent, WindowState
 from drivers.base import CitizenIdentity
 from hub.config import DeviceSection, HubConfig
+from hub.hall.links import PHONE_DEVICE_ID, Link, LinkState, RatingLinks, phone_device
 from hub.hall.windows import WindowBook, display_text
-from hub.store.outbox import Outbox
+from hub.store.outbox import Duplicate, Outbox, Rejected, StoreResult
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,8 @@ class Session:
     started: float = field(default_factory=time.monotonic)
     ratings: int = 0
     timer: asyncio.TimerHandle | None = None
+    link: str | None = None
+    """The token of its rating link (§13), when QR evaluation is enabled."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,24 +86,36 @@ class PromptPort:
     """How a session reaches a device: the hub plugs in the keypad driver and the MQTT gateway.
 
     `show` puts a short text on the device's display (a keypad's SHOW, a pad's `show` cmd), for the
-    window's state (§12); a transport without one shows nothing."""
+    window's state (§12); a transport without one shows nothing. `prompt_link` prompts with the
+    session's rating link as well (a pad draws it as a QR code, §13); without one, `prompt`."""
 
     prompt: Callable[[DeviceSection, int, int, str], Awaitable[None]]
     cancel: Callable[[DeviceSection, int], Awaitable[None]]
     show: Callable[[DeviceSection, str], Awaitable[None]] | None
+    prompt_link: Callable[[DeviceSection, int, int, str, str], Awaitable[None]] | None
 
     def __init__(
         self,
         prompt: Callable[[DeviceSection, int, int, str], Awaitable[None]],
         cancel: Callable[[DeviceSection, int], Awaitable[None]],
         show: Callable[[DeviceSection, str], Awaitable[None]] | None = None,
+        prompt_link: Callable[[DeviceSection, int, int, str, str], Awaitable[None]] | None = None,
     ) -> None:
         self.prompt = prompt
         self.cancel = cancel
         self.show = show
+        self.prompt_link = prompt_link
 
 
 Publisher = Callable[[str, SessionUpdate], Awaitable[None]]
+
+
+def _link_end(state: str, *, by_link: bool) -> LinkState:
+    """What a session's end means for its rating link: used by the phone, rated on the keypad or
+    pad, expired, or cancelled (replaced, paused, failed)."""
+    if state == "rated":
+        return LinkState.USED if by_link else LinkState.RATED_ELSEWHERE
+    return LinkState.EXPIRED if state == "expired" else LinkState.CANCELLED
 
 
 def _credited(request: EvaluateRequest, staffed: WindowState | None) -> EvaluateRequest:
@@ -137,6 +152,9 @@ class SessionManager:
         self._free: dict[str, deque[float]] = {}
         self._citizens: dict[str, tuple[float, CitizenIdentity]] = {}
         self._device_locks: dict[str, asyncio.Lock] = {}
+        qr = config.qr_evaluation
+        self.links = RatingLinks(qr.base_url, qr.ttl_s) if qr.enabled else None
+        """Rating links for phones (§13), None while `qr_evaluation.enabled` is false."""
         self.recent_dropped = 0
         """Ended sessions forgotten before RECENT_SESSIONS_KEPT_S because MAX_RECENT_SESSIONS were kept."""
 
@@ -193,11 +211,14 @@ class SessionManager:
     async def request(self, window: str, request: EvaluateRequest) -> SessionUpdate:
         """Start a session (cancelling the window's current one) and prompt its device."""
         async with self._lock:
-            device = self.rating_device(window)
+            phone_only = request.channel == "qr"
+            device = None if phone_only else self.rating_device(window)
             number = await self._new_number()
             staffed = self.windows.state(window) if self.windows is not None else None
             refusal = None
-            if device is None:
+            if phone_only and self.links is None:
+                refusal = "QR evaluation is off on this node (set qr_evaluation.enabled and base_url)"
+            elif device is None and not phone_only:
                 refusal = f"no keypad or rating pad is configured for window {window}"
             elif staffed is not None and staffed.state == "paused":
                 refusal = f"window {window} is paused"
@@ -207,23 +228,25 @@ class SessionManager:
                 )
                 await self.publish(window, update)
                 return update
-            assert device is not None
             request = _credited(request, staffed)
             old = self._open.pop(window, None)
-            session = Session(number=number, window=window, request=request, device_id=device.id)
+            # A phone-only session has no device: "" is no device id (ids have at least one character).
+            device_id = device.id if device is not None else ""
+            session = Session(number=number, window=window, request=request, device_id=device_id)
+            if self.links is not None:
+                session.link = self.links.issue(number, window)
             self._open[window] = session
             self._by_number[number] = session
         if old is not None:
             await self._end(old, "cancelled", notify_device=True, error="replaced by a new request")
-        timeout = request.timeout_s or self.config.evaluation.timeout_s
-        text = f"{window}号窗口" + (f" {request.staff_name}" if request.staff_name else "")
-        port = self.ports.get(device.transport)
+        qr_url = self.links.url(session.link) if self.links is not None and session.link else None
+        default_timeout = self.config.evaluation.timeout_s
+        if phone_only and self.links is not None:
+            default_timeout = int(self.links.ttl_s)  # a phone needs longer than a key press
+        timeout = request.timeout_s or default_timeout
         try:
-            if port is None:
-                raise PromptFailed(
-                    f"{device.kind} {device.id} cannot be prompted (transport {device.transport})"
-                )
-            await port.prompt(device, number, timeout, text)
+            if device is not None:
+                await self._prompt(device, number, timeout, request, qr_url)
         except Exception as exc:  # every prompt failure becomes a `failed` session
             reason = str(exc) or type(exc).__name__
             await self._end(session, "failed", notify_device=False, error=reason)
@@ -232,9 +255,22 @@ class SessionManager:
             return SessionUpdate(request_id=request.request_id, session=number, state="cancelled")
         loop = asyncio.get_running_loop()
         session.timer = loop.call_later(timeout, lambda: asyncio.ensure_future(self._expire(session)))
-        update = SessionUpdate(request_id=request.request_id, session=number, state="prompted")
+        update = SessionUpdate(request_id=request.request_id, session=number, state="prompted", qr_url=qr_url)
         await self.publish(window, update)
         return update
+
+    async def _prompt(
+        self, device: DeviceSection, number: int, timeout: int, request: EvaluateRequest, qr_url: str | None
+    ) -> None:
+        """Prompt the window's keypad or pad, with the rating link where its transport can show one."""
+        text = f"{device.window}号窗口" + (f" {request.staff_name}" if request.staff_name else "")
+        port = self.ports.get(device.transport)
+        if port is None:
+            raise PromptFailed(f"{device.kind} {device.id} cannot be prompted (transport {device.transport})")
+        if qr_url is not None and port.prompt_link is not None:
+            await port.prompt_link(device, number, timeout, text, qr_url)
+        else:
+            await port.prompt(device, number, timeout, text)
 
     async def _expire(self, session: Session) -> None:
         if self._by_number.get(session.number) is session:
@@ -249,7 +285,12 @@ class SessionManager:
         error: str | None = None,
         level: int | None = None,
         record_id: str | None = None,
+        by_link: bool = False,
     ) -> None:
+        """Report the session's end and forget it; its rating link ends with it (`by_link`: the
+        phone rated, any other channel is told the session is over)."""
+        if session.link is not None and self.links is not None:
+            self.links.end(session.link, _link_end(state, by_link=by_link))
         if session.timer is not None:
             session.timer.cancel()
             session.timer = None  # the handle holds the loop and a closure over the session
@@ -302,14 +343,15 @@ class SessionManager:
         """Ended sessions still kept for late ratings (at most MAX_RECENT_SESSIONS)."""
         return len(self._recent)
 
-    def context(self, device_id: str, number: int | None) -> SessionContext | None:
-        """The case context of a session this device was prompted for (open or recently ended)."""
+    def context(self, device_id: str, number: int | None, *, by_link: bool = False) -> SessionContext | None:
+        """The case context of a session this device was prompted for (open or recently ended);
+        `by_link`: of the session whose rating link was used, whatever its device (§13)."""
         if not number:
             return None
         session = self._by_number.get(number)
         if session is None and number in self._recent:
             session = self._recent[number][1]
-        if session is None or session.device_id != device_id:
+        if session is None or (session.device_id != device_id and not by_link):
             return None
         request = session.request
         return SessionContext(
@@ -323,16 +365,23 @@ class SessionManager:
         )
 
     def attribute(
-        self, device: DeviceSection, number: int | None, claimed_window: str | None = None
+        self,
+        device: DeviceSection,
+        number: int | None,
+        claimed_window: str | None = None,
+        *,
+        by_link: bool = False,
     ) -> Attribution:
-        """The one place a rating is attributed, for every device that rates (pads, keypads, terminals).
+        """The one place a rating is attributed, for every device that rates (pads, keypads, terminals,
+        and phones through a session's rating link, `by_link`).
 
         A terminal is self-service: its citizen is the one identified at its own window. Any other
-        device's rating joins the session it was prompted for (or none), at the window it names, that
-        of its session, or its own; presses beyond the misuse limits are flagged."""
+        device's rating joins the session it was prompted for (or, by link, the link's session; or
+        none), at the window it names, that of its session, or its own; presses beyond the misuse
+        limits are flagged."""
         if device.kind in SELF_SERVICE_KINDS:
             return Attribution(None, claimed_window, self.take_citizen(device.window), [])
-        context = self.context(device.id, number)
+        context = self.context(device.id, number, by_link=by_link)
         window = claimed_window or (context.window if context else device.window)
         return Attribution(context, window, self.take_citizen(window), self.flags_for(device.id, number))
 
@@ -369,6 +418,55 @@ class SessionManager:
             return
         session.ratings += 1
         await self._end(session, "rated", notify_device=False, level=level, record_id=record_id)
+
+    def link_session(self, token: str) -> tuple[Link, SessionContext | None, str | None] | None:
+        """A rating link (§13) with its session's case and the staff name shown to the citizen, or
+        None for a token this hub does not know (never issued, or forgotten)."""
+        link = self.links.get(token) if self.links is not None else None
+        if link is None:
+            return None
+        session = self._by_number.get(link.session)
+        if session is None and link.session in self._recent:
+            session = self._recent[link.session][1]
+        if session is None:
+            return link, None, None
+        context = self.context(session.device_id, link.session, by_link=True)
+        return link, context, session.request.staff_name
+
+    async def rate_by_link(
+        self, token: str, level: int, store: Callable[[Attribution], Awaitable[StoreResult]]
+    ) -> tuple[LinkState | None, str | None]:
+        """Rate the session of a link (§13): the first channel to rate wins.
+
+        Taken under the lock of the session's keypad or pad, so a key press being stored for the
+        same session is decided first. `store` gets the rating's attribution and stores its records
+        (the intake path every rating takes). Answers the link's state (USED: this rating was stored;
+        None: no such link) and the evaluation's id; a store that failed leaves the link open."""
+        links = self.links
+        link = links.get(token) if links is not None else None
+        if links is None or link is None:
+            return None, None
+        session = self._by_number.get(link.session)
+        if link.state is not LinkState.OPEN or session is None:
+            return link.state, None
+        async with self.lock_for(session.device_id or PHONE_DEVICE_ID):
+            if self._by_number.get(link.session) is not session or not links.claim(link):
+                return link.state, None
+            try:
+                attribution = self.attribute(phone_device(session.window), link.session, by_link=True)
+                result = await store(attribution)
+            except BaseException:
+                links.release(link)
+                raise
+            if isinstance(result, Rejected):
+                links.release(link)
+                return LinkState.OPEN, None
+            record_id = result.record_id if isinstance(result, Duplicate) else result.records[0].id
+            session.ratings += 1
+            await self._end(
+                session, "rated", notify_device=True, level=level, record_id=record_id, by_link=True
+            )
+        return LinkState.USED, record_id
 
     def count_free(self, device_id: str) -> None:
         """A rating outside any session was stored (for the free-rating misuse limit)."""
@@ -410,7 +508,7 @@ class SessionManager:
             {
                 "window": s.window,
                 "session": s.number,
-                "device_id": s.device_id,
+                "device_id": s.device_id or PHONE_DEVICE_ID,  # a phone-only session (§13) has no device
                 "request_id": s.request.request_id,
                 "age_s": round(time.monotonic() - s.started, 1),
             }

@@ -133,12 +133,15 @@ class MqttPublisher:
         """A `show` cmd: the pad displays `text` (the window's state, §12)."""
         await self.publish(self.topics.cmd(device.id), CmdPayload(cmd="show", text=text).encode())
 
-    async def prompt_pad(self, device: DeviceSection, session: int, timeout_s: int, text: str) -> None:
-        """Prompt an MQTT rating pad with a `cmd` it answers with a rating carrying the session."""
+    async def prompt_pad(
+        self, device: DeviceSection, session: int, timeout_s: int, text: str, qr_url: str | None = None
+    ) -> None:
+        """Prompt an MQTT rating pad with a `cmd` it answers with a rating carrying the session; with
+        `qr_url`, the session's rating link for the pad to draw as a QR code (§13)."""
         state = self.registry.get(device.id)
         if state is not None and not state.online:
             raise PromptFailed(f"{device.kind} {device.id} offline")
-        command = CmdPayload(cmd="prompt", session=session, timeout_s=timeout_s, text=text)
+        command = CmdPayload(cmd="prompt", session=session, timeout_s=timeout_s, text=text, qr_url=qr_url)
         if not await self.publish(self.topics.cmd(device.id), command.encode()):
             raise PromptFailed(
                 f"cannot reach {device.kind} {device.id}: the hub is not connected to the broker"

@@ -1,7 +1,8 @@
 """A simulated MQTT device (terminal, rating pad, print terminal) at the real boundary: the broker.
 
 It speaks the §2 contract with the hub's own schemas, retries every message with the same msg_id
-until it is acked, as real firmware must, and keeps what it heard (acks, commands, errors).
+until it is acked, as real firmware must, and keeps what it heard (acks, commands, errors). A pad
+prompted with a rating link draws it as a QR code on its `screen` (§13), in text.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import aiomqtt
 from contract.mqtt import AckPayload, CmdPayload, ErrorPayload
 from contract.topics import Topics
 from drivers.history import remember
+from hub.simulate.qr_art import qr_text
 
 
 class NotAcked(Exception):
@@ -60,6 +62,10 @@ class SimulatedMqttDevice:
         self.max_attempts = max_attempts
         self.log = DeviceLog()
         self.on_command: Callable[[CmdPayload], Awaitable[None]] | None = None
+        self.qr_url: str | None = None
+        """The rating link of the session it was last prompted for (§13), None once it ends."""
+        self.screen: str | None = None
+        """What the pad shows for it: the link as a QR code in text (the link itself without segno)."""
         self._pending: dict[str, asyncio.Future[AckPayload]] = {}
         self._errors = asyncio.Queue[ErrorPayload]()
         self._options: dict[str, Any] = {
@@ -138,12 +144,22 @@ class SimulatedMqttDevice:
             elif leaf == "cmd":
                 command = CmdPayload.model_validate(body)
                 remember(self.log.commands, command)
+                self._draw(command)
                 if self.on_command is not None:
                     await self.on_command(command)
             elif leaf == "error":
                 error = ErrorPayload.model_validate(body)
                 remember(self.log.errors, error)
                 self._errors.put_nowait(error)
+
+    def _draw(self, command: CmdPayload) -> None:
+        """A prompt with a link puts its QR code on the screen; the session's end takes it off."""
+        if command.cmd == "prompt" and command.qr_url:
+            self.qr_url = command.qr_url
+            self.screen = qr_text(command.qr_url) or command.qr_url
+        elif command.cmd in {"cancel", "prompt"}:
+            self.qr_url = None
+            self.screen = None
 
     async def publish_raw(self, leaf: str, payload: bytes | str, *, retain: bool = False) -> None:
         """Publish anything (also malformed payloads, for tests) on one of this device's topics."""
