@@ -84,6 +84,32 @@ def followups_section(followups: Sequence[Mapping[str, Any]], now: datetime, zon
     )
 
 
+STATE_NAMES: Final = {"open": "open 服务中", "paused": "paused 暂停服务", "closed": "closed 未上岗"}
+
+
+def windows_section(windows: Sequence[Mapping[str, Any]], zone: ZoneInfo) -> str:
+    """Who serves at each window (§12): open, paused or closed, the staff and since when."""
+    rows = []
+    for item in windows:
+        state = str(item.get("state"))
+        staff = item.get("staff_name") or item.get("staff_id")
+        since = item.get("since")
+        when = (
+            parse_rfc3339(since).astimezone(zone).strftime("%m-%d %H:%M") if isinstance(since, str) else "-"
+        )
+        css = {"open": "ok", "paused": "warn"}.get(state, "mute")
+        rows.append(
+            f'<tr data-window-state="{_e(item.get("window"))}" data-state="{_e(state)}">'
+            f'<td>{_e(item.get("window"))}</td><td class="{css}">{_e(STATE_NAMES.get(state, state))}</td>'
+            f"<td>{_e(staff or '-')}</td><td>{_e(when)}</td></tr>"
+        )
+    if not rows:
+        return ""
+    head = "<tr><th>window</th><th>state</th><th>staff</th><th>since</th></tr>"
+    table = f'<div class="scroll"><table>{head}{"".join(rows)}</table></div>'
+    return f'<section id="windows"><h2>Windows 窗口</h2>{table}</section>'
+
+
 def _rate(part: int, whole: int) -> str:
     return f"{100 * part / whole:.0f}%" if whole else "-"
 
@@ -132,4 +158,4 @@ def satisfaction_section(
     )
 
 
-__all__ = ["countdown", "followups_section", "satisfaction_section"]
+__all__ = ["countdown", "followups_section", "satisfaction_section", "windows_section"]

@@ -25,7 +25,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from aiohttp import web
 
 from contract.records import format_utc, parse_rfc3339
-from hub.api.hall_sections import followups_section, satisfaction_section
+from hub.api.hall_sections import followups_section, satisfaction_section, windows_section
 from hub.config import DEFAULT_TIMEZONE
 from hub.privacy.redact import redact_url
 from hub.store.outbox import Outbox, StoreUnavailable
@@ -388,6 +388,7 @@ def render_page(
         f"{problem_box}{_connections(status, central_url, now, zone)}"
         f"{_alerts(bad_reviews, list(status.get('device_alerts') or []), zone)}"
         f"{followups_section(list(status.get('followups') or []), now, zone)}"
+        f"{windows_section(list(status.get('windows') or []), zone)}"
         f"{_devices(status.get('devices') or [], now, zone)}{_outbox(status.get('outbox') or {})}"
         f"{_ratings(ratings)}{hall}</main>"
     )

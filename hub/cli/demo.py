@@ -254,6 +254,12 @@ class DemoView:
             sessions.add_column(name, justify="right")
         counts = self.window_pc.states if self.window_pc else Counter()
         sessions.add_row(*(str(counts[s]) for s in states))
+        windows = Table(title="Windows (上岗 / 暂停 / 离岗)", **compact)
+        for column in ("window", "state", "staff"):
+            windows.add_column(column)
+        for window in hub.windows.status():
+            staff = window["staff_name"] or window["staff_id"] or "-"
+            windows.add_row(str(window["window"]), str(window["state"]), str(staff))
         follow = Table(title="Bad reviews followed up (回访 → 整改) · satisfaction 满意率", **compact)
         for name in ("bad reviews", "called back", "settled", "satisfied"):
             follow.add_column(name, justify="right")
@@ -279,6 +285,7 @@ class DemoView:
             (4, levels),
             (3, sessions),
             (3, follow),
+            (4, windows),
             (6, devices),
             (5, events),
             (1, alerts),

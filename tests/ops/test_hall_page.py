@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 from pathlib import Path
 
+import aiohttp
 import pytest
 
 from hub.ops.broker import MosquittoBroker
@@ -82,3 +84,27 @@ async def test_follow_up_from_the_page(
         shot = await tools.call("Page.captureScreenshot", format="png", captureBeyondViewport=True)
         ARTIFACTS.mkdir(exist_ok=True)
         (ARTIFACTS / f"hall-page-{name}.png").write_bytes(base64.b64decode(shot["data"]))
+
+
+async def test_the_page_shows_who_serves_at_each_window(broker: MosquittoBroker, tmp_path: Path) -> None:
+    async with (
+        hall(broker, tmp_path, control_token=TOKEN) as (_hub, base, _pad),
+        aiohttp.ClientSession(base) as http,
+    ):
+        row = re.compile(r'<tr data-window-state="07" data-state="(\w+)">(.*?)</tr>')
+
+        async def window_07() -> tuple[str, str]:
+            async with http.get("/") as response:
+                found = row.search(await response.text())
+            assert found is not None
+            return found.group(1), found.group(2)
+
+        assert (await window_07())[0] == "closed"
+        sign_in = {"request_id": "r1", "event": "sign_in", "staff_id": "S-0007", "staff_name": "张三"}
+        async with http.post(
+            "/v1/windows/07/staff", json=sign_in, headers={"Authorization": f"Bearer {TOKEN}"}
+        ) as response:
+            assert response.status == 200
+        state, cells = await window_07()
+        assert state == "open"
+        assert "张三" in cells
