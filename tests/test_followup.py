@@ -28,13 +28,13 @@ from hub.ops.broker import MosquittoBroker
 from hub.simulate.mqtt_device import SimulatedMqttDevice
 from hub.store.outbox import Outbox
 from sync.receiver import start_receiver
+from tests.support.clock import faketime_env
 from tests.support.hub import NODE_ID, PULL_TOKEN, HubProcess, node_raw, process_config, running_hub
 from tests.support.mqtt import observe
 
 CONTROL = "control-token-for-followups-01"
 AUTH = {"Authorization": f"Bearer {CONTROL}"}
 SHANGHAI = "Asia/Shanghai"
-LIBFAKETIME = Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1")
 CENTRAL_TOKEN = "central-token-followups"
 
 
@@ -348,18 +348,8 @@ async def test_kill9_around_a_step_stores_it_exactly_once(tmp_path: Path, broker
 async def test_a_deadline_passing_while_the_hub_is_stopped_raises_its_alert_at_start(
     tmp_path: Path, broker: MosquittoBroker
 ) -> None:
-    if not LIBFAKETIME.exists():
-        pytest.fail(
-            f"libfaketime is missing ({LIBFAKETIME}): scripts/bootstrap installs the faketime package"
-        )
     offset_file = tmp_path / "faketime"
-    offset_file.write_text("+0\n")
-    env = {
-        "LD_PRELOAD": str(LIBFAKETIME),
-        "FAKETIME_TIMESTAMP_FILE": str(offset_file),
-        "FAKETIME_NO_CACHE": "1",
-        "FAKETIME_DONT_FAKE_MONOTONIC": "1",
-    }
+    env = faketime_env(offset_file)
     path, api_port = process_config(
         tmp_path, broker.port, node_raw(tmp_path, 0)["device"], control_token=CONTROL
     )

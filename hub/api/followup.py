@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
@@ -10,6 +13,8 @@ from hub.api.routes import json_error, read_json_object
 from hub.hall.followup import FollowupBook, StepAnswer
 
 ALERT_ID_MAX = 64
+Request = TypeVar("Request", bound=BaseModel)
+Handler = Callable[[web.Request], Awaitable[web.Response]]
 
 
 def _problem(exc: ValidationError) -> str:
@@ -24,7 +29,8 @@ def _problem(exc: ValidationError) -> str:
 def followup_routes(book: FollowupBook) -> list[web.RouteDef]:
     """`POST /v1/alerts/{id}/callback` and `POST /v1/alerts/{id}/rectify` (control token, §9)."""
 
-    async def take(request: web.Request, model: type[BaseModel]) -> tuple[str, BaseModel] | web.Response:
+    async def parse(request: web.Request, model: type[Request]) -> tuple[str, Request] | web.Response:
+        """The alert id and the step's body, or the error answer naming what is wrong."""
         alert_id = request.match_info["alert_id"]
         if len(alert_id) > ALERT_ID_MAX:
             return json_error(404, "no bad-review alert with such an id")
@@ -36,24 +42,20 @@ def followup_routes(book: FollowupBook) -> list[web.RouteDef]:
         except ValidationError as exc:
             return json_error(400, _problem(exc))
 
-    def answer(result: StepAnswer) -> web.Response:
-        return web.json_response(result.body, status=result.status)
+    def step(model: type[Request], take: Callable[[str, Request], Awaitable[StepAnswer]]) -> Handler:
+        """A route handler for one step: its body's model and the book's method that takes it."""
 
-    async def callback(request: web.Request) -> web.Response:
-        taken = await take(request, CallbackRequest)
-        if isinstance(taken, web.Response):
-            return taken
-        alert_id, body = taken
-        assert isinstance(body, CallbackRequest)
-        return answer(await book.callback(alert_id, body))
+        async def handle(request: web.Request) -> web.Response:
+            taken = await parse(request, model)
+            if isinstance(taken, web.Response):
+                return taken
+            result = await take(*taken)
+            return web.json_response(result.body, status=result.status)
 
-    async def rectify(request: web.Request) -> web.Response:
-        taken = await take(request, RectifyRequest)
-        if isinstance(taken, web.Response):
-            return taken
-        alert_id, body = taken
-        assert isinstance(body, RectifyRequest)
-        return answer(await book.rectify(alert_id, body))
+        return handle
+
+    callback = step(CallbackRequest, book.callback)
+    rectify = step(RectifyRequest, book.rectify)
 
     return [
         web.post("/v1/alerts/{alert_id}/callback", callback),

@@ -16,16 +16,15 @@ from typing import Any
 
 import aiohttp
 import aiomqtt
-import pytest
 
 from drivers.keypad.simulator import SimulatedKeypad, SimulatedLine
 from hub.ops.broker import MosquittoBroker, free_port
 from hub.simulate.mqtt_device import SimulatedMqttDevice
+from tests.support.clock import faketime_env
 from tests.support.hub import NODE_ID, PULL_TOKEN, HubProcess, node_raw, write_toml
 from tests.support.mqtt import observe
 
 ROOT = f"hall/v1/{NODE_ID}"
-LIBFAKETIME = Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1")
 
 
 async def jump(offset_file: Path, offset: str) -> None:
@@ -43,16 +42,8 @@ async def session_states(seen: Any, request_id: str, count: int) -> list[dict[st
 
 
 async def test_wall_clock_jumps(tmp_path: Path, broker: MosquittoBroker) -> None:
-    if not LIBFAKETIME.exists():
-        pytest.skip(f"libfaketime not installed ({LIBFAKETIME}): apt-get install faketime")
     offset_file = tmp_path / "faketime"
-    offset_file.write_text("+0\n")
-    env = {
-        "LD_PRELOAD": str(LIBFAKETIME),
-        "FAKETIME_TIMESTAMP_FILE": str(offset_file),
-        "FAKETIME_NO_CACHE": "1",
-        "FAKETIME_DONT_FAKE_MONOTONIC": "1",
-    }
+    env = faketime_env(offset_file)
     port = tmp_path / "ttyKP0"
     api_port = free_port()
     raw = node_raw(
