@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -18,6 +17,7 @@ from hub.app import Hub
 from hub.config import HubConfig, Secrets, parse_config
 from hub.ops.broker import free_port, port_open
 from sync.node import build_hub
+from tests.support.child import ChildProcess
 
 NODE_ID = "test-node"
 PULL_TOKEN = "pull-secret-token"
@@ -114,7 +114,7 @@ def write_toml(path: Path, raw: dict[str, Any]) -> Path:
     return path
 
 
-class HubProcess:
+class HubProcess(ChildProcess):
     """`hallhub run --config PATH` as a child process, for kill -9 and SIGTERM tests."""
 
     def __init__(
@@ -146,24 +146,6 @@ class HubProcess:
                 return
             time.sleep(0.05)
         raise RuntimeError(f"hub did not start: {self.log_path.read_text()[-2000:]}")
-
-    def kill9(self) -> None:
-        """SIGKILL: no shutdown code runs."""
-        assert self.process is not None
-        self.process.send_signal(signal.SIGKILL)
-        self.process.wait(10)
-
-    def terminate(self, timeout_s: float = 30.0) -> int:
-        """SIGTERM and wait; returns the exit code."""
-        assert self.process is not None
-        self.process.send_signal(signal.SIGTERM)
-        return self.process.wait(timeout_s)
-
-    def stop_quietly(self) -> None:
-        """Kill if still running (test cleanup)."""
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(10)
 
 
 def process_config(

@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 from hub.ops.broker import free_port, port_open
+from tests.support.child import ChildProcess
 
 
-class CentralProcess:
+class CentralProcess(ChildProcess):
     """One `hallhub central …` process; its output goes to a log file."""
 
     def __init__(self, args: list[str], log_path: Path) -> None:
@@ -43,24 +43,6 @@ class CentralProcess:
     def running(self) -> bool:
         """Whether it is still alive."""
         return self.process is not None and self.process.poll() is None
-
-    def kill9(self) -> None:
-        """SIGKILL: no shutdown code runs, no lease is released."""
-        assert self.process is not None
-        self.process.send_signal(signal.SIGKILL)
-        self.process.wait(10)
-
-    def terminate(self, timeout_s: float = 30.0) -> int:
-        """SIGTERM and wait; returns the exit code."""
-        assert self.process is not None
-        self.process.send_signal(signal.SIGTERM)
-        return self.process.wait(timeout_s)
-
-    def stop_quietly(self) -> None:
-        """Kill if still running (test cleanup)."""
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(10)
 
 
 def start_receiver_process(
