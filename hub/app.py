@@ -312,8 +312,9 @@ class Hub:
             log.info("hub: stopped")
 
     async def _maintain(self) -> None:
-        """Prune delivered records past their retention, old dedup entries, and the case ledger's
-        cases past `national.case_history_days` (by their age alone, CONTRACTS §15)."""
+        """Prune delivered records past their retention, old dedup entries, the case ledger's cases
+        past `national.case_history_days` (by their age alone, CONTRACTS §15), and the tallies and
+        closed follow-ups past 400 days (§14)."""
         keep_s = self.config.outbox.retention_days * 86400
         history_s = self.config.national.case_history_days * 86400.0
         while True:
@@ -324,6 +325,9 @@ class Hub:
                 cases = await self.outbox.prune_case_ledger(history_s)
                 if cases:
                     log.info("outbox: forgot %d cases not rated for %.0f days", cases, history_s / 86400)
+                books = await self.followups.prune()
+                if books:
+                    log.info("outbox: forgot %d tallies and closed follow-ups older than 400 days", books)
             await asyncio.sleep(MAINTENANCE_INTERVAL_S)
 
     async def _fail_with_writer(self, stop: asyncio.Event) -> None:

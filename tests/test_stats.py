@@ -310,3 +310,20 @@ async def test_the_board_on_a_hall_screen(tmp_path: Path, broker: MosquittoBroke
         shot = await tools.call("Page.captureScreenshot", format="png")
         ARTIFACTS.mkdir(exist_ok=True)
         (ARTIFACTS / "board-1920x1080.png").write_bytes(base64.b64decode(shot["data"]))
+
+
+async def test_tallies_are_kept_400_days_then_forgotten(
+    filled: tuple[Outbox, FollowupBook, HubConfig],
+) -> None:
+    outbox, book, config = filled
+    stats = SatisfactionStats(outbox, ZONE, config.evaluation.bad_level)
+    before = await stats.report(DAY1, DAY2, "window")
+    book.clock = lambda: at(DAY1 + timedelta(days=400), 12)
+    assert await book.prune() == 0, "DAY1 is exactly 400 days before: still kept"
+    assert await stats.report(DAY1, DAY2, "window") == before
+    book.clock = lambda: at(DAY1 + timedelta(days=401), 12)
+    assert await book.prune() > 0
+    after = await stats.report(DAY1, DAY2, "window")
+    assert {row["key"]: row["total"] for row in after["rows"]} == {"07": 1, "08": 2}, (
+        "DAY1 forgotten, DAY2 kept"
+    )

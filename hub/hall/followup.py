@@ -15,13 +15,13 @@ import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
 from contract.http import CallbackRequest, RectifyRequest
 from contract.records import Kind, Record, format_utc, parse_rfc3339
 from hub.hall.deadlines import Deadlines
-from hub.store.hall_books import Followup, HallBooks
+from hub.store.hall_books import KEEP_DAYS, Followup, HallBooks
 from hub.store.outbox import Outbox, Stored, StoreUnavailable
 
 log = logging.getLogger(__name__)
@@ -205,6 +205,13 @@ class FollowupBook:
                 "node_id": self.node_id,
             },
         )
+
+    async def prune(self, keep_days: int = KEEP_DAYS) -> int:
+        """Forget the tallies and closed follow-ups of local days more than `keep_days` ago."""
+        today = self.clock().astimezone(self.deadlines.timezone).date()
+        cutoff = (today - timedelta(days=keep_days)).isoformat()
+        removed: int = await self.outbox.write(lambda conn: HallBooks.prune(conn, cutoff))
+        return removed
 
     async def run(self) -> None:
         """Watch the deadlines until cancelled: raise what is overdue, then sleep until the next one."""

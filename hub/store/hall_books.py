@@ -280,7 +280,7 @@ def _bump(conn: sqlite3.Connection, day: str, keys: Iterable[tuple[str, str]], c
     assert column in _COLUMNS  # a column name from this module only, never from input
     conn.executemany(
         f"INSERT INTO tallies (day, dim, key, {column}) VALUES (?, ?, ?, 1)"
-        f" ON CONFLICT (day, dim, key) DO UPDATE SET {column} = {column} + 1",
+        f" ON CONFLICT (dim, day, key) DO UPDATE SET {column} = {column} + 1",
         [(day, dim, key) for dim, key in keys],
     )
 

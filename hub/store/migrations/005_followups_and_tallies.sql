@@ -41,5 +41,5 @@ CREATE TABLE tallies (
     callbacks_on_time INTEGER NOT NULL DEFAULT 0,
     rectified         INTEGER NOT NULL DEFAULT 0,
     rectified_on_time INTEGER NOT NULL DEFAULT 0,
-    PRIMARY KEY (day, dim, key)
+    PRIMARY KEY (dim, day, key)
 ) WITHOUT ROWID;
