@@ -617,19 +617,22 @@ async def _screenshot(tools: DevTools, name: str) -> Path:
     return path
 
 
-async def test_the_page_on_a_360_px_phone_in_chromium(tmp_path: Path, broker: MosquittoBroker) -> None:
+@pytest.mark.parametrize(("width", "height"), [(360, 740), (390, 844)])
+async def test_the_page_on_a_phone_in_chromium(
+    tmp_path: Path, broker: MosquittoBroker, width: int, height: int
+) -> None:
     """Open the link, tap 不满意, choose a reason, write a comment, submit: stored, no script at all."""
     async with hall(tmp_path, broker) as (hub, _keypad, _pad, seen), chromium(tmp_path / "profile") as tools:
         answer = await evaluate(hub, "07", **CASE)
         _status, form_page, _headers = await phone_get(answer["qr_url"])  # showing it uses nothing up
         await tools.call(
-            "Emulation.setDeviceMetricsOverride", width=360, height=740, deviceScaleFactor=2, mobile=True
+            "Emulation.setDeviceMetricsOverride", width=width, height=height, deviceScaleFactor=2, mobile=True
         )
         await tools.call("Emulation.setScriptExecutionDisabled", value=True)  # a phone with JavaScript off
         await tools.call("Page.setLifecycleEventsEnabled", enabled=True)
         await tools.call("Page.navigate", url=answer["qr_url"])
         await wait_js(tools, "document.readyState === 'complete' && !!document.querySelector('form')", 15)
-        assert await tools.evaluate("document.documentElement.scrollWidth") <= 360, "no sideways scrolling"
+        assert await tools.evaluate("document.documentElement.scrollWidth") <= width, "no sideways scrolling"
         heights = await tools.evaluate(
             "[...document.querySelectorAll('.levels label, button')].map(e => e.getBoundingClientRect().height)"
         )
@@ -646,7 +649,7 @@ async def test_the_page_on_a_360_px_phone_in_chromium(tmp_path: Path, broker: Mo
                 1000 * (lifecycle["firstContentfulPaint"] - lifecycle["init"]), 1
             ),
         }
-        await _screenshot(tools, "qr-rating-page-360.png")
+        await _screenshot(tools, f"qr-rating-page-{width}.png")
 
         await _tap(tools, "label[for=l2]")
         await wait_js(tools, "getComputedStyle(document.querySelector('.reasons')).display === 'block'", 5)
@@ -657,12 +660,12 @@ async def test_the_page_on_a_360_px_phone_in_chromium(tmp_path: Path, broker: Mo
         await _tap(tools, "input[value=R3]")
         await _tap(tools, "textarea")
         await tools.call("Input.insertText", text="材料要求没有一次说清")
-        assert await tools.evaluate("document.documentElement.scrollWidth") <= 360
-        path = await _screenshot(tools, "qr-rating-page-360-filled.png")
+        assert await tools.evaluate("document.documentElement.scrollWidth") <= width
+        path = await _screenshot(tools, f"qr-rating-page-{width}-filled.png")
         assert path.stat().st_size > 10_000
         await _tap(tools, "button[type=submit]")
         await wait_js(tools, "document.title === '感谢您的评价'", 10)
-        await _screenshot(tools, "qr-rating-page-360-thanks.png")
+        await _screenshot(tools, f"qr-rating-page-{width}-thanks.png")
         assert script_errors(tools) == [], "no CSP violation, no error of any kind"
         rated = (await session_states(seen, "07", answer["session"], 2))[1]
         status, _page, _headers = await phone_get(answer["qr_url"])
@@ -681,8 +684,8 @@ async def test_the_page_on_a_360_px_phone_in_chromium(tmp_path: Path, broker: Mo
         rated["id"],
     )
     assert status == 409
-    figures = {"viewport": "360x740 @2x", **timing, "page_bytes": len(form_page.encode())}
-    (ARTIFACTS / "qr-rating-page.json").write_text(json.dumps(figures, indent=2) + "\n")
+    figures = {"viewport": f"{width}x{height} @2x", **timing, "page_bytes": len(form_page.encode())}
+    (ARTIFACTS / f"qr-rating-page-{width}.json").write_text(json.dumps(figures, indent=2) + "\n")
 
 
 def read_qr_art(art: str) -> str:
