@@ -189,6 +189,32 @@ class DriverEntry:
         return self.default_baud
 
 
+@dataclass(frozen=True, slots=True)
+class KindRule:
+    """What the node config allows for a device kind, and how its ratings reach the platform."""
+
+    transports: tuple[str, ...]
+    channel: str | None = None
+    """The rating channel its evaluations carry (national `pf`); None for a kind that does not rate."""
+    needs_window: bool = False
+    """It rates at one window: the config must say which, one such device per window."""
+    addressed: bool = False
+    """Several share one line, each at an `address` (RS-485 keypads)."""
+
+
+KINDS: dict[str, KindRule] = {
+    "keypad": KindRule(("serial",), channel="keypad", needs_window=True, addressed=True),
+    "idcard": KindRule(("serial",)),
+    "qr": KindRule(("serial", "camera", "mqtt"), channel="qr"),
+    "pcsc": KindRule(("pcsc",)),
+    "terminal": KindRule(("mqtt",), channel="terminal"),
+    "pad": KindRule(("mqtt",), channel="pad", needs_window=True),
+}
+"""Every device kind a node config may name, in the order `config check` lists them. A vendor's
+keypad is one rule here (`KindRule(("serial",), channel="keypad", needs_window=True)`) and one
+`DriverEntry` below; `hub.config` and `hub.ingest.intake` read both from here."""
+
+
 REGISTRY: dict[tuple[str, str], DriverEntry] = {
     entry.kind_transport: entry
     for entry in (

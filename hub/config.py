@@ -37,7 +37,7 @@ from pydantic_core import ErrorDetails
 
 from contract.records import HALL_CODE_REGEX, ID_REGEX, WINDOW_REGEX
 from contract.validation import describe, key_path
-from drivers.registry import missing_extra
+from drivers.registry import KINDS, missing_extra
 from hub.privacy.redact import redact_url
 
 DEFAULT_CONFIG_PATH = Path("/etc/hallhub/node.toml")
@@ -48,19 +48,19 @@ _HALL_CODE_PATTERN = f"^{HALL_CODE_REGEX}$"
 _HOST_PATTERN = re.compile(r"^(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(?::[0-9]{1,5})?$")
 MIN_TOKEN_CHARS = 16
 
-DeviceKind = Literal["keypad", "idcard", "qr", "pcsc", "terminal", "pad"]
 Transport = Literal["serial", "mqtt", "pcsc", "camera"]
 
-# Which transports each device kind can use; anything else is a config error.
-ALLOWED_TRANSPORTS: dict[str, tuple[str, ...]] = {
-    "keypad": ("serial",),
-    "idcard": ("serial",),
-    "qr": ("serial", "camera", "mqtt"),
-    "pcsc": ("pcsc",),
-    "terminal": ("mqtt",),
-    "pad": ("mqtt",),
-}
-RATING_KINDS = ("keypad", "pad")
+# Which kinds there are, which transports each can use (anything else is a config error), which
+# rate at one window and which take an address: the driver registry's `KINDS`, where a kind is added.
+
+
+def kind_problem(kind: str) -> str | None:
+    """Why `kind` is not a device kind of the registry, or None."""
+    if kind in KINDS:
+        return None
+    names = [repr(name) for name in KINDS]
+    return f"expected one of {', '.join(names[:-1])} or {names[-1]}, got {kind!r}"
+
 
 _T = TypeVar("_T")
 
@@ -330,7 +330,7 @@ class DeviceSection(_Section):
     """One `[[device]]`."""
 
     id: Annotated[str, Field(pattern=_ID_PATTERN)]
-    kind: DeviceKind
+    kind: Annotated[str, _rule(kind_problem)]
     transport: Transport
     port: str | None = None
     baud: Annotated[int, Field(ge=300, le=4_000_000)] | None = None
@@ -532,7 +532,8 @@ def _cross_checks(config: HubConfig) -> list[ConfigProblem]:
                 ConfigProblem(f"{key}.id", f'"{device.id}" is already used by device[{seen_ids[device.id]}]')
             )
         seen_ids.setdefault(device.id, index)
-        allowed = ALLOWED_TRANSPORTS[device.kind]
+        rule = KINDS[device.kind]
+        allowed = rule.transports
         if device.transport not in allowed:
             problems.append(
                 ConfigProblem(
@@ -558,7 +559,7 @@ def _cross_checks(config: HubConfig) -> list[ConfigProblem]:
                     problems.append(
                         ConfigProblem(f"{key}.{field_name}", f"only serial devices take {field_name}")
                     )
-        if device.kind != "keypad" and device.address is not None:
+        if not rule.addressed and device.address is not None:
             problems.append(ConfigProblem(f"{key}.address", "only keypads take an address"))
         if device.transport == "camera" and not device.source:
             problems.append(
@@ -567,7 +568,7 @@ def _cross_checks(config: HubConfig) -> list[ConfigProblem]:
                     f'{label} is a camera: set source to a device index ("0"), a file or an rtsp:// URL',
                 )
             )
-        if device.kind in RATING_KINDS:
+        if rule.needs_window:
             if device.window is None:
                 problems.append(
                     ConfigProblem(

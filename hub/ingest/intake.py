@@ -12,7 +12,7 @@ from contract.records import Channel, Kind, Record, evaluation_data, normalized_
 from drivers.base import CardEvent, CitizenIdentity, DeviceEvent, Outcome
 from drivers.keypad.events import KeyPressed
 from drivers.qr.events import CodeScanned
-from drivers.registry import RecordMapping
+from drivers.registry import KINDS, RecordMapping
 from hub.config import DeviceSection, HubConfig
 from hub.hall.sessions import Attribution, SessionManager
 from hub.ingest.scans import ScanRecorder
@@ -22,12 +22,11 @@ from hub.store.outbox import DedupKey, Duplicate, Outbox, Rejected, Stored, Stor
 
 log = logging.getLogger(__name__)
 
-CHANNEL_BY_DEVICE_KIND = {
-    "keypad": Channel.KEYPAD,
-    "terminal": Channel.TERMINAL,
-    "pad": Channel.PAD,
-    "qr": Channel.QR,
-}
+
+def channel_of(kind: str) -> Channel:
+    """The channel a kind's evaluations carry (the driver registry's `KINDS`; a terminal's if none)."""
+    rule = KINDS.get(kind)
+    return Channel(rule.channel) if rule is not None and rule.channel else Channel.TERMINAL
 
 
 class Intake:
@@ -68,7 +67,7 @@ class Intake:
             level=level,
             reasons=list(reasons),
             comment=comment,
-            channel=str(CHANNEL_BY_DEVICE_KIND.get(device.kind, Channel.TERMINAL)),
+            channel=str(channel_of(device.kind)),
             device_id=device.id,
             window=window or device.window,
             staff_id=staff_id,

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Literal
 
 import pytest
 
-from drivers.registry import REGISTRY, DeviceConfig, driver_groups, entry_for, serial_baud
+from drivers.registry import KINDS, REGISTRY, DeviceConfig, KindRule, driver_groups, entry_for, serial_baud
+from hub.config import ConfigError, parse_config
+from hub.ingest.intake import channel_of
+from tests.support.hub import node_raw
 
 
 @dataclass(frozen=True)
@@ -59,3 +63,25 @@ def test_a_serial_device_without_baud_gets_its_kinds_default() -> None:
     assert serial_baud(Device("kp", "keypad", "serial", port="/x")) == 9600
     assert serial_baud(Device("id", "idcard", "serial", port="/x")) == 115200
     assert serial_baud(Device("id", "idcard", "serial", port="/x", baud=9600)) == 9600
+
+
+def test_a_vendor_keypad_is_a_kind_rule_and_a_driver_entry(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Adding a device kind touches the registry only: the config, the rating channel and the driver
+    groups read it (HKP/1's driver stands in for the vendor's own here)."""
+    monkeypatch.setitem(KINDS, "vkeypad", KindRule(("serial",), channel="keypad", needs_window=True))
+    keypad = REGISTRY[("keypad", "serial")]
+    monkeypatch.setitem(REGISTRY, ("vkeypad", "serial"), replace(keypad, kind="vkeypad", shares_port=False))
+    device = {"id": "vk-07", "kind": "vkeypad", "transport": "serial", "port": "/dev/hallhub/vk-07"}
+    config = parse_config(node_raw(tmp_path, 1883, [{**device, "window": "07"}]))
+    (section,) = config.device
+    assert section.kind == "vkeypad"
+    assert [group.entry.kind for group in driver_groups(config.device)] == ["vkeypad"]
+    assert channel_of("vkeypad") == "keypad"
+    with pytest.raises(ConfigError, match=r"device\[0\]\.window: .* is a vkeypad: set the window"):
+        parse_config(node_raw(tmp_path, 1883, [device]))
+    with pytest.raises(ConfigError, match=r"device\[0\]\.transport: a vkeypad cannot use transport \"mqtt\""):
+        parse_config(node_raw(tmp_path, 1883, [{**device, "transport": "mqtt", "port": None}]))
+    with pytest.raises(ConfigError, match=r"device\[0\]\.kind: expected one of 'keypad', .* got 'other'"):
+        parse_config(node_raw(tmp_path, 1883, [{**device, "kind": "other"}]))
