@@ -8,6 +8,10 @@
 3. The hub drains the backlog. Every `--sample-s` the hub's RSS and the outbox's pending count
    are sampled; CPU of hub and receiver is measured over the drain.
 
+`--receiver sink` replaces the reference receiver with `bench/_sink_receiver.py`, which parses each
+batch and answers its ids without checking or storing records: the rate the node side alone can
+drain, to tell the hub's limit from the receiver's.
+
 Figures: records per second from the hub's READY to an empty queue; the minutes a week of a busy
 hall takes at that rate (`--per-day` evaluations a day, 5,000 by default, plus their alerts); the
 hub's peak RSS and how much it grew over the drain (it must stay flat); and the bytes per
@@ -23,6 +27,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
 import random
 import shutil
 import sqlite3
@@ -30,6 +35,8 @@ import statistics
 import subprocess
 import sys
 import time
+import urllib.request
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +59,7 @@ from _common import (
 )
 
 from contract import wire
-from contract.records import Record
+from contract.records import Record, new_record_id
 from hub.config import HubConfig, parse_config
 from hub.ingest.intake import Intake
 from hub.metrics import HubMetrics
@@ -138,7 +145,8 @@ async def fill_outbox(config: HubConfig, count: int, seed: int) -> dict[str, Any
 
 
 def wire_sizes(db: Path, batch_max: int, batches: int) -> dict[str, Any]:
-    """Gzip request bodies built from stored evaluations exactly as the uplink builds them."""
+    """Gzip request bodies built from stored evaluations exactly as the uplink builds them
+    (`wire.stored_batch_body` of the stored texts)."""
     conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
     try:
         bodies = [
@@ -151,11 +159,12 @@ def wire_sizes(db: Path, batch_max: int, batches: int) -> dict[str, Any]:
     finally:
         conn.close()
     raw_bytes = gzip_bytes = 0
+    sent_at = wire.format_timestamp(datetime.now(UTC))
     for begin in range(0, len(bodies), batch_max):
-        records = [wire.Record.model_validate(json.loads(body)) for body in bodies[begin : begin + batch_max]]
-        batch = wire.new_batch(NODE_ID, records)
-        raw_bytes += len(wire.encode_batch(batch, compress=False))
-        gzip_bytes += len(wire.encode_batch(batch))
+        texts = bodies[begin : begin + batch_max]
+        batch_id = new_record_id()
+        raw_bytes += len(wire.stored_batch_body(NODE_ID, batch_id, sent_at, texts, compress=False))
+        gzip_bytes += len(wire.stored_batch_body(NODE_ID, batch_id, sent_at, texts))
     count = len(bodies)
     return {
         "evaluations_measured": count,
@@ -175,21 +184,17 @@ def pending_count(db: Path) -> int:
         conn.close()
 
 
-def start_receiver(folder: Path) -> tuple[subprocess.Popen[str], str]:
-    """`hallhub central` on a free port with a SQLite file; returns the process and its URL."""
+def start_receiver(folder: Path, kind: str) -> tuple[subprocess.Popen[str], str]:
+    """`hallhub central` on a free port with a SQLite file (or the sink); returns the process and URL."""
+    port = free_port()
+    command = (
+        [PYTHON, str(REPO / "bench" / "_sink_receiver.py"), str(port), TOKEN]
+        if kind == "sink"
+        else [PYTHON, "-m", "hub", "central", "--listen", f"127.0.0.1:{port}",
+              "--db", f"sqlite:///{folder / 'central.db'}", "--token", TOKEN]
+    )  # fmt: skip
     process = subprocess.Popen(
-        [
-            PYTHON,
-            "-m",
-            "hub",
-            "central",
-            "--listen",
-            f"127.0.0.1:{free_port()}",
-            "--db",
-            f"sqlite:///{folder / 'central.db'}",
-            "--token",
-            TOKEN,
-        ],
+        command,
         cwd=REPO,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -204,8 +209,12 @@ def start_receiver(folder: Path) -> tuple[subprocess.Popen[str], str]:
     return process, line.split()[-1]
 
 
-def central_count(folder: Path) -> int:
-    """Rows in the receiver's table."""
+def central_count(folder: Path, kind: str, url: str) -> int:
+    """Rows in the receiver's table (the sink: distinct ids it answered, and no id twice)."""
+    if kind == "sink":
+        with urllib.request.urlopen(f"{url}/count", timeout=30) as answer:
+            tally = json.load(answer)
+        return int(tally["distinct"]) if tally["received"] == tally["distinct"] else -1
     conn = sqlite3.connect(f"file:{folder / 'central.db'}?mode=ro", uri=True, timeout=10)
     try:
         return int(conn.execute("SELECT count(*) FROM hallhub_records").fetchone()[0])
@@ -221,7 +230,7 @@ def rss_mb(pid: int) -> float:
 def drain(folder: Path, args: argparse.Namespace, total: int) -> dict[str, Any]:
     """Start receiver and hub, sample until the outbox is empty, stop both, check the receiver."""
     db = folder / "data" / "outbox.db"
-    receiver, url = start_receiver(folder)
+    receiver, url = start_receiver(folder, args.receiver)
     samples: list[dict[str, float]] = []
     try:
         with start_broker(folder / "broker") as broker:
@@ -250,6 +259,7 @@ def drain(folder: Path, args: argparse.Namespace, total: int) -> dict[str, Any]:
                 cpu = meter.stop()
             finally:
                 code = hub.stop()
+        received = central_count(folder, args.receiver, url)
     finally:
         receiver.send_signal(2)
         with contextlib.suppress(subprocess.TimeoutExpired):
@@ -268,7 +278,7 @@ def drain(folder: Path, args: argparse.Namespace, total: int) -> dict[str, Any]:
         "hub_exit_code": code,
         "cpu": cpu,
         "samples": samples,
-        "received": central_count(folder),
+        "received": received,
     }
 
 
@@ -301,9 +311,14 @@ def main() -> None:
     parser.add_argument("--sample-s", type=float, default=0.5, help="RSS and progress sampling interval")
     parser.add_argument("--max-minutes", type=float, default=60.0, help="give up after this long")
     parser.add_argument("--seed", type=int, default=20261122)
+    parser.add_argument(
+        "--receiver", choices=("reference", "sink"), default="reference", help="what the hub drains to"
+    )
     parser.add_argument("--keep", type=Path, help="keep the work folder here instead of deleting it")
     args = parser.parse_args()
     command = "  ".join(["python bench/drain.py", *sys.argv[1:]]).strip()
+    load = os.getloadavg()
+    print(f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}", flush=True)
 
     with work_dir("drain") as folder:
         print(f"filling an outbox with {args.records:,} evaluations …", flush=True)
@@ -368,14 +383,18 @@ def main() -> None:
         },
         "rss_samples": result["samples"][:: max(1, len(result["samples"]) // 200)],
     }
-    path = write_result("drain", command, figures, details)
+    details["receiver"] = args.receiver
+    details["load_average_at_start"] = load
+    path = write_result("drain" if args.receiver == "reference" else "drain_sink", command, figures, details)
     print_figures(
         f"drain of {total:,} records ({args.records:,} evaluations), batches of {args.batch_max}", figures
     )
     receiver_cpu = result["cpu"]["processes"]["receiver"]["percent_of_one_core"]
+    others = result["cpu"]["machine"]["other_processes_core_s"] / result["drain_s"]
     print(
         f"\nhub start to healthy with the backlog: {result['start_to_ready_s']} s · "
-        f"drain {result['drain_s']} s · receiver CPU {receiver_cpu} % of a core"
+        f"drain {result['drain_s']} s · {args.receiver} receiver CPU {receiver_cpu} % of a core · "
+        f"other processes {others:.2f} cores"
     )
     print(
         f"wire: {sizes['json_bytes_per_evaluation']} B JSON → {sizes['gzip_bytes_per_evaluation']} B gzip "
