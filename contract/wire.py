@@ -18,7 +18,7 @@ import gzip
 import json
 import re
 import zlib
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any, Final, Literal
@@ -70,6 +70,7 @@ __all__ = [
     "is_node_id",
     "new_batch",
     "parse_timestamp",
+    "stored_batch_body",
     "validate_record",
 ]
 
@@ -427,6 +428,34 @@ def encode_batch(batch: Batch, *, compress: bool = True) -> bytes:
     """The request body: compact UTF-8 JSON, gzip-compressed unless `compress` is false."""
     raw = batch.model_dump_json().encode("utf-8")
     return gzip.compress(raw, compresslevel=6, mtime=0) if compress else raw
+
+
+def stored_batch_body(
+    node_id: str,
+    batch_id: str,
+    sent_at: str,
+    record_texts: Sequence[str],
+    *,
+    compress: bool = True,
+    compresslevel: int = 6,
+) -> bytes:
+    """The §6 request body from records kept as §1 JSON text (the outbox's `records.body`).
+
+    Each text goes in as it is, the way `contract.http.pull_page` builds a pull page: decoding,
+    validating and encoding again a record the hub wrote and validated itself was most of the
+    uplink's cost. The envelope is checked here; the result is the same document as
+    `encode_batch(new_batch(...))` of those records.
+    """
+    if not is_node_id(node_id):
+        raise ValueError(f"node_id {node_id!r} must be {_ID_RULE}")
+    if _BATCH_ID_PATTERN.fullmatch(batch_id) is None:
+        raise ValueError(f"batch_id {batch_id!r} must be 1-128 of A-Z a-z 0-9 . _ : -")
+    _check_timestamp(sent_at)
+    if not 1 <= len(record_texts) <= MAX_BATCH_RECORDS:
+        raise ValueError(f"a batch holds 1-{MAX_BATCH_RECORDS} records, got {len(record_texts)}")
+    head = f'{{"node_id":"{node_id}","batch_id":"{batch_id}","sent_at":"{sent_at}","records":['
+    raw = (head + ",".join(record_texts) + "]}").encode("utf-8")
+    return gzip.compress(raw, compresslevel=compresslevel, mtime=0) if compress else raw
 
 
 def _gunzip(body: bytes, limit: int) -> bytes:

@@ -251,6 +251,8 @@ class CentralSection(_Section):
     token: str = ""
     token_file: str = ""
     batch_max: Annotated[int, Field(ge=1, le=5000)] = 500
+    # extension: at most this many bytes of record JSON (before gzip) in one uplink batch
+    batch_max_bytes: Annotated[int, Field(ge=65_536, le=16 * 2**20)] = 4 * 2**20
     ca_file: str = ""
     cert_file: str = ""
     key_file: str = ""

@@ -1,11 +1,13 @@
 """The push uplink (CONTRACTS §6): outbox records to the central platform, exactly once in effect.
 
-One batch is in flight at a time. A batch is up to `central.batch_max` pending records, alerts first
-and then oldest first (`Outbox.next_batch`), posted gzip-compressed with its id as the
-`Idempotency-Key`. Before its first send the batch (id, `sent_at`, record ids) is written to the
-outbox's kv table, so that after a crash or `kill -9` the very same request is sent again; the
-platform upserts by record id, so a repeat costs nothing. A record is marked delivered only from the
-platform's answer.
+One batch is in flight at a time. A batch is up to `central.batch_max` pending records and
+`central.batch_max_bytes` of their JSON, alerts first and then oldest first (`Outbox.next_batch`),
+posted gzip-compressed with its id as the `Idempotency-Key`. Each record goes as the §1 JSON text
+the outbox stored when the hub validated it (`wire.stored_batch_body`), never decoded and encoded
+again; only a sealed identity to add is opened into its record. Before its first send the batch
+(id, `sent_at`, record ids) is written to the outbox's kv table, so that after a crash or `kill -9`
+the very same request is sent again; the platform upserts by record id, so a repeat costs nothing.
+A record is marked delivered only from the platform's answer.
 
 - 200: accepted and duplicate ids are delivered (`via = "push"`), rejected ids become dead letters.
 - A network error, a timeout, 408, 429, 5xx (or any other unexpected answer): the same batch again
@@ -54,6 +56,7 @@ import logging
 import random
 import ssl
 import time
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -61,10 +64,9 @@ from typing import Any, Final
 from urllib.parse import urlsplit
 
 import aiohttp
-from pydantic import ValidationError
 
 from contract import wire
-from contract.records import Kind, Record, utc_now
+from contract.records import Kind, Record, new_record_id, utc_now
 from drivers.backoff import full_jitter
 from hub.config import HubConfig
 from hub.metrics import HubMetrics
@@ -208,10 +210,13 @@ class Uplink:
         central = self.config.central
         self.url = central.url.rstrip("/") + wire.batch_path(self.config.node.id)
         self.batch_max = central.batch_max
+        self.batch_max_bytes = central.batch_max_bytes
         self._wake = asyncio.Event()
         self._seal_key: bytes | None = None
         self._episodes: dict[str, bool] = {}
         self._incomplete = 0
+        self._marking: asyncio.Task[None] | None = None
+        self._unmarked: frozenset[str] = frozenset()
 
     # -- set-up ----------------------------------------------------------------------------------
 
@@ -279,18 +284,23 @@ class Uplink:
         async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
             log.info("uplink: pushing to %s, batches of up to %d", self.url, self.batch_max)
             failures = 0
-            while True:
-                try:
-                    await self._cycle(session)
-                    failures = 0
-                except StoreUnavailable as exc:
-                    failures += 1
-                    log.error("uplink: outbox unavailable (%s); trying again", exc)
-                    await asyncio.sleep(self._backoff(failures))
-                except Exception:
-                    failures += 1
-                    log.exception("uplink: unexpected failure; trying again")
-                    await asyncio.sleep(self._backoff(failures))
+            try:
+                while True:
+                    try:
+                        await self._cycle(session)
+                        failures = 0
+                    except StoreUnavailable as exc:
+                        failures += 1
+                        log.error("uplink: outbox unavailable (%s); trying again", exc)
+                        await asyncio.sleep(self._backoff(failures))
+                    except Exception:
+                        failures += 1
+                        log.exception("uplink: unexpected failure; trying again")
+                        await asyncio.sleep(self._backoff(failures))
+            finally:
+                if self._marking is not None:
+                    # the last answer's marks are already with the outbox's writer: let them land
+                    await asyncio.wait([self._marking], timeout=10)
 
     async def _set_up(self) -> ssl.SSLContext | None:
         """The TLS context and seal key; a bad file is logged and tried again every `auth_retry_s`."""
@@ -306,6 +316,7 @@ class Uplink:
 
     async def _cycle(self, session: aiohttp.ClientSession) -> None:
         """Deliver the in-flight batch if there is one, else the next; wait when nothing is pending."""
+        await self._settle()
         batch = await self._restore_inflight()
         if batch is None:
             self._wake.clear()
@@ -323,9 +334,7 @@ class Uplink:
 
     async def _fresh_batch(self, exclude: frozenset[str] = frozenset()) -> _Batch | None:
         """The next batch from the queue, leaving out `exclude` (a batch still waiting for its answer)."""
-        rows = await self.outbox.next_batch(self.batch_max + len(exclude))
-        if exclude:
-            rows = [row for row in rows if row.id not in exclude][: self.batch_max]
+        rows = await self.outbox.next_batch(self.batch_max, exclude=exclude)
         if not rows:
             return None
         return await self._build(rows)
@@ -371,24 +380,44 @@ class Uplink:
         batch_id: str | None = None,
         sent_at: str | None = None,
     ) -> _Batch | None:
-        """Encode rows as one request; a record that is not valid on the wire is dead-lettered here."""
-        records: list[wire.Record] = []
+        """One request from stored rows, their JSON text sent as it is (`wire.stored_batch_body`).
+
+        Rows beyond `central.batch_max_bytes` of record JSON are left for the next batch (one row
+        always goes). Only a row with a sealed identity to add is decoded; the gzip runs in a
+        worker thread, beside the network wait of the batch in flight.
+        """
+        texts: list[str] = []
+        ids: list[str] = []
+        size = 0
         for row in rows:
-            try:
-                raw = json.loads(row.body)
-                if row.sealed and self._seal_key is not None:
-                    self._add_identity(raw, row.sealed)
-                records.append(wire.Record.model_validate(raw))
-            except (ValueError, ValidationError) as exc:
-                log.error("uplink: record %s is not valid on the wire, dead-lettered: %s", row.id, exc)
-                await self.outbox.dead_letter(row.id, f"not sent, invalid record: {exc}")
-        if not records:
+            text = row.body
+            if row.sealed and self._seal_key is not None:
+                text = self._with_identity(row)
+            size += len(text.encode("utf-8")) + 1
+            if texts and size > self.batch_max_bytes:
+                break
+            texts.append(text)
+            ids.append(row.id)
+        if not texts:
             return None
-        if len(records) != len(rows):
+        if len(ids) != len(rows):
             batch_id = sent_at = None
-        moment = wire.parse_timestamp(sent_at) if sent_at else None
-        batch = wire.new_batch(self.config.node.id, records, batch_id=batch_id, sent_at=moment)
-        return _Batch(batch.batch_id, batch.sent_at, [r.id for r in records], wire.encode_batch(batch))
+        batch_id = batch_id or new_record_id()
+        sent_at = sent_at or wire.format_timestamp(datetime.now(UTC))
+        node_id = self.config.node.id
+        body = await asyncio.to_thread(wire.stored_batch_body, node_id, batch_id, sent_at, texts)
+        return _Batch(batch_id, sent_at, ids, body)
+
+    def _with_identity(self, row: PendingRecord) -> str:
+        """The row's text with its sealed identity opened into `data.national`, for this request only."""
+        assert row.sealed is not None
+        try:
+            raw = json.loads(row.body)
+        except ValueError:
+            return row.body
+        if isinstance(raw, dict):
+            self._add_identity(raw, row.sealed)
+        return json.dumps(raw, ensure_ascii=False, separators=(",", ":"))
 
     def _add_identity(self, raw: dict[str, Any], sealed: str) -> None:
         """Open the sealed identity into `data.national` of this in-memory copy only."""
@@ -409,9 +438,10 @@ class Uplink:
     async def _deliver(self, session: aiohttp.ClientSession, first: _Batch) -> None:
         """Send batches until the queue is empty, splitting one where the platform refuses it whole.
 
-        While a batch is out, the next one is read and encoded (CPU beside the network wait), and
-        the answer's delivery marks are committed together with the next batch's in-flight record:
-        a steady drain costs one outbox commit per batch.
+        While a batch is out, the next one is read and encoded (CPU beside the network wait). In a
+        steady drain the next batch's in-flight record is committed first and the answer's delivery
+        marks are committed while that batch is out (`_apply`), so that neither the marks nor the
+        next batch's gzip wait on the platform, nor the platform on them.
         """
         work = [first]
         persisted: set[str] = set()
@@ -424,7 +454,7 @@ class Uplink:
             prefetch = None
             if not work:
                 prefetch = asyncio.create_task(
-                    self._fresh_batch(frozenset(queued.ids)), name="uplink-prefetch"
+                    self._fresh_batch(frozenset(queued.ids) | self._unmarked), name="uplink-prefetch"
                 )
             try:
                 result, batch, tries = await self._send_until_answered(session, queued)
@@ -441,7 +471,7 @@ class Uplink:
                 if left_out:
                     follow = None  # the left-out records go first, once the backoff has passed
                 elif follow is None and not work:
-                    follow = await self._fresh_batch(frozenset(batch.ids))
+                    follow = await self._fresh_batch(frozenset(batch.ids) | self._unmarked)
                 await self._apply(batch, result.answer, follow)
                 if left_out:
                     await self._back_off_incomplete(batch, left_out)
@@ -464,6 +494,7 @@ class Uplink:
                     result.message,
                 )
                 work.extend(reversed(await self._halves(batch)))
+        await self._settle()
         if not tidy:
             await self.outbox.kv_set(INFLIGHT_KEY, None)
 
@@ -556,20 +587,47 @@ class Uplink:
         return _Result(_Kind.RETRY, status, message=f"HTTP {status}: {message}", retry_after_s=retry_after)
 
     async def _apply(self, batch: _Batch, answer: wire.BatchAnswer, follow: _Batch | None) -> None:
-        """Record the platform's answer (delivered, dead letters) and the next batch's in-flight
-        record in one group commit; then the sync time and metrics."""
+        """Record the platform's answer (delivered, dead letters) and the next batch's in-flight record.
+
+        An answer that delivers the whole batch, with a next batch to send, is the steady drain: the
+        next batch's in-flight record is committed now, before that batch goes, and the delivery
+        marks in the background while it is out (`_settle` waits for them). Until they land, their
+        ids are left out of every batch read (`_unmarked`); a crash in between only sends those
+        records once more, and the platform answers them as duplicates. Any other answer is
+        recorded in one group commit with the in-flight record.
+        """
+        await self._settle()
         sent = set(batch.ids)
         delivered = [i for i in (*answer.accepted, *answer.duplicate) if i in sent]
         rejected = [r for r in answer.rejected if r.id in sent]
         for reject in rejected:
             log.warning("uplink: record %s rejected by the platform: %s", reject.id, reject.error)
+        if follow is not None and not rejected and len(set(delivered)) == len(sent):
+            await self.outbox.kv_set(INFLIGHT_KEY, follow.inflight_json())
+            self._unmarked = frozenset(delivered)
+            marks = self._record(delivered, [], follow, with_inflight=False)
+            self._marking = asyncio.create_task(marks, name="uplink-marks")
+            return
+        await self._record(delivered, rejected, follow, with_inflight=True)
+
+    async def _record(
+        self,
+        delivered: list[str],
+        rejected: list[wire.Rejection],
+        follow: _Batch | None,
+        *,
+        with_inflight: bool,
+    ) -> None:
+        """Commit delivered marks, dead letters and, `with_inflight`, the next batch's in-flight record
+        (or its absence) in one group commit; then the sync time, metrics, the end of an episode."""
+        writes: list[Coroutine[Any, Any, object]] = [
+            self.outbox.dead_letter(r.id, f"rejected by the platform: {r.error}") for r in rejected
+        ]
+        if with_inflight:
+            writes.append(self.outbox.kv_set(INFLIGHT_KEY, follow.inflight_json() if follow else None))
         # Queued in one loop tick, these land in the writer's same transaction.
         marked, _ = await asyncio.gather(
-            self.outbox.mark_delivered(delivered, via="push"),
-            asyncio.gather(
-                *(self.outbox.dead_letter(r.id, f"rejected by the platform: {r.error}") for r in rejected),
-                self.outbox.kv_set(INFLIGHT_KEY, follow.inflight_json() if follow is not None else None),
-            ),
+            self.outbox.mark_delivered(delivered, via="push"), asyncio.gather(*writes)
         )
         self.metrics.records_delivered.labels(via="push").inc(marked)
         self.metrics.sync.labels(result="ok").inc()
@@ -583,6 +641,15 @@ class Uplink:
                 self._episodes[key] = False
                 await self.outbox.kv_set(key, None)
                 log.warning("uplink: %s; pushing resumed", what)
+
+    async def _settle(self) -> None:
+        """Wait for the background delivery marks of the previous answer, if any (their error too)."""
+        marking, self._marking = self._marking, None
+        if marking is not None:
+            try:
+                await marking
+            finally:
+                self._unmarked = frozenset()
 
     async def _back_off_incomplete(self, batch: _Batch, left_out: list[str]) -> None:
         """Wait the failure backoff before the left-out records go again, so a platform that keeps

@@ -20,7 +20,7 @@ import logging
 import os
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Coroutine, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -1054,14 +1054,18 @@ class Outbox:
         result: tuple[list[str], int, bool] = await self._read(query)
         return result
 
-    async def next_batch(self, limit: int) -> list[PendingRecord]:
-        """Up to `limit` pending records, alerts first, then oldest first: the uplink's next batch."""
+    async def next_batch(self, limit: int, exclude: Collection[str] = ()) -> list[PendingRecord]:
+        """Up to `limit` pending records, alerts first, then oldest first: the uplink's next batch.
+
+        `exclude` (the batch still in flight) is left out in SQL, so that its bodies are not read.
+        """
+        skip = _json_list(list(exclude))
 
         def query(conn: sqlite3.Connection) -> list[PendingRecord]:
             rows = conn.execute(
                 f"SELECT seq, id, body, sealed FROM records WHERE state = {PENDING}"
-                " ORDER BY priority, seq LIMIT ?",
-                (limit,),
+                f" AND id NOT IN {_IN_JSON} ORDER BY priority, seq LIMIT ?",
+                (skip, limit),
             ).fetchall()
             return [PendingRecord(int(seq), str(rid), str(body), sealed) for seq, rid, body, sealed in rows]
 

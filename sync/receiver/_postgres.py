@@ -186,6 +186,10 @@ class PostgresStore:
     async def _insert_rows(self, conn: _Conn, node_id: str, records: Sequence[Record]) -> set[str]:
         """One multi-row upsert inside the caller's transaction, in id order.
 
+        The records' JSON goes as a binary text array (`%b`): in the text format psycopg escapes
+        every `"` of every JSON text with a regular expression, which was a third of a receiver's
+        CPU in the province benchmark.
+
         Id order (UUIDv7: creation order) is also lock order: two batches sharing ids take their
         row locks in the same order, so they wait for each other instead of deadlocking.
         """
@@ -195,7 +199,7 @@ class PostgresStore:
             "INSERT INTO {t} (id, node_id, kind, seq, created_at, data, received_at) "
             "SELECT u.id, %(node)s, u.kind, u.seq, u.created_at::timestamptz, u.data::jsonb, "
             "%(now)s FROM unnest(%(ids)s::text[], %(kinds)s::text[], %(seqs)s::bigint[], "
-            "%(created)s::text[], %(data)s::text[]) AS u(id, kind, seq, created_at, data) "
+            "%(created)s::text[], %(data)b::text[]) AS u(id, kind, seq, created_at, data) "
             "ORDER BY u.id ON CONFLICT (id) DO NOTHING RETURNING id"
         ).format(t=self._t)
         params = {
