@@ -59,6 +59,13 @@ log = logging.getLogger(__name__)
 # Device messages being handled or stored at once. Beyond it a message is dropped unanswered (and
 # counted): its device retries, and the hub's memory stays bounded however hard it is flooded.
 MAX_CONCURRENT_MESSAGES = 5000
+# Before that, backpressure: at PAUSE_AT messages in progress the hub stops reading from the broker
+# (which keeps the session's messages queued) until they are down to RESUME_AT, or at most
+# MAX_PAUSE_S (a PINGRESP is not read while paused: the pause stays well inside the keepalive).
+# PAUSE_AT leaves room for the rest of one read (64 KiB: some hundreds of messages).
+PAUSE_AT = 3500
+RESUME_AT = 1000
+MAX_PAUSE_S = 2.0
 BACKOFF_FIRST_S = 0.5
 BACKOFF_MAX_S = 30.0
 STATE_INTERVAL_S = 15.0
@@ -113,6 +120,9 @@ class MqttGateway:
         self.health_listener = health_listener
         self.windows = windows
         self._storing: set[asyncio.Future[StoreResult]] = set()
+        self._reading: mqtt.Client | None = None
+        self._pause_timer: asyncio.TimerHandle | None = None
+        self.paused = 0
         self._connected = asyncio.Event()
         self._tasks: set[asyncio.Future[None]] = set()
         self._stop = asyncio.Event()
@@ -168,6 +178,7 @@ class MqttGateway:
                 # Before connecting: what the broker kept for this session arrives right after CONNACK,
                 # and its acks go out through this client.
                 self.publisher.attach(client)
+                self._reading = client
                 async with client:
                     failures = 0
                     await self._serve(client)
@@ -180,6 +191,8 @@ class MqttGateway:
                 )
             finally:
                 self.publisher.attach(None)
+                self._reading = None
+                self._end_pause()
                 self._connected.clear()
                 self.metrics.mqtt_connected.set(0)
             if self._stop.is_set():
@@ -226,8 +239,34 @@ class MqttGateway:
 
     def _spawned_done(self, task: asyncio.Future[None]) -> None:
         self._tasks.discard(task)
+        self._maybe_resume()
         if not task.cancelled() and task.exception() is not None:
             log.error("mqtt: message handler failed", exc_info=task.exception())
+
+    def _maybe_pause(self) -> None:
+        """Stop reading from the broker while PAUSE_AT messages are in progress (backpressure)."""
+        client = self._reading
+        if client is None or client.reading_paused or len(self._tasks) + len(self._storing) < PAUSE_AT:
+            return
+        client.pause_reading()
+        self.paused += 1
+        self._pause_timer = asyncio.get_running_loop().call_later(MAX_PAUSE_S, self._end_pause)
+
+    def _maybe_resume(self) -> None:
+        client = self._reading
+        if (
+            client is not None
+            and client.reading_paused
+            and len(self._tasks) + len(self._storing) <= RESUME_AT
+        ):
+            self._end_pause()
+
+    def _end_pause(self) -> None:
+        if self._pause_timer is not None:
+            self._pause_timer.cancel()
+            self._pause_timer = None
+        if self._reading is not None:
+            self._reading.resume_reading()
 
     async def drain(self) -> None:
         """Wait for in-flight message handlers (used at shutdown, before the writer is flushed)."""
@@ -363,6 +402,7 @@ class MqttGateway:
         future = self.intake.store_soon(records, DedupKey(device.id, msg_id))
         self._storing.add(future)
         future.add_done_callback(functools.partial(self._stored, device, leaf, msg_id, rating))
+        self._maybe_pause()
 
     def _admit(
         self, device: DeviceSection, topic: str, leaf: str, payload: bytes
@@ -424,6 +464,7 @@ class MqttGateway:
     ) -> None:
         """The commit's callback for `_take_acked`: answer the device (nothing if not stored)."""
         self._storing.discard(future)
+        self._maybe_resume()
         if future.cancelled():
             return
         error = future.exception()

@@ -114,6 +114,8 @@ class Client:
         self._last_sent = 0.0
         self._ping_sent: float | None = None
         self._keepalive_timer: asyncio.TimerHandle | None = None
+        self._paused = False
+        self._held: list[tuple[int, bytes]] = []  # packets read before a pause, handled on resume
 
     # -- state ----------------------------------------------------------------------------------
 
@@ -121,6 +123,41 @@ class Client:
     def is_connected(self) -> bool:
         """True from CONNACK until the connection ends or `disconnect` begins."""
         return self._state == _CONNECTED
+
+    @property
+    def reading_paused(self) -> bool:
+        """True between `pause_reading` and `resume_reading` (or the end of the connection)."""
+        return self._paused
+
+    def pause_reading(self) -> None:
+        """Stop handing messages to the handler and stop reading from the broker: backpressure for a
+        receiver that is behind. Packets of the current read not yet handled are held (and not
+        acknowledged) until `resume_reading`; the broker keeps the rest of the session's messages
+        queued (QoS 1, a persistent session). Keep pauses shorter than the keepalive: a PINGRESP
+        is not read while paused."""
+        if not self._paused and self._transport is not None and not self._transport.is_closing():
+            self._transport.pause_reading()
+            self._paused = True
+
+    def resume_reading(self) -> None:
+        """Hand on the held packets, then read from the broker again (unless the handler paused again)."""
+        if not self._paused:
+            return
+        self._paused = False
+        held, self._held = self._held, []
+        if held:
+            self._running_loop().call_soon(self._handle_held, held)
+        else:
+            self._resume_transport()
+
+    def _handle_held(self, held: list[tuple[int, bytes]]) -> None:
+        self._handle_frames(held)
+        if not self._paused:
+            self._resume_transport()
+
+    def _resume_transport(self) -> None:
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.resume_reading()
 
     @property
     def in_flight(self) -> int:
@@ -292,9 +329,18 @@ class Client:
         except MalformedPacket as exc:
             self._abort(exc)
             return
+        if self._paused:  # read before the transport took the pause in
+            self._held.extend(frames)
+            return
+        self._handle_frames(frames)
+
+    def _handle_frames(self, frames: list[tuple[int, bytes]]) -> None:
         handler = self.message_handler
         out = self._out
-        for header, body in frames:
+        for index, (header, body) in enumerate(frames):
+            if self._paused:  # the handler asked for a pause: the rest waits, unacknowledged
+                self._held.extend(frames[index:])
+                break
             kind = header & 0xF0
             if kind == _PUBLISH:
                 try:

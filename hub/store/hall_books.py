@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -25,6 +26,8 @@ EXCLUDING_FLAGS: Final = frozenset({"suspect", "repeat"})
 OVERDUE_TYPES: Final = {"callback_overdue": "callback_overdue", "rectify_overdue": "rectify_overdue"}
 By = Literal["window", "staff", "item", "channel", "day"]
 
+Counts = Counter[tuple[str, str, str, str]]
+"""Increments of one commit, by (column, day, dimension, key)."""
 DueDates = Callable[[datetime], tuple[datetime, datetime]]
 LocalDay = Callable[[datetime], str]
 
@@ -105,9 +108,10 @@ class HallBooks:
     def on_store(self, conn: sqlite3.Connection, records: list[Record]) -> None:
         """Tally each rating, open a follow-up per bad review, and apply steps and overdue alerts."""
         evaluations = {r.id: r for r in records if r.kind is Kind.EVALUATION}
+        counts: Counts = Counter()
         for record in records:
             if record.kind is Kind.EVALUATION:
-                self._tally_rating(conn, record)
+                self._tally_rating(counts, record)
             elif record.kind is Kind.ALERT:
                 kind = record.data.get("type")
                 if kind == "bad_review":
@@ -118,16 +122,19 @@ class HallBooks:
                         (record.data.get("alert_id"),),
                     )
             elif record.kind is Kind.FOLLOWUP:
-                self._step(conn, record)
+                self._step(conn, counts, record)
+        _add_counts(conn, counts)
 
-    def _tally_rating(self, conn: sqlite3.Connection, record: Record) -> None:
+    def _tally_rating(self, counts: Counts, record: Record) -> None:
         data = record.data
         level = data.get("level")
         if not isinstance(level, int) or not 1 <= level <= 5:
             return
         day = self.local_day(parse_rfc3339(record.created_at))
         column = "excluded" if EXCLUDING_FLAGS & set(data.get("flags") or ()) else f"l{level}"
-        _bump(conn, day, _keys(data.get("window"), data.get("staff_id"), data.get("item_code"), data), column)
+        _bump(
+            counts, day, _keys(data.get("window"), data.get("staff_id"), data.get("item_code"), data), column
+        )
 
     def _open(self, conn: sqlite3.Connection, alert: Record, evaluation: Record | None) -> None:
         data = alert.data
@@ -159,7 +166,7 @@ class HallBooks:
             ),
         )
 
-    def _step(self, conn: sqlite3.Connection, record: Record) -> None:
+    def _step(self, conn: sqlite3.Connection, counts: Counts, record: Record) -> None:
         data = record.data
         step = data.get("step")
         if step not in ("callback", "rectify"):
@@ -177,9 +184,9 @@ class HallBooks:
         )
         done = "callbacks" if step == "callback" else "rectified"
         keys = _keys(window, staff_id, item_code, {"channel": channel})
-        _bump(conn, day, keys, done)
+        _bump(counts, day, keys, done)
         if not data.get("late"):
-            _bump(conn, day, keys, f"{done}_on_time")
+            _bump(counts, day, keys, f"{done}_on_time")
 
     # -- reads (reader connection) -------------------------------------------------------------
 
@@ -275,14 +282,25 @@ _COLUMNS = frozenset(
 )
 
 
-def _bump(conn: sqlite3.Connection, day: str, keys: Iterable[tuple[str, str]], column: str) -> None:
-    """Add one to `column` of each key's row of `day`."""
+def _bump(counts: Counts, day: str, keys: Iterable[tuple[str, str]], column: str) -> None:
+    """Count one more in `column` of each key's row of `day` (written by `_add_counts`)."""
     assert column in _COLUMNS  # a column name from this module only, never from input
-    conn.executemany(
-        f"INSERT INTO tallies (day, dim, key, {column}) VALUES (?, ?, ?, 1)"
-        f" ON CONFLICT (dim, day, key) DO UPDATE SET {column} = {column} + 1",
-        [(day, dim, key) for dim, key in keys],
-    )
+    for dim, key in keys:
+        counts[(column, day, dim, key)] += 1
+
+
+def _add_counts(conn: sqlite3.Connection, counts: Counts) -> None:
+    """Add a commit's counts to the tallies: one upsert per row and column touched, however many
+    ratings the commit holds (a group commit of hundreds of ratings touches a few dozen rows)."""
+    by_column: dict[str, list[tuple[str, str, str, int]]] = {}
+    for (column, day, dim, key), n in counts.items():
+        by_column.setdefault(column, []).append((day, dim, key, n))
+    for column, rows in by_column.items():
+        conn.executemany(
+            f"INSERT INTO tallies (day, dim, key, {column}) VALUES (?, ?, ?, ?)"
+            f" ON CONFLICT (dim, day, key) DO UPDATE SET {column} = {column} + excluded.{column}",
+            rows,
+        )
 
 
 __all__ = ["DIMENSIONS", "KEEP_DAYS", "By", "Followup", "HallBooks", "TallyRow"]
