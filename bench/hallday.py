@@ -159,7 +159,7 @@ class MqttDevice:
         self.kind = kind
         self.tally = tally
         self.on_command: CommandHandler | None = None
-        self._client: aiomqtt.Client | None = None
+        self._mqtt: aiomqtt.Client | None = None
         self._reader: asyncio.Task[None] | None = None
         self._pending: dict[str, asyncio.Future[str]] = {}
 
@@ -172,7 +172,7 @@ class MqttDevice:
             self.host, self.port, identifier=f"hall-{self.device_id}-{uuid.uuid4().hex[:6]}", will=will
         )
         await client.__aenter__()
-        self._client = client
+        self._mqtt = client
         for leaf in ("ack", "cmd", "error"):
             await client.subscribe(self.topics.device(self.device_id, leaf), qos=1)
         state = {"online": True, "kind": self.kind, "fw": "hallday-1"}
@@ -181,7 +181,7 @@ class MqttDevice:
 
     async def close(self) -> None:
         """Switch off cleanly: retained offline state, then disconnect."""
-        client, self._client = self._client, None
+        client, self._mqtt = self._mqtt, None
         if client is None:
             return
         with contextlib.suppress(aiomqtt.MqttError):
@@ -212,7 +212,7 @@ class MqttDevice:
 
     async def publish(self, leaf: str, payload: bytes, *, retain: bool = False) -> bool:
         """One QoS-1 publish on this device's topic; False while switched off or disconnected."""
-        client = self._client
+        client = self._mqtt
         if client is None:
             return False
         try:

@@ -41,21 +41,21 @@ class MqttPublisher:
         self.topics = topics
         self.registry = registry
         self.metrics = metrics
-        self._client: mqtt.Client | None = None
+        self._connection: mqtt.Client | None = None
         self._topic_bytes: dict[str, bytes] = {}
 
     @property
     def attached(self) -> bool:
         """True while a client is attached (from before CONNECT until the connection ends)."""
-        return self._client is not None
+        return self._connection is not None
 
     def attach(self, client: mqtt.Client | None) -> None:
         """Publish through `client` from now on (None: the connection is gone)."""
-        self._client = client
+        self._connection = client
 
     async def publish(self, topic: str, payload: bytes, *, retain: bool = False) -> bool:
         """Publish at QoS 1 and wait for the PUBACK; False if not connected or the broker went away."""
-        client = self._client
+        client = self._connection
         if client is None:
             return False
         try:
@@ -71,7 +71,7 @@ class MqttPublisher:
         For acks and event mirrors, whose failure the hub never acts on (a device retries until it
         hears its ack). Awaiting each PUBACK would cost a future and a task per publish.
         """
-        client = self._client
+        client = self._connection
         if client is None:
             return False
         encoded = self._topic_bytes.get(topic)
@@ -101,7 +101,7 @@ class MqttPublisher:
 
     def mirror(self, records: list[Record]) -> None:
         """Outbox listener: publish each stored record on events/{kind}, alerts also on alerts."""
-        if self._client is None:
+        if self._connection is None:
             return
         for record in records:
             body = _wire_bytes(record)

@@ -52,17 +52,17 @@ class _Protocol(asyncio.Protocol):
     """The asyncio side of a connection: hands bytes and events to its Client, nothing else."""
 
     def __init__(self, client: Client) -> None:
-        self._client = client
+        self._owner = client
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
-        self._client._transport = transport
+        self._owner._transport = transport
 
     def data_received(self, data: bytes) -> None:
-        self._client._data_received(data)
+        self._owner._data_received(data)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._client._connection_lost(exc)
+        self._owner._connection_lost(exc)
 
 
 class Client:

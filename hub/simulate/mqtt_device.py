@@ -81,7 +81,7 @@ class SimulatedMqttDevice:
             "max_inflight_messages": 1000,
             "socket_options": [(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
         }
-        self._client: aiomqtt.Client | None = None
+        self._mqtt: aiomqtt.Client | None = None
         self._connected = asyncio.Event()
         self._runner: asyncio.Task[None] | None = None
         self._first_error: BaseException | None = None
@@ -102,7 +102,7 @@ class SimulatedMqttDevice:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         with contextlib.suppress(aiomqtt.MqttError):
-            if self._client is not None and self._connected.is_set():
+            if self._mqtt is not None and self._connected.is_set():
                 await self.publish_raw("state", b'{"online":false}', retain=True)
         if self._runner is not None:
             self._runner.cancel()
@@ -116,7 +116,7 @@ class SimulatedMqttDevice:
                 async with aiomqtt.Client(**self._options) as client:
                     for leaf in ("ack", "cmd", "error"):
                         await client.subscribe(self.topics.device(self.device_id, leaf), qos=1)
-                    self._client = client
+                    self._mqtt = client
                     state = {"online": True, "kind": self.kind, "fw": "sim-1.0"}
                     await client.publish(
                         self.topics.device(self.device_id, "state"), json.dumps(state), qos=1, retain=True
@@ -127,7 +127,7 @@ class SimulatedMqttDevice:
                 self._first_error = self._first_error or exc
             finally:
                 self._connected.clear()
-                self._client = None
+                self._mqtt = None
             await asyncio.sleep(0.2)
 
     async def _read(self, client: aiomqtt.Client) -> None:
@@ -164,7 +164,7 @@ class SimulatedMqttDevice:
     async def publish_raw(self, leaf: str, payload: bytes | str, *, retain: bool = False) -> None:
         """Publish anything (also malformed payloads, for tests) on one of this device's topics."""
         data = payload.encode() if isinstance(payload, str) else payload
-        client = self._client
+        client = self._mqtt
         if client is None:
             raise aiomqtt.MqttError(f"{self.device_id}: not connected")
         await client.publish(self.topics.device(self.device_id, leaf), data, qos=1, retain=retain)

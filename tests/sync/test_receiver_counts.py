@@ -13,6 +13,7 @@ import sqlite3
 from pathlib import Path
 
 import aiohttp
+import pytest
 
 from contract import wire
 from hub.config import parse_config
@@ -33,15 +34,14 @@ async def test_a_batch_committed_after_its_client_left_is_counted_accepted(tmp_p
         holder.execute("BEGIN IMMEDIATE")
         try:
             async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=0.5)) as http:
-                try:
-                    async with http.post(
-                        f"{central.url}{wire.batch_path(config.node.id)}",
-                        data=body,
-                        headers=wire.batch_headers(TOKEN, batch_id),
-                    ):
-                        pass
-                except TimeoutError:
-                    pass
+                post = http.post(
+                    f"{central.url}{wire.batch_path(config.node.id)}",
+                    data=body,
+                    headers=wire.batch_headers(TOKEN, batch_id),
+                )
+                with pytest.raises(TimeoutError):
+                    async with post:
+                        raise AssertionError("the receiver answered although its database was held")
             await asyncio.sleep(0.2)  # the handler is cancelled by now; the insert still waits
         finally:
             holder.execute("ROLLBACK")
