@@ -8,6 +8,7 @@ the start of the next working day (with 3 days, a Saturday review is due at Thur
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
@@ -47,25 +48,30 @@ class Deadlines:
         return (raised_at + self.callback_within).astimezone(UTC)
 
     def rectify_due(self, raised_at: datetime) -> datetime:
-        """When rectification is due: `rectify_working_days` working days later, same local time."""
+        """When rectification is due: `rectify_within_days` working days later, same local time."""
         local = raised_at.astimezone(self.timezone)
-        day = local.date()
-        clock = local.timetz().replace(tzinfo=None)
+        day, from_midnight = self._rectify_day(local.date())
+        clock = time(0, 0) if from_midnight else local.timetz().replace(tzinfo=None)
+        return datetime.combine(day, clock, tzinfo=self.timezone).astimezone(UTC)
+
+    @functools.lru_cache(maxsize=64)  # noqa: B019 (a frozen, hashable rule set; a few live per hub)
+    def _rectify_day(self, start: date) -> tuple[date, bool]:
+        """The day rectification is due for a review given on `start`, and whether it counts from
+        midnight (a review on a day off). Once per day of reviews: every bad review asks."""
+        day = start
+        from_midnight = not self.is_working_day(day)
         # Bounded: even a year of listed holidays cannot make these loops run more than ~1,100 steps.
         steps = 0
-        if not self.is_working_day(day):
-            clock = time(0, 0)
-            while not self.is_working_day(day) and steps < MAX_STEPS:
-                day += timedelta(days=1)
-                steps += 1
+        while not self.is_working_day(day) and steps < MAX_STEPS:
+            day += timedelta(days=1)
+            steps += 1
         remaining = self.rectify_working_days
         while remaining > 0 and steps < MAX_STEPS:
             day += timedelta(days=1)
             steps += 1
             if self.is_working_day(day):
                 remaining -= 1
-        due = datetime.combine(day, clock, tzinfo=self.timezone)
-        return due.astimezone(UTC)
+        return day, from_midnight
 
     def local_day(self, moment: datetime) -> str:
         """The date of `moment` in the node's time zone, `YYYY-MM-DD`."""

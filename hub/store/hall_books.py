@@ -102,6 +102,15 @@ class HallBooks:
     def __init__(self, *, due_dates: DueDates, local_day: LocalDay) -> None:
         self.due_dates = due_dates
         self.local_day = local_day
+        self._day_of_minute: tuple[str, str] = ("", "")
+
+    def _day_of(self, created_at: str) -> str:
+        """The local day of a record's time, computed once per minute of times (the hot path: every
+        rating; a minute, not an hour, for zones whose offset is not whole hours)."""
+        minute = created_at[:16]
+        if self._day_of_minute[0] != minute:
+            self._day_of_minute = (minute, self.local_day(parse_rfc3339(created_at)))
+        return self._day_of_minute[1]
 
     # -- the store hook (writer thread, inside the transaction) --------------------------------
 
@@ -130,7 +139,7 @@ class HallBooks:
         level = data.get("level")
         if not isinstance(level, int) or not 1 <= level <= 5:
             return
-        day = self.local_day(parse_rfc3339(record.created_at))
+        day = self._day_of(record.created_at)
         column = "excluded" if EXCLUDING_FLAGS & set(data.get("flags") or ()) else f"l{level}"
         _bump(
             counts, day, _keys(data.get("window"), data.get("staff_id"), data.get("item_code"), data), column
