@@ -18,7 +18,7 @@ from typing import Any, Final, Literal
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.json_schema import models_json_schema
 
-from contract.http import PULL_LIMIT_DEFAULT, PULL_LIMIT_MAX
+from contract.http import PULL_LIMIT_DEFAULT, PULL_LIMIT_MAX, CallbackRequest, RectifyRequest
 from contract.mqtt import EvaluateRequest, SessionUpdate, StaffEvent, WindowState
 from contract.records import ID_REGEX, KINDS, WINDOW_REGEX
 from contract.wire import BATCH_PATH_TEMPLATE, Batch, BatchAnswer, Record
@@ -67,6 +67,72 @@ class AckAnswer(BaseModel):
     upto: int = Field(ge=0)
 
 
+class FollowupState(BaseModel):
+    """A bad review's follow-up (§11): the answer to a step, and each entry of `/v1/status` `followups`."""
+
+    alert_id: str
+    evaluation_id: str
+    window: str | None
+    staff_id: str | None
+    case_no: str | None
+    raised_at: str
+    step: Literal["callback", "rectify", "closed"]
+    due_at: str | None
+    callback_due: str
+    rectify_due: str
+    callback: dict[str, Any] | None
+    rectify: dict[str, Any] | None
+    overdue: bool
+
+
+class AlertAck(BaseModel):
+    """`POST /v1/alerts/{id}/ack`: who saw the alert, and when."""
+
+    id: str
+    acknowledged_at: str
+    by: str | None
+
+
+class AlertAckRequest(BaseModel):
+    """The optional body of `POST /v1/alerts/{id}/ack`."""
+
+    model_config = ConfigDict(extra="allow")
+
+    by: str | None = Field(default=None, max_length=64)
+
+
+class StatsFigures(BaseModel):
+    """One row's (or the total's) figures in a §14 report."""
+
+    total: int = Field(ge=0)
+    levels: dict[str, int]
+    good_rate: float | None
+    bad: int = Field(ge=0)
+    callbacks: int = Field(ge=0)
+    callbacks_on_time: int = Field(ge=0)
+    rectified: int = Field(ge=0)
+    rectified_on_time: int = Field(ge=0)
+    excluded: int = Field(ge=0)
+
+
+class StatsRow(StatsFigures):
+    """A row of a §14 report: its key (a window, staff id, item, channel or date; null for none)."""
+
+    key: str | None
+
+
+class StatsReport(BaseModel):
+    """`GET /v1/stats` (§14)."""
+
+    model_config = ConfigDict(populate_by_name=True)
+
+    from_: str = Field(alias="from")
+    to: str
+    by: Literal["window", "staff", "item", "channel", "day"]
+    rows: list[StatsRow]
+    total: StatsFigures
+
+
 class EvaluationsPage(BaseModel):
     """`GET /v1/evaluations` of the receiver: the evaluations that arrived after a cursor."""
 
@@ -100,6 +166,16 @@ class Operation:
 
 
 _WINDOW = Param("window", "path", {"type": "string", "pattern": f"^{WINDOW_REGEX}$"}, "The window.")
+_ALERT = Param("alert_id", "path", {"type": "string", "maxLength": 64}, "A bad-review alert's id.")
+_DATE = {"type": "string", "pattern": "^[0-9]{4}-[0-9]{2}-[0-9]{2}$"}
+_STEP_ANSWERS: Final[Mapping[int, type[BaseModel] | str]] = {
+    200: FollowupState,
+    400: ErrorAnswer,
+    401: ErrorAnswer,
+    404: ErrorAnswer,
+    409: ErrorAnswer,
+    415: ErrorAnswer,
+}
 _CONTROL: Final = ("control", "")
 """Control routes need the control token once one is set; on loopback with none set they are open."""
 _VIEW: Final = ("view", "")
@@ -176,6 +252,52 @@ OPERATIONS: Final[tuple[Operation, ...]] = (
             409: ErrorAnswer,
             415: ErrorAnswer,
         },
+    ),
+    Operation(
+        "hub",
+        "post",
+        "/v1/alerts/{alert_id}/ack",
+        "Acknowledge an alert (seen).",
+        _CONTROL,
+        params=(_ALERT,),
+        body=AlertAckRequest,
+        answers={200: AlertAck, 400: ErrorAnswer, 401: ErrorAnswer, 404: ErrorAnswer, 415: ErrorAnswer},
+    ),
+    Operation(
+        "hub",
+        "post",
+        "/v1/alerts/{alert_id}/callback",
+        "Follow-up (§11): the citizen was called back.",
+        _CONTROL,
+        params=(_ALERT,),
+        body=CallbackRequest,
+        answers=_STEP_ANSWERS,
+    ),
+    Operation(
+        "hub",
+        "post",
+        "/v1/alerts/{alert_id}/rectify",
+        "Follow-up (§11): whether the complaint held, and that it was put right.",
+        _CONTROL,
+        params=(_ALERT,),
+        body=RectifyRequest,
+        answers=_STEP_ANSWERS,
+    ),
+    Operation(
+        "hub",
+        "get",
+        "/v1/stats",
+        "Satisfaction figures (§14) from `from` to `to`, by one key.",
+        _VIEW,
+        params=(
+            Param("from", "query", _DATE, "First day, in the node's time zone."),
+            Param("to", "query", _DATE, "Last day, inclusive; at most 400 days."),
+            Param("by", "query", {"type": "string", "enum": ["window", "staff", "item", "channel", "day"]}),
+        ),
+        answers={200: StatsReport, 400: ErrorAnswer},
+    ),
+    Operation(
+        "hub", "get", "/board", "The hall's notice board (§14), for a screen.", answers={200: "text/html"}
     ),
     Operation(
         "receiver",
