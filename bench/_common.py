@@ -290,7 +290,7 @@ def write_hub_config(
     api_port = free_port()
     raw = node_raw(folder / "data", broker_port, devices)
     raw["api"] = {"listen": f"127.0.0.1:{api_port}", "pull_token": PULL_TOKEN}
-    if lift_rate_limit and "limits" in HubConfig.model_fields:
+    if lift_rate_limit and "limits" in HubConfig.__struct_fields__:
         raw["limits"] = {"device_msgs_per_s": 100_000.0, "device_burst": 1_000_000}
     for name, table in (sections or {}).items():
         raw[name] = {**raw.get(name, {}), **table}

@@ -85,14 +85,7 @@ def prepare(nodes: int, batches: int, size: int) -> Prepared:
         items = []
         for b in range(batches):
             records = [_evaluation(node, b * size + i + 1) for i in range(size)]
-            batch = wire.Batch.model_validate(
-                {
-                    "node_id": node,
-                    "batch_id": str(uuid6.uuid7()),
-                    "sent_at": wire.format_timestamp(datetime.now(UTC)),
-                    "records": records,
-                }
-            )
+            batch = wire.new_batch(node, records, batch_id=str(uuid6.uuid7()))
             items.append((batch.batch_id, wire.encode_batch(batch)))
         bodies[node] = items
     return Prepared(bodies, nodes * batches * size)

@@ -37,7 +37,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from contract.mqtt import RatingPayload  # noqa: E402
+from contract.mqtt import RatingPayload, parse_device_payload  # noqa: E402
 from contract.topics import Topics  # noqa: E402
 from hub.mqtt.codec import (  # noqa: E402
     Connect,
@@ -328,7 +328,7 @@ class Generator:
 async def main_async(spec: dict[str, Any]) -> dict[str, Any]:
     """Connect, report ready, wait for `go`, run the schedule, drain, and return the tally."""
     sample = Generator(spec)._body(0, "sample", 1)
-    RatingPayload.model_validate(json.loads(sample))  # the load is the contract's payload
+    parse_device_payload(RatingPayload, json.loads(sample))  # the load is the contract's payload
     generator = Generator(spec)
     await generator.connect_all()
     print(json.dumps({"event": "ready"}), flush=True)

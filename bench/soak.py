@@ -233,7 +233,7 @@ def run(args: argparse.Namespace, folder: Path) -> tuple[list[dict[str, float]],
         "tty_dir": str(tty_dir),
         "work_dir": str(folder),
         "central_token": CENTRAL_TOKEN,
-        "control_token": CONTROL_TOKEN if "control_token" in ApiSection.model_fields else "",
+        "control_token": CONTROL_TOKEN if "control_token" in ApiSection.__struct_fields__ else "",
         "seed": args.seed,
     }
     samples: list[dict[str, float]] = []

@@ -11,7 +11,7 @@ a topic, a record kind, an identifier pattern, a timestamp or a body by hand.
 | `contract.wire` | §6 uplink: batch body and headers, the answer, a record as the platform checks it |
 | `contract.http` | §5 pull API bodies |
 | `contract.jsonbounds` | JSON from outside with bounded numbers and nesting (§9) |
-| `contract.validation` | pydantic errors as one sentence naming the field |
+| `contract.validation` | msgspec checks with every bad field named in one sentence each |
 """
 
 from __future__ import annotations

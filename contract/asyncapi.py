@@ -2,7 +2,7 @@
 
 Generated, never written by hand: each channel's address comes from `contract.topics.Topics`
 (built with the parameter names in place of a node, device, window or kind) and each payload's
-schema from the pydantic model the hub decodes or encodes it with. The document describes the hub:
+schema from the msgspec type the hub decodes or encodes it with. The document describes the hub:
 `receive` operations are what it subscribes to, `send` what it publishes.
 `python -m contract.docs` writes it to docs/asyncapi.json.
 """
@@ -12,8 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 
-from pydantic import BaseModel
-from pydantic.json_schema import models_json_schema
+import msgspec
 
 from contract.mqtt import (
     DEVICE_PAYLOADS,
@@ -27,6 +26,7 @@ from contract.mqtt import (
     WindowError,
     WindowState,
 )
+from contract.openapi import schema_components
 from contract.records import ID_REGEX, KINDS, WINDOW_REGEX
 from contract.topics import DEVICE_LEAVES, Leaf, Topics
 from contract.wire import Record
@@ -43,7 +43,7 @@ class Channel:
 
     name: str
     address: str
-    payload: type[BaseModel]
+    payload: type[msgspec.Struct]
     action: Literal["receive", "send"]
     summary: str
     retained: bool = False
@@ -120,10 +120,7 @@ _PARAMETERS: Final[dict[str, dict[str, Any]]] = {
 def _schemas() -> dict[str, Any]:
     """The JSON Schema of every payload model, by model name, references between them resolved there."""
     models = sorted({channel.payload for channel in CHANNELS}, key=lambda model: model.__name__)
-    _, top = models_json_schema(
-        [(model, "validation") for model in models], ref_template="#/components/schemas/{model}"
-    )
-    return dict(sorted(top.get("$defs", {}).items()))
+    return schema_components(models)
 
 
 def asyncapi_document(version: str) -> dict[str, Any]:

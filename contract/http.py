@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Annotated, Final, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from msgspec import Meta, Struct
 
 PULL_LIMIT_MAX: Final = 5000
 PULL_LIMIT_DEFAULT: Final = 500
@@ -26,20 +26,20 @@ def ack_answer(acked: int, upto: int) -> dict[str, int]:
     return {"acked": acked, "upto": upto}
 
 
-class _StepRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+class _StepRequest(Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """Who took a follow-up step, and an optional note (read with `contract.validation.convert`)."""
 
-    by: Annotated[str, Field(min_length=1, max_length=64)]
-    note: Annotated[str, Field(max_length=500)] | None = None
+    by: Annotated[str, Meta(min_length=1, max_length=64)]
+    note: Annotated[str, Meta(max_length=500)] | None = None
 
 
-class CallbackRequest(_StepRequest):
+class CallbackRequest(_StepRequest, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """`POST /v1/alerts/{id}/callback`: the citizen was called back (回访)."""
 
     outcome: Literal["reached", "unreachable"]
 
 
-class RectifyRequest(_StepRequest):
+class RectifyRequest(_StepRequest, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """`POST /v1/alerts/{id}/rectify`: whether the complaint held, and if so that it was put right (整改)."""
 
     substantiated: bool

@@ -1,95 +1,132 @@
 """MQTT payloads of CONTRACTS §2, written once for the hub, the simulators and the tests.
 
 Device payloads are validated strictly (a level of "5" is not 5) and unknown fields are ignored, so
-that newer firmware adding optional fields keeps working with an older hub.
+that newer firmware adding optional fields keeps working with an older hub. The types are msgspec
+structs: checked in C on the hot path, every bad field named by `contract.validation` when refused.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from typing import Annotated, Any, Literal, NoReturn, TypeVar
+import re
+from typing import Annotated, Any, ClassVar, Literal, NoReturn, Self, TypeVar
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+import msgspec
+from msgspec import Meta
 
 from contract import jsonbounds
 from contract.records import WINDOW_REGEX, parse_rfc3339
 from contract.topics import Leaf
-from contract.validation import summarize
+from contract.validation import Check, Invalid, Problem, convert, lone_surrogate, run_checks, shown
 
 MAX_PAYLOAD_BYTES = 16 * 1024
 
-MsgId = Annotated[str, Field(min_length=1, max_length=64)]
-ShortText = Annotated[str, Field(min_length=1, max_length=64)]
-WindowId = Annotated[str, Field(pattern=f"^{WINDOW_REGEX}$")]
+MsgId = Annotated[str, Meta(min_length=1, max_length=64)]
+ShortText = Annotated[str, Meta(min_length=1, max_length=64)]
+WindowId = Annotated[str, Meta(extra_json_schema={"pattern": f"^{WINDOW_REGEX}$"})]
+"""A window name; checked with `window_problem` (a `fullmatch`: msgspec's `pattern` would let a
+final newline through `$`)."""
+_WINDOW_FULLMATCH = re.compile(WINDOW_REGEX).fullmatch
+Timestamp = Annotated[str, Meta(max_length=40)]
+"""An RFC 3339 time; the struct that holds one checks it with `rfc3339_problem` in `__post_init__`."""
 
 
-def _rfc3339(value: str) -> str:
+def window_problem(value: str) -> str | None:
+    """Why `value` is not a window name, or None if it is one."""
+    if _WINDOW_FULLMATCH(value) is None:
+        return f"expected 1 to 16 letters, digits, '_' or '-', got {shown(value)}"
+    return None
+
+
+def rfc3339_problem(value: str) -> str | None:
+    """Why `value` is not an RFC 3339 time with an offset, or None if it is one."""
     try:
         parse_rfc3339(value)
     except ValueError:
-        raise ValueError(
-            f'expected an RFC 3339 time such as "2026-11-22T09:30:00+08:00", got {value!r}'
-        ) from None
-    return value
+        return f'expected an RFC 3339 time such as "2026-11-22T09:30:00+08:00", got {value!r}'
+    return None
 
 
-Timestamp = Annotated[str, Field(max_length=40), AfterValidator(_rfc3339)]
+class _Payload(msgspec.Struct, frozen=True):
+    def as_dict(self, *, drop_none: bool = False) -> dict[str, Any]:
+        """The payload as a JSON-ready dict (HTTP answers, reports); without unset fields if `drop_none`."""
+        body = msgspec.structs.asdict(self)
+        return {k: v for k, v in body.items() if v is not None} if drop_none else body
 
 
-class _Incoming(BaseModel):
-    model_config = ConfigDict(extra="ignore", strict=True, frozen=True)
+class _Incoming(_Payload, frozen=True):
+    """A payload a device or window PC sends: unknown fields ignored (newer firmware), rules checked."""
+
+    _checks: ClassVar[dict[str, Check]] = {}
+
+    def __post_init__(self) -> None:
+        if self._checks:
+            run_checks(self, self._checks)
 
 
-class _Outgoing(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+class _Outgoing(_Payload, frozen=True, forbid_unknown_fields=True):
+    """A payload the hub sends."""
 
     def encode(self) -> bytes:
         """Compact UTF-8 JSON."""
-        return self.model_dump_json(exclude_none=False).encode()
+        return _ENCODER.encode(self)
+
+    @classmethod
+    def decode(cls, raw: str | bytes) -> Self:
+        """A payload as `encode` wrote it (heard by a simulator, or kept in the outbox's kv).
+
+        Raises ValueError naming what is wrong when it is not one.
+        """
+        try:
+            return msgspec.json.decode(raw, type=cls)
+        except msgspec.DecodeError as exc:
+            raise ValueError(f"not a {cls.__name__}: {exc}") from None
 
 
-class RatingPayload(_Incoming):
+_ENCODER = msgspec.json.Encoder()
+
+
+class RatingPayload(_Incoming, frozen=True):
     """`dev/{device}/rating`."""
 
     msg_id: MsgId
-    level: Annotated[int, Field(ge=1, le=5)]
-    # A factory, not `= []`: pydantic deep-copies a mutable default for every message.
-    reasons: Annotated[
-        list[Annotated[str, Field(min_length=1, max_length=32)]], Field(max_length=16, default_factory=list)
-    ]
-    comment: Annotated[str, Field(max_length=500)] | None = None
+    level: Annotated[int, Meta(ge=1, le=5)]
+    reasons: Annotated[list[Annotated[str, Meta(min_length=1, max_length=32)]], Meta(max_length=16)] = []
+    comment: Annotated[str, Meta(max_length=500)] | None = None
     case_no: ShortText | None = None
     item_code: ShortText | None = None
-    item_name: Annotated[str, Field(max_length=200)] | None = None
+    item_name: Annotated[str, Meta(max_length=200)] | None = None
     window: WindowId | None = None
     staff_id: ShortText | None = None
-    session: Annotated[int, Field(ge=0, le=2**32 - 1)] | None = None
+    session: Annotated[int, Meta(ge=0, le=2**32 - 1)] | None = None
     ts: Timestamp | None = None
 
+    _checks: ClassVar[dict[str, Check]] = {"window": window_problem, "ts": rfc3339_problem}
 
-class ScanPayload(_Incoming):
+
+class ScanPayload(_Incoming, frozen=True):
     """`dev/{device}/scan`."""
 
     msg_id: MsgId
-    data: Annotated[str, Field(min_length=1, max_length=4096)]
-    symbology: Annotated[str, Field(max_length=32)] | None = None
+    data: Annotated[str, Meta(min_length=1, max_length=4096)]
+    symbology: Annotated[str, Meta(max_length=32)] | None = None
 
 
-class PrintPayload(_Incoming):
+class PrintPayload(_Incoming, frozen=True):
     """`dev/{device}/print`."""
 
     msg_id: MsgId
     job_id: ShortText
     state: Literal["started", "done", "failed"]
-    pages: Annotated[int, Field(ge=0, le=100_000)] | None = None
-    error: Annotated[str, Field(max_length=500)] | None = None
+    pages: Annotated[int, Meta(ge=0, le=100_000)] | None = None
+    error: Annotated[str, Meta(max_length=500)] | None = None
 
 
 Supply = Literal["ok", "low", "out"]
 
 
-class HealthPayload(_Incoming):
+class HealthPayload(_Incoming, frozen=True):
     """`dev/{device}/health` (no msg_id: telemetry, never acked)."""
 
     paper: Supply | None = None
@@ -97,45 +134,45 @@ class HealthPayload(_Incoming):
     jam: bool | None = None
     door_open: bool | None = None
     output_full: bool | None = None
-    temp_c: Annotated[float, Field(ge=-60, le=150)] | None = None
+    temp_c: Annotated[float, Meta(ge=-60, le=150)] | None = None
 
 
-class StatePayload(_Incoming):
+class StatePayload(_Incoming, frozen=True):
     """`dev/{device}/state` (retained; also the device's will)."""
 
     online: bool
-    kind: Annotated[str, Field(max_length=32)] | None = None
-    fw: Annotated[str, Field(max_length=64)] | None = None
+    kind: Annotated[str, Meta(max_length=32)] | None = None
+    fw: Annotated[str, Meta(max_length=64)] | None = None
 
 
-class EvaluateRequest(_Incoming):
+class EvaluateRequest(_Incoming, frozen=True):
     """`window/{window}/evaluate` and `POST /v1/windows/{window}/evaluate`."""
 
     request_id: ShortText
     case_no: ShortText | None = None
     item_code: ShortText | None = None
-    item_name: Annotated[str, Field(max_length=200)] | None = None
+    item_name: Annotated[str, Meta(max_length=200)] | None = None
     staff_id: ShortText | None = None
-    staff_name: Annotated[str, Field(max_length=64)] | None = None
-    timeout_s: Annotated[int, Field(ge=1, le=3600)] | None = None
-    user_prop: Annotated[int, Field(ge=1, le=2)] = 1
+    staff_name: Annotated[str, Meta(max_length=64)] | None = None
+    timeout_s: Annotated[int, Meta(ge=1, le=3600)] | None = None
+    user_prop: Annotated[int, Meta(ge=1, le=2)] = 1
     """**(ext, §15)** who is rating: 1 a person, 2 a legal person; the national record's `userProp`."""
     channel: Literal["qr"] | None = None
     """**(ext, §13)** `"qr"`: rate on the citizen's own phone only, no keypad or pad is prompted (for
     windows without one); absent, the window's keypad or pad is prompted (with a link too, when enabled)."""
 
 
-class StaffEvent(_Incoming):
+class StaffEvent(_Incoming, frozen=True):
     """`window/{window}/staff` and `POST /v1/windows/{window}/staff` (§12)."""
 
     request_id: ShortText
     event: Literal["sign_in", "sign_out", "pause", "resume"]
     staff_id: ShortText | None = None
-    staff_name: Annotated[str, Field(max_length=32)] | None = None
-    reason: Annotated[str, Field(max_length=100)] | None = None
+    staff_name: Annotated[str, Meta(max_length=32)] | None = None
+    reason: Annotated[str, Meta(max_length=100)] | None = None
 
 
-class WindowState(_Outgoing):
+class WindowState(_Outgoing, frozen=True):
     """`window/{window}/state`, retained (§12). The staff name is shown here, never stored in records."""
 
     window: str
@@ -146,8 +183,14 @@ class WindowState(_Outgoing):
     request_id: str | None = None
     """The event that brought the window to this state (hallhub extension, optional)."""
 
+    def shown(self) -> dict[str, Any]:
+        """The state as the status page and refusals show it (without the event's request id)."""
+        body = self.as_dict()
+        del body["request_id"]
+        return body
 
-class WindowError(_Outgoing):
+
+class WindowError(_Outgoing, frozen=True):
     """`window/{window}/error`: a staff event refused, with its `request_id` when it had a usable one
     (hallhub extension of §12)."""
 
@@ -156,7 +199,7 @@ class WindowError(_Outgoing):
     topic: str
 
 
-class AckPayload(_Outgoing):
+class AckPayload(_Outgoing, frozen=True):
     """`dev/{device}/ack`, published only after commit (or a found duplicate)."""
 
     msg_id: str
@@ -165,7 +208,7 @@ class AckPayload(_Outgoing):
     error: str | None
 
 
-class CmdPayload(_Outgoing):
+class CmdPayload(_Outgoing, frozen=True):
     """`dev/{device}/cmd`."""
 
     cmd: Literal["prompt", "cancel", "show"]
@@ -180,14 +223,14 @@ class CmdPayload(_Outgoing):
         return _encode_without_empty(self, "qr_url")
 
 
-class ErrorPayload(_Outgoing):
+class ErrorPayload(_Outgoing, frozen=True):
     """`dev/{device}/error`, for a payload with no usable msg_id."""
 
     error: str
     topic: str
 
 
-class SessionUpdate(_Outgoing):
+class SessionUpdate(_Outgoing, frozen=True):
     """`window/{window}/session`."""
 
     request_id: str
@@ -206,11 +249,14 @@ class SessionUpdate(_Outgoing):
 
 def _encode_without_empty(payload: _Outgoing, name: str) -> bytes:
     """A payload's JSON with the optional extension field `name` left out while it is None."""
-    exclude = {name} if getattr(payload, name) is None else None
-    return payload.model_dump_json(exclude_none=False, exclude=exclude).encode()
+    if getattr(payload, name) is not None:
+        return _ENCODER.encode(payload)
+    body = msgspec.structs.asdict(payload)
+    del body[name]
+    return _ENCODER.encode(body)
 
 
-class HubState(_Outgoing):
+class HubState(_Outgoing, frozen=True):
     """`hub/state` (retained; also the hub's will with online false)."""
 
     online: bool
@@ -336,8 +382,28 @@ def _is_text(value: str) -> bool:
 
 
 def parse_device_payload(model: type[_T], obj: dict[str, object]) -> _T:
-    """Validate a decoded object; a PayloadError lists each failing field."""
+    """Validate a decoded object; a PayloadError lists each failing field.
+
+    Text with a lone surrogate (valid JSON, `"\\ud800"`) is refused too: it could be neither stored
+    nor echoed. Only the model's own fields are looked at; ignored extras may hold anything.
+    """
     try:
-        return model.model_validate(obj)
-    except ValidationError as exc:
-        raise PayloadError("invalid_field", summarize(exc), usable_msg_id(obj)) from None
+        payload = convert(obj, model)
+    except Invalid as exc:
+        problems = exc.problems
+    else:
+        surrogate = _surrogate_in(model, obj)
+        if surrogate is None:
+            return payload
+        problems = [surrogate]
+    raise PayloadError("invalid_field", Invalid(problems).summary(), usable_msg_id(obj))
+
+
+def _surrogate_in(model: type[_Incoming], obj: dict[str, object]) -> Problem | None:
+    for name in model.__struct_fields__:
+        value = obj.get(name)
+        if isinstance(value, str) and value.isascii():
+            continue
+        if value is not None and (problem := lone_surrogate(value, name)) is not None:
+            return problem
+    return None

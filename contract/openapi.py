@@ -1,7 +1,7 @@
 """The local HTTP API (CONTRACTS §5, §9), the uplink and the reference receiver (§6, §16) as an
 OpenAPI 3.1 document.
 
-Generated, never written by hand: bodies are the JSON Schemas of the pydantic models the hub, the
+Generated, never written by hand: bodies are the JSON Schemas of the msgspec types the hub, the
 uplink and the receiver read and write (`contract.mqtt`, `contract.wire`); the few answers that are
 built without a model (a pull page, an error) get one here, and the API tests check every real
 answer against them. `OPERATIONS` lists the routes with the model of each body. The hub serves its
@@ -13,10 +13,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Final, Literal
+from typing import Annotated, Any, Final, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
-from pydantic.json_schema import models_json_schema
+import msgspec
+from msgspec import Meta
 
 from contract.http import PULL_LIMIT_DEFAULT, PULL_LIMIT_MAX, CallbackRequest, RectifyRequest
 from contract.mqtt import EvaluateRequest, SessionUpdate, StaffEvent, WindowState
@@ -27,47 +27,44 @@ __all__ = ["OPENAPI_VERSION", "OPERATIONS", "Operation", "Service", "openapi_doc
 
 OPENAPI_VERSION: Final = "3.1.0"
 Service = Literal["hub", "receiver"]
+Count = Annotated[int, Meta(ge=0)]
 
 
-class ErrorAnswer(BaseModel):
+class ErrorAnswer(msgspec.Struct):
     """Every 4xx/5xx answer of the hub and the receiver: what is wrong, in a sentence."""
-
-    model_config = ConfigDict(extra="allow")
 
     error: str
 
 
-class HealthAnswer(BaseModel):
+class HealthAnswer(msgspec.Struct):
     """`GET /healthz`: `ok`, or `degraded` with the problems found (503)."""
 
     status: Literal["ok", "degraded"]
     problems: list[str] | None = None
 
 
-class PullPage(BaseModel):
+class PullPage(msgspec.Struct):
     """`GET /v1/records`: pending records after `after`, oldest first (`contract.http.pull_page`)."""
 
     records: list[Record]
-    next_after: int = Field(ge=0)
+    next_after: Count
     more: bool
 
 
-class AckRequest(BaseModel):
+class AckRequest(msgspec.Struct):
     """`POST /v1/records/ack`: every record up to `upto` was taken by the platform."""
 
-    model_config = ConfigDict(extra="allow")
-
-    upto: int = Field(ge=0)
+    upto: Count
 
 
-class AckAnswer(BaseModel):
+class AckAnswer(msgspec.Struct):
     """The answer to `POST /v1/records/ack` (`contract.http.ack_answer`)."""
 
-    acked: int = Field(ge=0)
-    upto: int = Field(ge=0)
+    acked: Count
+    upto: Count
 
 
-class FollowupState(BaseModel):
+class FollowupState(msgspec.Struct):
     """A bad review's follow-up (§11): the answer to a step, and each entry of `/v1/status` `followups`."""
 
     alert_id: str
@@ -85,7 +82,7 @@ class FollowupState(BaseModel):
     overdue: bool
 
 
-class AlertAck(BaseModel):
+class AlertAck(msgspec.Struct):
     """`POST /v1/alerts/{id}/ack`: who saw the alert, and when."""
 
     id: str
@@ -93,47 +90,43 @@ class AlertAck(BaseModel):
     by: str | None
 
 
-class AlertAckRequest(BaseModel):
+class AlertAckRequest(msgspec.Struct):
     """The optional body of `POST /v1/alerts/{id}/ack`."""
 
-    model_config = ConfigDict(extra="allow")
-
-    by: str | None = Field(default=None, max_length=64)
+    by: Annotated[str, Meta(max_length=64)] | None = None
 
 
-class StatsFigures(BaseModel):
+class StatsFigures(msgspec.Struct):
     """One row's (or the total's) figures in a §14 report."""
 
-    total: int = Field(ge=0)
+    total: Count
     levels: dict[str, int]
     good_rate: float | None
-    bad: int = Field(ge=0)
-    callbacks: int = Field(ge=0)
-    callbacks_on_time: int = Field(ge=0)
-    rectified: int = Field(ge=0)
-    rectified_on_time: int = Field(ge=0)
-    excluded: int = Field(ge=0)
+    bad: Count
+    callbacks: Count
+    callbacks_on_time: Count
+    rectified: Count
+    rectified_on_time: Count
+    excluded: Count
 
 
-class StatsRow(StatsFigures):
+class StatsRow(StatsFigures, kw_only=True):
     """A row of a §14 report: its key (a window, staff id, item, channel or date; null for none)."""
 
     key: str | None
 
 
-class StatsReport(BaseModel):
+class StatsReport(msgspec.Struct):
     """`GET /v1/stats` (§14)."""
 
-    model_config = ConfigDict(populate_by_name=True)
-
-    from_: str = Field(alias="from")
+    from_: str = msgspec.field(name="from")
     to: str
     by: Literal["window", "staff", "item", "channel", "day"]
     rows: list[StatsRow]
     total: StatsFigures
 
 
-class EvaluationsPage(BaseModel):
+class EvaluationsPage(msgspec.Struct):
     """`GET /v1/evaluations` of the receiver: the evaluations that arrived after a cursor."""
 
     evaluations: list[dict[str, Any]]
@@ -160,15 +153,15 @@ class Operation:
     summary: str
     security: tuple[str, ...] = ()
     params: tuple[Param, ...] = ()
-    body: type[BaseModel] | None = None
-    answers: Mapping[int, type[BaseModel] | str] = field(default_factory=dict)
+    body: type[msgspec.Struct] | None = None
+    answers: Mapping[int, type[msgspec.Struct] | str] = field(default_factory=dict)
     """Status → a model (JSON) or a media type (a body that is not JSON)."""
 
 
 _WINDOW = Param("window", "path", {"type": "string", "pattern": f"^{WINDOW_REGEX}$"}, "The window.")
 _ALERT = Param("alert_id", "path", {"type": "string", "maxLength": 64}, "A bad-review alert's id.")
 _DATE = {"type": "string", "pattern": "^[0-9]{4}-[0-9]{2}-[0-9]{2}$"}
-_STEP_ANSWERS: Final[Mapping[int, type[BaseModel] | str]] = {
+_STEP_ANSWERS: Final[Mapping[int, type[msgspec.Struct] | str]] = {
     200: FollowupState,
     400: ErrorAnswer,
     401: ErrorAnswer,
@@ -340,13 +333,19 @@ def _schemas(operations: tuple[Operation, ...]) -> dict[str, Any]:
     models = {op.body for op in operations if op.body is not None}
     models |= {answer for op in operations for answer in op.answers.values() if not isinstance(answer, str)}
     ordered = sorted(models, key=lambda model: model.__name__)
-    _, top = models_json_schema(
-        [(model, "validation") for model in ordered], ref_template="#/components/schemas/{model}"
-    )
-    return dict(sorted(top.get("$defs", {}).items()))
+    return schema_components(ordered)
 
 
-def _content(answer: type[BaseModel] | str) -> dict[str, Any]:
+def schema_components(types: list[type[msgspec.Struct]]) -> dict[str, Any]:
+    """The JSON Schema of each type and of the types they refer to, by name, as `components/schemas`.
+
+    Descriptions come from the types' docstrings; a field's docstring is not part of its schema.
+    """
+    _, components = msgspec.json.schema_components(types, ref_template="#/components/schemas/{name}")
+    return dict(sorted(components.items()))
+
+
+def _content(answer: type[msgspec.Struct] | str) -> dict[str, Any]:
     if isinstance(answer, str):
         schema: dict[str, Any] = {"type": "object"} if answer == "application/json" else {"type": "string"}
         return {answer: {"schema": schema}}

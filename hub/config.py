@@ -1,7 +1,8 @@
 """The node's TOML config (CONTRACTS §7), validated so that every error names file, key and fix.
 
-Validation runs in two passes: pydantic checks each key's type and range, then `_cross_checks`
-checks what depends on several keys (a serial device needs a port, one rating device per window...).
+Validation runs in two passes: msgspec checks each key's type and range, and each section's
+`rule_problems` the rules msgspec cannot express; then `_cross_checks` checks what depends on several
+keys (a serial device needs a port, one rating device per window...).
 `load_config` is the one place a config is judged: `hallhub config check`, `hallhub doctor` and
 `hallhub run` all call it, so a value that would stop the hub at start-up is a `ConfigError` naming
 its key. The rules of the national record's values (`pf_code_problem`, `reason_code_problem`,
@@ -15,36 +16,28 @@ import functools
 import ipaddress
 import re
 import tomllib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 from types import MappingProxyType
-from typing import Annotated, Any, Final, Literal, TypeVar
+from typing import Annotated, Any, Final, Literal, get_args, get_origin
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import (
-    AfterValidator,
-    BaseModel,
-    ConfigDict,
-    Field,
-    ValidationError,
-    ValidationInfo,
-    field_validator,
-)
-from pydantic_core import ErrorDetails
+import msgspec
 
 from contract.records import HALL_CODE_REGEX, ID_REGEX, WINDOW_REGEX
-from contract.validation import describe, key_path
+from contract.validation import Problem, choices, explain, field_problem
 from drivers.registry import KINDS, missing_extra
 from hub.privacy.redact import redact_url
 
 DEFAULT_CONFIG_PATH = Path("/etc/hallhub/node.toml")
 
-_ID_PATTERN = f"^{ID_REGEX}$"
-_WINDOW_PATTERN = f"^{WINDOW_REGEX}$"
-_HALL_CODE_PATTERN = f"^{HALL_CODE_REGEX}$"
+# `\Z`, not `$`: msgspec matches with Python's `re.search`, where `$` also matches before a final newline.
+_ID_PATTERN = f"^{ID_REGEX}\\Z"
+_WINDOW_PATTERN = f"^{WINDOW_REGEX}\\Z"
+_HALL_CODE_PATTERN = f"^{HALL_CODE_REGEX}\\Z"
 _HOST_PATTERN = re.compile(r"^(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(?::[0-9]{1,5})?$")
 MIN_TOKEN_CHARS = 16
 
@@ -58,11 +51,14 @@ def kind_problem(kind: str) -> str | None:
     """Why `kind` is not a device kind of the registry, or None."""
     if kind in KINDS:
         return None
-    names = [repr(name) for name in KINDS]
-    return f"expected one of {', '.join(names[:-1])} or {names[-1]}, got {kind!r}"
+    return f"expected one of {_one_of(KINDS)}, got {kind!r}"
 
 
-_T = TypeVar("_T")
+def _one_of(values: Iterable[object]) -> str:
+    """`'a', 'b' or 'c'`: the values a key allows, as its error message lists them."""
+    names = [repr(value) for value in values]
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"
+
 
 # -- the national record's values (CONTRACTS §6a), shared with sync.national ---------------------
 
@@ -191,45 +187,73 @@ def national_fields_problems(fields: Mapping[str, object]) -> list[tuple[str, st
     return problems
 
 
-def _rule(problem_of: Callable[[_T], str | None]) -> AfterValidator:
-    """A pydantic validator from a `*_problem` function, so that the key path comes with it."""
+RuleProblems = Iterator[tuple[str, str]]
+"""(key within the section, e.g. `pf.qr`, and why its value is refused) for each value a rule refuses."""
 
-    def check(value: _T) -> _T:
-        problem = problem_of(value)
+
+def _check(values: Mapping[str, Any], name: str, problem_of: Callable[[Any], str | None]) -> RuleProblems:
+    """The problem `problem_of` finds in the value of `name`, if it is given."""
+    if name in values and (problem := problem_of(values[name])) is not None:
+        yield name, problem
+
+
+def _check_each(
+    values: Mapping[str, Any], name: str, problem_of: Callable[[Any], str | None]
+) -> RuleProblems:
+    """The problem `problem_of` finds in each value of the table `name` (`name.key`) or item of its
+    array (`name[3]`), so that the message names the entry, not the whole key."""
+    value = values.get(name)
+    entries: Iterator[tuple[str, object]]
+    if isinstance(value, Mapping):
+        entries = ((f"{name}.{key}", item) for key, item in value.items())
+    elif isinstance(value, list):
+        entries = ((f"{name}[{index}]", item) for index, item in enumerate(value))
+    else:
+        return
+    for key, item in entries:
+        if item is not _REFUSED and (problem := problem_of(item)) is not None:
+            yield key, problem
+
+
+class _Section(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """A config table: unknown keys are refused, and values are fixed once loaded."""
+
+    @classmethod
+    def rule_problems(cls, values: Mapping[str, Any]) -> RuleProblems:
+        """What this section's rules (those msgspec cannot express) refuse among `values`, field
+        name to value; `parse_config` also applies them to the valid keys of a refused table."""
+        return iter(())
+
+    def __post_init__(self) -> None:
+        """Applies the rules to a section being built, naming the first key they refuse."""
+        problem = next(self.rule_problems(msgspec.structs.asdict(self)), None)
         if problem is not None:
-            raise ValueError(problem)
-        return value
-
-    return AfterValidator(check)
+            raise field_problem(*problem)
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
-
-
-class NodeSection(_Section):
+class NodeSection(_Section, frozen=True):
     """`[node]`: who this node is and where it keeps its data."""
 
-    id: Annotated[str, Field(pattern=_ID_PATTERN)]
-    hall_code: Annotated[str, Field(pattern=_HALL_CODE_PATTERN)]
-    name: Annotated[str, Field(max_length=64)] = ""  # extension: the hall's name, for the board (§14)
-    data_dir: Annotated[str, Field(min_length=1)] = "/var/lib/hallhub"
-    secret_file: Annotated[str, Field(min_length=1)] = "/etc/hallhub/secret"  # noqa: S105 (a path)
+    id: Annotated[str, msgspec.Meta(pattern=_ID_PATTERN)]
+    hall_code: Annotated[str, msgspec.Meta(pattern=_HALL_CODE_PATTERN)]
+    name: Annotated[str, msgspec.Meta(max_length=64)] = ""  # extension: the hall's name, for the board (§14)
+    data_dir: Annotated[str, msgspec.Meta(min_length=1)] = "/var/lib/hallhub"
+    secret_file: Annotated[str, msgspec.Meta(min_length=1)] = "/etc/hallhub/secret"  # noqa: S105 (a path)
 
 
-class BrokerSection(_Section):
+class BrokerSection(_Section, frozen=True):
     """`[broker]`: the node's MQTT broker."""
 
-    host: Annotated[str, Field(min_length=1)] = "127.0.0.1"
-    port: Annotated[int, Field(ge=1, le=65535)] = 1883
+    host: Annotated[str, msgspec.Meta(min_length=1)] = "127.0.0.1"
+    port: Annotated[int, msgspec.Meta(ge=1, le=65535)] = 1883
     username: str = ""
     password: str = ""
     password_file: str = ""
-    client_id: Annotated[str, Field(pattern=_ID_PATTERN)] | None = None
-    keepalive_s: Annotated[int, Field(ge=5, le=3600)] = 30
+    client_id: Annotated[str, msgspec.Meta(pattern=_ID_PATTERN)] | None = None
+    keepalive_s: Annotated[int, msgspec.Meta(ge=5, le=3600)] = 30
 
 
-class ApiSection(_Section):
+class ApiSection(_Section, frozen=True):
     """`[api]`: the local HTTP API, its tokens (§5 pull, §9 control and view) and its limits."""
 
     listen: str = "127.0.0.1:8780"
@@ -239,74 +263,85 @@ class ApiSection(_Section):
     control_token_file: str = ""
     view_token: str = ""
     view_token_file: str = ""
-    allowed_hosts: list[Annotated[str, Field(min_length=1, max_length=253)]] = Field(default_factory=list)
-    header_timeout_s: Annotated[float, Field(gt=0, le=300)] = 10.0
-    max_connections: Annotated[int, Field(ge=8, le=100_000)] = 256
+    allowed_hosts: list[Annotated[str, msgspec.Meta(min_length=1, max_length=253)]] = msgspec.field(
+        default_factory=list
+    )
+    header_timeout_s: Annotated[float, msgspec.Meta(gt=0, le=300)] = 10.0
+    max_connections: Annotated[int, msgspec.Meta(ge=8, le=100_000)] = 256
 
 
-class CentralSection(_Section):
+class CentralSection(_Section, frozen=True):
     """`[central]`: the platform the node pushes to; an empty url turns push off."""
 
     url: str = ""
     token: str = ""
     token_file: str = ""
-    batch_max: Annotated[int, Field(ge=1, le=5000)] = 500
+    batch_max: Annotated[int, msgspec.Meta(ge=1, le=5000)] = 500
     # extension: at most this many bytes of record JSON (before gzip) in one uplink batch
-    batch_max_bytes: Annotated[int, Field(ge=65_536, le=16 * 2**20)] = 4 * 2**20
+    batch_max_bytes: Annotated[int, msgspec.Meta(ge=65_536, le=16 * 2**20)] = 4 * 2**20
     ca_file: str = ""
     cert_file: str = ""
     key_file: str = ""
-    timeout_s: Annotated[float, Field(gt=0, le=600)] = 30.0
+    timeout_s: Annotated[float, msgspec.Meta(gt=0, le=600)] = 30.0
 
 
-class EvaluationSection(_Section):
+class EvaluationSection(_Section, frozen=True):
     """`[evaluation]`: session timeout and what counts as a bad review."""
 
-    timeout_s: Annotated[int, Field(ge=5, le=3600)] = 60
-    bad_level: Annotated[int, Field(ge=1, le=4)] = 2
-    thanks_text: Annotated[str, Field(max_length=64)] = "感谢您的评价"
-    max_per_session: Annotated[int, Field(ge=1, le=100)] = 1
-    max_free_per_minute: Annotated[int, Field(ge=1, le=600)] = 6
+    timeout_s: Annotated[int, msgspec.Meta(ge=5, le=3600)] = 60
+    bad_level: Annotated[int, msgspec.Meta(ge=1, le=4)] = 2
+    thanks_text: Annotated[str, msgspec.Meta(max_length=64)] = "感谢您的评价"
+    max_per_session: Annotated[int, msgspec.Meta(ge=1, le=100)] = 1
+    max_free_per_minute: Annotated[int, msgspec.Meta(ge=1, le=600)] = 6
 
 
-class OutboxSection(_Section):
+class OutboxSection(_Section, frozen=True):
     """`[outbox]`: the disk quota and how long delivered records are kept."""
 
-    max_mb: Annotated[int, Field(ge=1, le=1_000_000)] = 512
-    retention_days: Annotated[float, Field(ge=0, le=3650)] = 7.0
+    max_mb: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 512
+    retention_days: Annotated[float, msgspec.Meta(ge=0, le=3650)] = 7.0
 
 
-class AlertsSection(_Section):
+class AlertsSection(_Section, frozen=True):
     """`[alerts]`: device fault alerts; a device offline this long raises one (0 turns that off)."""
 
-    offline_after_s: Annotated[float, Field(ge=0, le=86_400)] = 300.0
+    offline_after_s: Annotated[float, msgspec.Meta(ge=0, le=86_400)] = 300.0
 
 
-class LimitsSection(_Section):
+class LimitsSection(_Section, frozen=True):
     """`[limits]` (extension): per-device MQTT rate limit; excess is dropped unacked and counted."""
 
-    device_msgs_per_s: Annotated[float, Field(gt=0, le=100_000)] = 50.0
-    device_burst: Annotated[int, Field(ge=1, le=1_000_000)] = 200
+    device_msgs_per_s: Annotated[float, msgspec.Meta(gt=0, le=100_000)] = 50.0
+    device_burst: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 200
 
 
-class PrivacySection(_Section):
+class PrivacySection(_Section, frozen=True):
     """`[privacy]`: how citizen identity is referenced."""
 
     hmac: Literal["sm3", "sha256"] = "sm3"
     identity: Literal["none", "encrypted"] = "none"
 
 
-class NationalSection(_Section):
+class NationalSection(_Section, frozen=True):
     """`[national]`: mapping to the provincial 好差评 record (CONTRACTS §6a)."""
 
     level_order: Literal["5_best", "1_best"] = "5_best"
     dept_code: str = ""
-    area_code: Annotated[str, _rule(area_code_problem)] = ""
-    timezone: Annotated[str, _rule(timezone_problem)] = DEFAULT_TIMEZONE
-    pf: dict[str, Annotated[int, _rule(pf_code_problem)]] = Field(default_factory=lambda: dict(DEFAULT_PF))
-    reasons: dict[str, Annotated[str, _rule(reason_code_problem)]] = Field(default_factory=dict)
-    fields: dict[str, Annotated[str, _rule(field_name_problem)]] = Field(default_factory=dict)
-    case_history_days: Annotated[int, Field(ge=1, le=3650)] = DEFAULT_CASE_HISTORY_DAYS
+    area_code: str = ""
+    timezone: str = DEFAULT_TIMEZONE
+    pf: dict[str, int] = msgspec.field(default_factory=lambda: dict(DEFAULT_PF))
+    reasons: dict[str, str] = msgspec.field(default_factory=dict)
+    fields: dict[str, str] = msgspec.field(default_factory=dict)
+    case_history_days: Annotated[int, msgspec.Meta(ge=1, le=3650)] = DEFAULT_CASE_HISTORY_DAYS
+
+    @classmethod
+    def rule_problems(cls, values: Mapping[str, Any]) -> RuleProblems:
+        """The national record's rules for each value, the ones `sync.national` applies."""
+        yield from _check(values, "area_code", area_code_problem)
+        yield from _check(values, "timezone", timezone_problem)
+        yield from _check_each(values, "pf", pf_code_problem)
+        yield from _check_each(values, "reasons", reason_code_problem)
+        yield from _check_each(values, "fields", field_name_problem)
 
 
 def holiday_problem(text: str) -> str | None:
@@ -318,32 +353,40 @@ def holiday_problem(text: str) -> str | None:
     return None if len(text) == 10 else f"expected a date YYYY-MM-DD, got {text!r}"
 
 
-class FollowupSection(_Section):
+class FollowupSection(_Section, frozen=True):
     """`[followup]` (§11): deadlines for calling back a bad review and putting right what it found."""
 
-    callback_within_min: Annotated[int, Field(ge=1, le=7 * 24 * 60)] = 60
-    rectify_within_days: Annotated[int, Field(ge=1, le=60)] = 3
-    holidays: Annotated[list[Annotated[str, _rule(holiday_problem)]], Field(max_length=1000)] = Field(
-        default_factory=list
-    )
+    callback_within_min: Annotated[int, msgspec.Meta(ge=1, le=7 * 24 * 60)] = 60
+    rectify_within_days: Annotated[int, msgspec.Meta(ge=1, le=60)] = 3
+    holidays: Annotated[list[str], msgspec.Meta(max_length=1000)] = msgspec.field(default_factory=list)
+
+    @classmethod
+    def rule_problems(cls, values: Mapping[str, Any]) -> RuleProblems:
+        """Each holiday is a date."""
+        yield from _check_each(values, "holidays", holiday_problem)
 
 
-class DeviceSection(_Section):
+class DeviceSection(_Section, frozen=True):
     """One `[[device]]`."""
 
-    id: Annotated[str, Field(pattern=_ID_PATTERN)]
-    kind: Annotated[str, _rule(kind_problem)]
+    id: Annotated[str, msgspec.Meta(pattern=_ID_PATTERN)]
+    kind: str
     transport: Transport
     port: str | None = None
-    baud: Annotated[int, Field(ge=300, le=4_000_000)] | None = None
-    address: Annotated[int, Field(ge=1, le=254)] | None = None
-    window: Annotated[str, Field(pattern=_WINDOW_PATTERN)] | None = None
+    baud: Annotated[int, msgspec.Meta(ge=300, le=4_000_000)] | None = None
+    address: Annotated[int, msgspec.Meta(ge=1, le=254)] | None = None
+    window: Annotated[str, msgspec.Meta(pattern=_WINDOW_PATTERN)] | None = None
     source: str | None = None
-    fps: Annotated[float, Field(gt=0, le=60)] | None = None
+    fps: Annotated[float, msgspec.Meta(gt=0, le=60)] | None = None
     decoder: Literal["zxing", "pyzbar"] | None = None
     terminator: Literal["cr", "lf", "crlf", "any"] | None = None
     encoding: Literal["auto", "utf-8", "gbk"] | None = None
     reader: str | None = None
+
+    @classmethod
+    def rule_problems(cls, values: Mapping[str, Any]) -> RuleProblems:
+        """The kind is one of the driver registry's."""
+        yield from _check(values, "kind", kind_problem)
 
 
 MAX_QR_BASE_URL_CHARS: Final = 200
@@ -372,48 +415,54 @@ def qr_base_url_problem(url: str) -> str | None:
     return None
 
 
-class QrEvaluationSection(_Section):
+class QrEvaluationSection(_Section, frozen=True):
     """`[qr_evaluation]` (§13): single-use rating links that citizens open on their own phones."""
 
     enabled: bool = False
-    base_url: Annotated[str, Field(max_length=MAX_QR_BASE_URL_CHARS, validate_default=True)] = ""
-    ttl_s: Annotated[int, Field(ge=60, le=86_400)] = 1800
+    base_url: Annotated[str, msgspec.Meta(max_length=MAX_QR_BASE_URL_CHARS)] = ""
+    ttl_s: Annotated[int, msgspec.Meta(ge=60, le=86_400)] = 1800
     # extension: submissions per minute from one client address (a hall behind one NAT: raise it)
-    submissions_per_minute: Annotated[int, Field(ge=1, le=600)] = 10
+    submissions_per_minute: Annotated[int, msgspec.Meta(ge=1, le=600)] = 10
 
-    @field_validator("base_url")
     @classmethod
-    def _base_url_usable(cls, url: str, info: ValidationInfo) -> str:
-        """Required once enabled; then a URL phones can open, kept without a trailing `/`."""
-        if not url:
-            if info.data.get("enabled"):
-                raise ValueError(
+    def rule_problems(cls, values: Mapping[str, Any]) -> RuleProblems:
+        """`base_url` is required once enabled, and then a URL that phones can open."""
+        if values.get("base_url") == "" and values.get("enabled"):
+            yield (
+                "base_url",
+                (
                     "required when enabled: the address phones on the hall network use to reach this hub, "
                     'such as "http://10.1.2.3:8780"'
-                )
-            return url
-        problem = qr_base_url_problem(url)
-        if problem is not None:
-            raise ValueError(problem)
-        return url.rstrip("/")
+                ),
+            )
+        elif values.get("base_url"):
+            yield from _check(values, "base_url", qr_base_url_problem)
+
+    def __post_init__(self) -> None:
+        """Checks the rules, then keeps `base_url` without a trailing `/` (links add `/r/<token>`)."""
+        super().__post_init__()
+        msgspec.structs.force_setattr(self, "base_url", self.base_url.rstrip("/"))
 
 
-class HubConfig(_Section):
-    """The whole node config. Build it with `load_config`, which reports errors precisely."""
+class HubConfig(_Section, frozen=True, dict=True):
+    """The whole node config. Build it with `load_config`, which reports errors precisely.
+
+    `dict=True` gives instances the `__dict__` that `functools.cached_property` stores into.
+    """
 
     node: NodeSection
-    broker: BrokerSection = Field(default_factory=BrokerSection)
-    api: ApiSection = Field(default_factory=ApiSection)
-    central: CentralSection = Field(default_factory=CentralSection)
-    evaluation: EvaluationSection = Field(default_factory=EvaluationSection)
-    outbox: OutboxSection = Field(default_factory=OutboxSection)
-    alerts: AlertsSection = Field(default_factory=AlertsSection)
-    privacy: PrivacySection = Field(default_factory=PrivacySection)
-    limits: LimitsSection = Field(default_factory=LimitsSection)
-    national: NationalSection = Field(default_factory=NationalSection)
-    followup: FollowupSection = Field(default_factory=FollowupSection)
-    device: list[DeviceSection] = Field(default_factory=list)
-    qr_evaluation: QrEvaluationSection = Field(default_factory=QrEvaluationSection)
+    broker: BrokerSection = msgspec.field(default_factory=BrokerSection)
+    api: ApiSection = msgspec.field(default_factory=ApiSection)
+    central: CentralSection = msgspec.field(default_factory=CentralSection)
+    evaluation: EvaluationSection = msgspec.field(default_factory=EvaluationSection)
+    outbox: OutboxSection = msgspec.field(default_factory=OutboxSection)
+    alerts: AlertsSection = msgspec.field(default_factory=AlertsSection)
+    privacy: PrivacySection = msgspec.field(default_factory=PrivacySection)
+    limits: LimitsSection = msgspec.field(default_factory=LimitsSection)
+    national: NationalSection = msgspec.field(default_factory=NationalSection)
+    followup: FollowupSection = msgspec.field(default_factory=FollowupSection)
+    device: list[DeviceSection] = msgspec.field(default_factory=list)
+    qr_evaluation: QrEvaluationSection = msgspec.field(default_factory=QrEvaluationSection)
 
     @functools.cached_property
     def devices_by_id(self) -> dict[str, DeviceSection]:
@@ -466,32 +515,133 @@ def split_host_port(text: str) -> tuple[str, int]:
     return host, int(port_text)
 
 
-def _describe(error: ErrorDetails, fields: Sequence[str]) -> str:
-    """A config error sentence; unknown keys list what is allowed in that table."""
-    if error["type"] == "extra_forbidden":
-        return f"unknown key (allowed here: {', '.join(fields)})"
-    if error["type"] == "string_type":
-        return f"expected text in quotes, got {error.get('input')!r}"
-    if error["type"] in {"dict_type", "model_type", "model_attributes_type"}:
-        return "expected a table ([name] or name = { ... })"
-    if error["type"] == "list_type":
-        return "expected an array of tables ([[name]])"
-    return describe(error)
-
-
-def _fields_at(loc: Sequence[int | str]) -> list[str]:
-    """The keys allowed in the table an error points into (for "unknown key" messages)."""
-    model: type[BaseModel] = HubConfig
-    for part in loc[:-1]:
-        if isinstance(part, int):
+def _table_problems(table: object, section: type[_Section], prefix: str) -> list[ConfigProblem]:
+    """Every problem of one table (`prefix` names it), key by key in the section's order: each value
+    checked on its own, tables and arrays of tables walked into, the section's rules applied to the
+    valid values; then unknown keys. Only for a refused config, as msgspec stops at the first."""
+    if not isinstance(table, dict):
+        try:
+            msgspec.convert(table, section, strict=True)
+        except msgspec.ValidationError as exc:
+            return [_worded(explain(str(exc), table, prefix, section), section)]
+        return []
+    fields = msgspec.structs.fields(section)
+    by_field: dict[str, list[ConfigProblem]] = {info.name: [] for info in fields}
+    values: dict[str, Any] = {}
+    for info in fields:
+        path = _key(prefix, info.encode_name)
+        found = by_field[info.name]
+        if info.encode_name not in table:
+            if info.required:
+                found.append(ConfigProblem(path, "is required but missing"))
+            else:
+                values[info.name] = (
+                    info.default if info.default_factory is msgspec.NODEFAULT else info.default_factory()
+                )
             continue
-        annotation = model.model_fields[part].annotation if part in model.model_fields else None
-        inner = getattr(annotation, "__args__", (annotation,))
-        candidates = [a for a in inner if isinstance(a, type) and issubclass(a, BaseModel)]
-        if not candidates:
-            return []
-        model = candidates[0]
-    return list(model.model_fields)
+        value = table[info.encode_name]
+        inner = _section_in(info.type)
+        each = _section_in(get_args(info.type)[0]) if get_origin(info.type) is list else None
+        if inner is not None and isinstance(value, dict):
+            found += _table_problems(value, inner, path)
+        elif each is not None and isinstance(value, list):
+            for index, item in enumerate(value):
+                found += _table_problems(item, each, f"{path}[{index}]")
+        else:
+            try:
+                values[info.name] = msgspec.convert(value, info.type, strict=True)
+            except msgspec.ValidationError as exc:
+                refused, kept = _value_problems(value, info.type, path, exc)
+                found += refused
+                if kept is not _REFUSED:
+                    values[info.name] = kept
+    checked: set[str] = set()
+    for key, message in section.rule_problems(values):
+        name = key.partition(".")[0].partition("[")[0]
+        by_field[name].append(ConfigProblem(_key(prefix, key), message))
+        checked.add(name)
+    for name in checked:
+        by_field[name].sort(key=functools.partial(_entry_order, _key(prefix, name), table.get(name)))
+    names = [info.encode_name for info in fields]
+    unknown = [
+        ConfigProblem(_key(prefix, str(key)), f"unknown key (allowed here: {', '.join(names)})")
+        for key in table
+        if key not in names
+    ]
+    return [problem for found in by_field.values() for problem in found] + unknown
+
+
+_REFUSED: Final = object()
+"""An entry refused for its type, kept in its place (`holidays[3]` stays the fourth) but skipped by
+the rules; also stands for a value none of which the rules may check."""
+
+
+def _entry_order(path: str, value: object, problem: ConfigProblem) -> int:
+    """Where the entry that `problem` names comes in `value`, the table or array at `path` (-1 for the
+    value as a whole), so that a key's problems are listed in the order of the file."""
+    entry = problem.key.removeprefix(path)
+    if isinstance(value, list) and entry.startswith("[") and entry.endswith("]"):
+        return int(entry[1:-1])
+    if isinstance(value, dict) and entry.startswith("."):
+        return list(value).index(entry[1:]) if entry[1:] in value else -1
+    return -1
+
+
+def _key(prefix: str, name: str) -> str:
+    """The key path of `name` within the table at `prefix` (`node` + `id` -> `node.id`)."""
+    return f"{prefix}.{name}" if prefix else name
+
+
+def _section_in(annotation: Any) -> type[_Section] | None:
+    """`annotation` if it is a section type (a table of its own), else None."""
+    if isinstance(annotation, type) and issubclass(annotation, _Section):
+        return annotation
+    return None
+
+
+def _value_problems(
+    value: object, annotation: Any, path: str, exc: msgspec.ValidationError
+) -> tuple[list[ConfigProblem], object]:
+    """The problems of a value refused for its key, and what the section's rules may still check of
+    it. In a table (`pf`) or array (`holidays`) of values each refused entry is named by its own key
+    or index (msgspec names no table key), and the others are kept for the rules."""
+    bare = get_args(annotation)[0] if get_origin(annotation) is Annotated else annotation
+    entries: list[tuple[str, object]]
+    if isinstance(value, dict) and get_origin(bare) is dict:
+        entries, entry_type = [(f"{path}.{key}", entry) for key, entry in value.items()], get_args(bare)[1]
+    elif isinstance(value, list) and get_origin(bare) is list:
+        entries, entry_type = [(f"{path}[{i}]", entry) for i, entry in enumerate(value)], get_args(bare)[0]
+    else:
+        entries, entry_type = [], None
+    problems: list[ConfigProblem] = []
+    kept: list[object] = []
+    for entry_path, entry in entries:
+        try:
+            kept.append(msgspec.convert(entry, entry_type, strict=True))
+        except msgspec.ValidationError as entry_exc:
+            problems.append(_worded(explain(str(entry_exc), entry, entry_path, entry_type), entry_type))
+            kept.append(_REFUSED)
+    if not problems:  # not an entry but the whole value (or its number of entries) is refused
+        return [_worded(explain(str(exc), value, path, annotation), annotation)], _REFUSED
+    return problems, dict(zip(value, kept, strict=True)) if isinstance(value, dict) else kept
+
+
+def _worded(problem: Problem, annotation: Any) -> ConfigProblem:
+    """`explain`'s sentence, in a config file's words: text "in quotes", tables and arrays of tables,
+    and the allowed values of a key given a value of the wrong type."""
+    message = problem.message
+    if problem.kind == "type":
+        got = _shown(problem.value)
+        allowed = choices(annotation)
+        if allowed:
+            message = f"expected one of {_one_of(allowed)}, got {got}"
+        elif problem.want == "str":
+            message = f"expected text in quotes, got {got}"
+        elif problem.want == "object":
+            message = "expected a table ([name] or name = { ... })"
+        elif problem.want == "array":
+            message = "expected an array of tables ([[name]])"
+    return ConfigProblem(problem.path, message)
 
 
 def _cross_checks(config: HubConfig) -> list[ConfigProblem]:
@@ -673,12 +823,9 @@ def central_url_problem(url: str) -> str | None:
 def parse_config(raw: dict[str, Any], path: Path | str = "<config>") -> HubConfig:
     """Validate a parsed TOML document; raise ConfigError listing every problem."""
     try:
-        config = HubConfig.model_validate(raw)
-    except ValidationError as exc:
-        problems = [
-            ConfigProblem(key_path(err["loc"]), _describe(err, _fields_at(err["loc"])))
-            for err in exc.errors(include_url=False)
-        ]
+        config = msgspec.convert(raw, HubConfig, strict=True)
+    except msgspec.ValidationError as exc:
+        problems = _table_problems(raw, HubConfig, "") or [_worded(explain(str(exc), raw), HubConfig)]
         raise ConfigError(path, problems) from None
     problems = _cross_checks(config)
     if problems:

@@ -30,7 +30,7 @@ from types import MappingProxyType
 from typing import Any, Final, Literal
 from zoneinfo import ZoneInfo
 
-from contract.wire import RecordError, evaluation_data, parse_timestamp, validate_record
+from contract.wire import RecordError, parse_timestamp, validate_record
 from hub.config import (
     DEFAULT_PF,
     DEFAULT_TIMEZONE,
@@ -138,10 +138,10 @@ def to_national(record: Mapping[str, Any], options: NationalOptions, assess_numb
         checked = validate_record(record)
         if checked.kind != "evaluation":
             raise NationalMappingError(f"only evaluation records map, got kind {checked.kind!r}")
-        data = evaluation_data(checked)
     except RecordError as exc:
         raise NationalMappingError(f"not a valid record: {exc.message}") from None
-    return _map(checked.id, parse_timestamp(checked.created_at), data.model_dump(), options, assess_number)
+    # `validate_record` checked `data` as `EvaluationData`; the dict keeps extras such as `user_prop`.
+    return _map(checked.id, parse_timestamp(checked.created_at), checked.data, options, assess_number)
 
 
 def national_for_new_evaluation(

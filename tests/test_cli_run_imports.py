@@ -74,7 +74,7 @@ def modules_loaded_by_run(tmp_path: Path, devices: list[dict[str, Any]], **secti
     )
     assert result.returncode == 0, result.stderr
     loaded = set(json.loads(result.stdout.strip().splitlines()[-1]))
-    assert {"hub.app", "hub.ingest.gateway", "hub.ingest.driver_host", "aiohttp.web", "pydantic"} <= loaded
+    assert {"hub.app", "hub.ingest.gateway", "hub.ingest.driver_host", "aiohttp.web", "msgspec"} <= loaded
     return loaded
 
 
@@ -84,6 +84,9 @@ def test_run_with_only_mqtt_devices_loads_no_heavy_optional_module(tmp_path: Pat
     heavy = (*CARD_AND_SERIAL, *OTHER_COMMANDS, *DRIVERS, "sync.uplink", "cv2", "numpy")
     assert sorted(loaded & set(heavy)) == []
     assert "rich.table" not in loaded
+    assert sorted(m for m in loaded if m.split(".")[0] in ("pydantic", "pydantic_core")) == [], (
+        "the hub validates with msgspec: pydantic would cost ~11 MB of an idle hub"
+    )
 
 
 def test_run_loads_the_drivers_and_crypto_its_devices_need(tmp_path: Path) -> None:

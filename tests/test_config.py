@@ -50,6 +50,14 @@ BROKEN = [
         ["node.hall_code: expected a 6-digit administrative division code such as \"370102\", got '3701'"],
     ),
     (
+        # msgspec matches patterns with `re.search`, where `$` lets a final newline through
+        "hall code with a final newline",
+        '[node]\nid = "n1"\nhall_code = "370102\\n"\n',
+        [
+            "node.hall_code: expected a 6-digit administrative division code such as \"370102\", got '370102\\n'"
+        ],
+    ),
+    (
         "unknown key",
         GOOD_NODE + '[broker]\nhots = "x"\n',
         [

@@ -31,7 +31,7 @@ def window_and_alert_routes(sessions: SessionManager, alerts: AlertBook) -> list
         except PayloadError as exc:
             return json_error(400, exc.message)
         update = await sessions.request(window, evaluate_request)
-        return web.json_response(update.model_dump(exclude_none=True), status=200)
+        return web.json_response(update.as_dict(drop_none=True), status=200)
 
     async def ack_alert(request: web.Request) -> web.Response:
         alert_id = request.match_info["alert_id"]

@@ -15,6 +15,8 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
+import msgspec
+
 from contract.mqtt import EvaluateRequest, SessionUpdate, StaffEvent, WindowState
 from drivers.base import CitizenIdentity
 from hub.config import DeviceSection, HubConfig
@@ -123,8 +125,8 @@ def _credited(request: EvaluateRequest, staffed: WindowState | None) -> Evaluate
     window (§12), so the rating is credited to them and their name is prompted."""
     if request.staff_id is not None or staffed is None or staffed.staff_id is None:
         return request
-    return request.model_copy(
-        update={"staff_id": staffed.staff_id, "staff_name": request.staff_name or staffed.staff_name}
+    return msgspec.structs.replace(
+        request, staff_id=staffed.staff_id, staff_name=request.staff_name or staffed.staff_name
     )
 
 

@@ -57,10 +57,10 @@ class StaffAnswer:
         """The HTTP answer: the window's state, or `{"error", "request_id"}` with the window's
         state as `window_state` when it has one (a refusal by the rules)."""
         if self.error is None and self.state is not None:
-            return self.state.model_dump()
+            return self.state.as_dict()
         body: dict[str, object] = {"error": self.error, "request_id": self.request_id}
         if self.state is not None:
-            body["window_state"] = self.state.model_dump(exclude={"request_id"})
+            body["window_state"] = self.state.shown()
         return body
 
 
@@ -125,7 +125,7 @@ class WindowBook:
             state = None
             if raw is not None:
                 try:
-                    state = WindowState.model_validate_json(raw)
+                    state = WindowState.decode(raw)
                 except ValueError:
                     log.warning(
                         "windows: the stored state of window %s is unreadable; it starts closed", window
@@ -140,7 +140,7 @@ class WindowBook:
 
     def status(self) -> list[dict[str, object]]:
         """Every window's state for /v1/status (staff names are shown; status is not a record)."""
-        return [self._states[w].model_dump(exclude={"request_id"}) for w in self.windows if w in self._states]
+        return [self._states[w].shown() for w in self.windows if w in self._states]
 
     async def publish_all(self) -> None:
         """Publish every window's state retained (on each connection to the broker)."""
@@ -201,7 +201,7 @@ class WindowBook:
             result = await self.outbox.store(
                 [record],
                 DedupKey(DEDUP_PREFIX + window, event.request_id),
-                kv={KV_PREFIX + window: new.model_dump_json()},
+                kv={KV_PREFIX + window: new.encode().decode()},
             )
             if isinstance(result, Duplicate):
                 return current, False

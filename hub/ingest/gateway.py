@@ -590,7 +590,7 @@ class MqttGateway:
         except PayloadError as exc:
             await self._error(device.id, topic, exc.reason, exc.message)
             return
-        report = health.model_dump(exclude_none=True)
+        report = health.as_dict(drop_none=True)
         if self._last_health.get(device.id) == report:
             return
         self._last_health[device.id] = report

@@ -134,21 +134,20 @@ class SimulatedMqttDevice:
         async for message in client.messages:
             leaf = str(message.topic).rsplit("/", 1)[-1]
             payload = message.payload if isinstance(message.payload, bytes) else b""
-            body = json.loads(payload)
             if leaf == "ack":
-                ack = AckPayload.model_validate(body)
+                ack = AckPayload.decode(payload)
                 remember(self.log.acks, ack)
                 future = self._pending.get(ack.msg_id)
                 if future is not None and not future.done():
                     future.set_result(ack)
             elif leaf == "cmd":
-                command = CmdPayload.model_validate(body)
+                command = CmdPayload.decode(payload)
                 remember(self.log.commands, command)
                 self._draw(command)
                 if self.on_command is not None:
                     await self.on_command(command)
             elif leaf == "error":
-                error = ErrorPayload.model_validate(body)
+                error = ErrorPayload.decode(payload)
                 remember(self.log.errors, error)
                 self._errors.put_nowait(error)
 

@@ -174,9 +174,9 @@ class WindowPcSimulator:
             payload = message.payload if isinstance(message.payload, bytes) else b"{}"
             if str(message.topic).endswith("/state"):
                 with contextlib.suppress(ValueError):
-                    state = WindowState.model_validate_json(payload)
+                    state = WindowState.decode(payload)
                     self.window_states[state.window] = state.state
                 continue
-            update = SessionUpdate.model_validate(json.loads(payload))
+            update = SessionUpdate.decode(payload)
             self.states[update.state] += 1
             self.last[str(message.topic).split("/")[-2]] = update

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Final
 
 import aiohttp
+import msgspec
 
 from contract.http import PULL_LIMIT_MAX
 from sync.collector._fetch import Page, PullError, ack, fetch_page
@@ -293,7 +294,7 @@ class Collector:
         problem = self.store.unstorable(entry.record)
         if problem is None:
             return entry
-        return PulledRecord(entry.seq, None, raw=entry.record.model_dump_json(), error=problem)
+        return PulledRecord(entry.seq, None, raw=msgspec.json.encode(entry.record).decode(), error=problem)
 
     def _token(self, node: NodeSpec) -> str:
         try:

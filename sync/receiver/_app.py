@@ -22,6 +22,7 @@ from contract.wire import (
     Rejection,
     WireError,
     decode_batch,
+    encode_answer,
     is_node_id,
 )
 from sync.receiver._metrics import ReceiverMetrics
@@ -247,7 +248,7 @@ class CentralReceiver:
             self._counters.dropped_after_commit += 1
             _log.info("committed, dropping the answer on purpose")
             return _drop(request)
-        return web.json_response(answer.model_dump(mode="json"))
+        return web.Response(body=encode_answer(answer), content_type="application/json")
 
     async def _take_batch(self, request: web.Request) -> BatchAnswer:
         node_id = request.match_info["node_id"]

@@ -14,11 +14,10 @@ from typing import Any
 import aiohttp
 import aiomqtt
 import jsonschema
-import pydantic
 import pytest
 from typer.testing import CliRunner
 
-from contract.mqtt import EvaluateRequest
+from contract.mqtt import EvaluateRequest, PayloadError, parse_device_payload
 from hub.cli.commands import app
 from hub.config import ConfigError, HubConfig, parse_config
 from hub.ingest.intake import Intake
@@ -93,11 +92,11 @@ async def test_renamed_fields_match_the_renamed_schema_in_both_level_orders(
 
 
 def test_user_prop_on_evaluate_requests() -> None:
-    assert EvaluateRequest.model_validate({"request_id": "r1"}).user_prop == 1
-    assert EvaluateRequest.model_validate({"request_id": "r1", "user_prop": 2}).user_prop == 2
+    assert parse_device_payload(EvaluateRequest, {"request_id": "r1"}).user_prop == 1
+    assert parse_device_payload(EvaluateRequest, {"request_id": "r1", "user_prop": 2}).user_prop == 2
     for wrong in (0, 3, "2", True, 1.5):
-        with pytest.raises(pydantic.ValidationError, match="user_prop"):
-            EvaluateRequest.model_validate({"request_id": "r1", "user_prop": wrong})
+        with pytest.raises(PayloadError, match="user_prop"):
+            parse_device_payload(EvaluateRequest, {"request_id": "r1", "user_prop": wrong})
 
 
 async def _prompted(port: int, pad: SimulatedMqttDevice, window: str, **request: Any) -> int:

@@ -11,6 +11,8 @@ import time
 from collections.abc import Awaitable
 from pathlib import Path
 
+import msgspec
+
 from hub.ops.doctor.access import ServiceUser, service_user
 from hub.ops.doctor.base import CheckContext, DoctorOptions
 from hub.ops.doctor.broker import check_broker
@@ -127,7 +129,7 @@ async def run_doctor(options: DoctorOptions) -> Report:
         else:
             findings += check_disk(ctx)
         if view.valid:
-            report.config = redact(ctx.config.model_dump(mode="json"), text=scrub)
+            report.config = redact(msgspec.to_builtins(ctx.config), text=scrub)
     findings += check_watchdog(options, unit)
     report.findings = [finding.scrubbed(scrub) for finding in findings]
     report.elapsed_s = time.monotonic() - started
