@@ -44,11 +44,13 @@ def rfc3339_problem(value: str) -> str | None:
     try:
         parse_rfc3339(value)
     except ValueError:
-        return f'expected an RFC 3339 time such as "2026-11-22T09:30:00+08:00", got {value!r}'
+        return f'expected an RFC 3339 time such as "2026-11-22T09:30:00+08:00", got {shown(value)}'
     return None
 
 
 class _Payload(msgspec.Struct, frozen=True):
+    """Any §2 payload."""
+
     def as_dict(self, *, drop_none: bool = False) -> dict[str, Any]:
         """The payload as a JSON-ready dict (HTTP answers, reports); without unset fields if `drop_none`."""
         body = msgspec.structs.asdict(self)
@@ -61,6 +63,7 @@ class _Incoming(_Payload, frozen=True):
     _checks: ClassVar[dict[str, Check]] = {}
 
     def __post_init__(self) -> None:
+        """The rules msgspec cannot express, each naming its field when it refuses a value."""
         if self._checks:
             run_checks(self, self._checks)
 

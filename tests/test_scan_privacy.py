@@ -19,7 +19,7 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from contract.mqtt import PayloadError, ScanPayload, parse_device_payload
+from contract.mqtt import PayloadError, RatingPayload, ScanPayload, parse_device_payload
 from drivers.base import CitizenIdentifier
 from drivers.pcsc.ssc import is_valid_id_number
 from drivers.qr.simulator import SimulatedSerialScanner
@@ -206,6 +206,14 @@ def test_a_rejected_value_is_echoed_masked() -> None:
     with pytest.raises(PayloadError) as caught:
         parse_device_payload(ScanPayload, {"msg_id": "m1", "data": int(NUMBER)})
     assert caught.value.message == "data: expected text, got 370102********1238"
+
+
+def test_a_time_that_is_an_id_number_is_echoed_masked() -> None:
+    """A rule's refusal (here the RFC 3339 check of `ts`) echoes the value as masked as a type's."""
+    with pytest.raises(PayloadError) as caught:
+        parse_device_payload(RatingPayload, {"msg_id": "m1", "level": 5, "ts": NUMBER})
+    assert "370102********1238" in caught.value.message
+    assert NUMBER not in caught.value.message
 
 
 # --- end to end ---------------------------------------------------------------------------------
