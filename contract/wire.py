@@ -17,6 +17,7 @@ record is looked at again field by field (`contract.validation.convert`) to word
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import json
 import math
@@ -585,9 +586,8 @@ def _document(body: bytes) -> Any:
     record alone).
     """
     try:
-        return msgspec.json.decode(body)
-    except msgspec.DecodeError:
-        pass
+        with contextlib.suppress(msgspec.DecodeError):  # `json` below says what is wrong
+            return msgspec.json.decode(body)
     except RecursionError:
         raise WireError(400, "body is not acceptable JSON (nested too deeply)") from None
     try:
@@ -707,9 +707,8 @@ def decode_answer(body: bytes | str) -> BatchAnswer:
     Text with a lone surrogate escape is refused as JSON: such an id or reason could not be stored.
     """
     try:
-        return msgspec.json.decode(body, type=BatchAnswer, strict=True)
-    except msgspec.ValidationError:
-        pass
+        with contextlib.suppress(msgspec.ValidationError):  # the field-by-field check below names it
+            return msgspec.json.decode(body, type=BatchAnswer, strict=True)
     except msgspec.DecodeError as exc:
         raise ValueError(f"not a valid batch answer: Invalid JSON ({exc})") from None
     try:
