@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Mapping
 from typing import Annotated, Any, ClassVar, Literal, NoReturn, Self, TypeVar
 
 import msgspec
@@ -18,7 +19,7 @@ from msgspec import Meta
 from contract import jsonbounds
 from contract.records import WINDOW_REGEX, parse_rfc3339
 from contract.topics import Leaf
-from contract.validation import Check, Invalid, Problem, convert, lone_surrogate, run_checks, shown
+from contract.validation import Check, Invalid, Problem, Ruled, convert, lone_surrogate, shown
 
 MAX_PAYLOAD_BYTES = 16 * 1024
 
@@ -48,7 +49,7 @@ def rfc3339_problem(value: str) -> str | None:
     return None
 
 
-class _Payload(msgspec.Struct, frozen=True):
+class _Payload(Ruled, frozen=True):
     """Any §2 payload."""
 
     def as_dict(self, *, drop_none: bool = False) -> dict[str, Any]:
@@ -59,13 +60,6 @@ class _Payload(msgspec.Struct, frozen=True):
 
 class _Incoming(_Payload, frozen=True):
     """A payload a device or window PC sends: unknown fields ignored (newer firmware), rules checked."""
-
-    _checks: ClassVar[dict[str, Check]] = {}
-
-    def __post_init__(self) -> None:
-        """The rules msgspec cannot express, each naming its field when it refuses a value."""
-        if self._checks:
-            run_checks(self, self._checks)
 
 
 class _Outgoing(_Payload, frozen=True, forbid_unknown_fields=True):
@@ -95,7 +89,9 @@ class RatingPayload(_Incoming, frozen=True):
 
     msg_id: MsgId
     level: Annotated[int, Meta(ge=1, le=5)]
-    reasons: Annotated[list[Annotated[str, Meta(min_length=1, max_length=32)]], Meta(max_length=16)] = []
+    reasons: Annotated[list[Annotated[str, Meta(min_length=1, max_length=32)]], Meta(max_length=16)] = (
+        msgspec.field(default_factory=list)
+    )
     comment: Annotated[str, Meta(max_length=500)] | None = None
     case_no: ShortText | None = None
     item_code: ShortText | None = None
@@ -105,7 +101,7 @@ class RatingPayload(_Incoming, frozen=True):
     session: Annotated[int, Meta(ge=0, le=2**32 - 1)] | None = None
     ts: Timestamp | None = None
 
-    _checks: ClassVar[dict[str, Check]] = {"window": window_problem, "ts": rfc3339_problem}
+    _checks: ClassVar[Mapping[str, Check]] = {"window": window_problem, "ts": rfc3339_problem}
 
 
 class ScanPayload(_Incoming, frozen=True):

@@ -12,12 +12,13 @@ and raises `field_problem(name, message)`, which keeps the field's name in the p
 
 from __future__ import annotations
 
+import functools
 import re
 import types
 import typing
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, ClassVar, Final, TypeVar
 
 import msgspec
 
@@ -58,8 +59,9 @@ class Problem:
     """One refused value: where (`device[2].port`), what kind of rule, and the sentence.
 
     `kind` is one of missing, unknown, type, bound, length, pattern, choice, rule, text; `want` is
-    what msgspec expected for a type problem (`int`, `str`, `object`, `array`), for callers that word
-    their own domain (a config says "a table" where a payload says "an object").
+    what msgspec expected for a type problem (`int`, `str`, `object`, `array`), and `allowed` what a
+    key or value may be, for callers that word their own domain (a config says "a table" where a
+    payload says "an object").
     """
 
     path: str
@@ -67,6 +69,8 @@ class Problem:
     message: str
     value: object = None
     want: str = ""
+    allowed: tuple[object, ...] = ()
+    """For an unknown key, the keys allowed there; for a type or choice problem, a Literal's values."""
 
 
 class FieldProblem(ValueError):
@@ -107,10 +111,8 @@ def convert(obj: object, type_: type[_T], *, prefix: str = "") -> _T:
 
 
 def problems(obj: object, type_: Any, exc: msgspec.ValidationError, prefix: str = "") -> list[Problem]:
-    """Every problem of `obj` against `type_`: field by field for a struct, else msgspec's one."""
-    found: list[Problem] = []
-    if isinstance(obj, dict) and _is_struct(type_):
-        found = _struct_problems(obj, type_, prefix)
+    """Every problem of `obj` against `type_`: key by key for a struct, else msgspec's one."""
+    found = _struct_problems(obj, type_, prefix) if _is_struct(type_) else []
     return found or [explain(str(exc), obj, prefix, type_)]
 
 
@@ -118,32 +120,143 @@ def _is_struct(type_: Any) -> bool:
     return isinstance(type_, type) and issubclass(type_, msgspec.Struct)
 
 
-def _struct_problems(obj: dict[Any, Any], type_: type[msgspec.Struct], prefix: str) -> list[Problem]:
-    """Each field converted alone, so that one bad field does not hide the next."""
-    found: list[Problem] = []
+Check = Callable[[Any], "str | None"]
+"""A rule on one value msgspec cannot express: the problem as a sentence, or None when it is fine."""
+
+RuleProblems = Iterator[tuple[str, str]]
+"""(key within a struct, e.g. `ts` or `pf.qr`, and why its value is refused), for each value refused
+by a rule msgspec cannot express. A struct with such rules has a `rule_problems(values)` classmethod
+taking its field values by name; `checks_problems` makes one from per-field checks."""
+
+REFUSED: Final = object()
+"""Stands, among the values handed to `rule_problems`, for a value or entry refused for its type: its
+place is kept (`holidays[3]` stays the fourth) but no rule checks it."""
+
+
+def checks_problems(values: Mapping[str, Any], checks: Mapping[str, Check]) -> RuleProblems:
+    """`rule_problems` for per-field checks: each check on its field's value, when set and not refused."""
+    for name, check in checks.items():
+        value = values.get(name)
+        if value is not None and value is not REFUSED and (problem := check(value)) is not None:
+            yield name, problem
+
+
+class Ruled(msgspec.Struct, frozen=True):
+    """A struct with per-field rules msgspec cannot express (`_checks`): applied when it is built,
+    and by `convert` to the values that passed when another field was refused."""
+
+    _checks: ClassVar[Mapping[str, Check]] = {}
+
+    @classmethod
+    def rule_problems(cls, values: Mapping[str, Any]) -> RuleProblems:
+        """What the struct's rules refuse among `values` (field name to value)."""
+        return checks_problems(values, cls._checks)
+
+    def __post_init__(self) -> None:
+        """The rules, the first refusal naming its field."""
+        if self._checks:
+            run_checks(self, self._checks)
+
+
+def _struct_problems(obj: object, type_: type[msgspec.Struct], prefix: str) -> list[Problem]:
+    """Every problem of one struct's object, key by key in the struct's order: each value converted
+    on its own (so one bad value does not hide the next), structs and lists of structs walked into,
+    the struct's rules applied to the values that passed; then unknown keys. Only for a refused
+    value: msgspec stops at the first problem."""
+    if not isinstance(obj, dict):
+        try:
+            msgspec.convert(obj, type_, strict=True)
+        except msgspec.ValidationError as exc:
+            return [explain(str(exc), obj, prefix, type_)]
+        return []
     fields = msgspec.structs.fields(type_)
-    names = {f.encode_name for f in fields}
+    by_field: dict[str, list[Problem]] = {info.name: [] for info in fields}
+    values: dict[str, Any] = {}
     for info in fields:
         path = _join(prefix, info.encode_name)
+        found = by_field[info.name]
         if info.encode_name not in obj:
             if info.required:
                 found.append(Problem(path, "missing", "is required but missing"))
+            else:
+                values[info.name] = (
+                    info.default if info.default_factory is msgspec.NODEFAULT else info.default_factory()
+                )
             continue
         value = obj[info.encode_name]
         try:
-            msgspec.convert(value, info.type, strict=True)
+            values[info.name] = msgspec.convert(value, info.type, strict=True)
         except msgspec.ValidationError as exc:
-            if isinstance(value, dict) and _is_struct(_struct_in(info.type)):
-                found += _struct_problems(value, _struct_in(info.type), path)
-            else:
-                found.append(explain(str(exc), value, path, info.type))
+            refused, kept = _value_problems(value, info.type, path, exc)
+            found += refused
+            if kept is not REFUSED:
+                values[info.name] = kept
+    rule_problems: Callable[[Mapping[str, Any]], RuleProblems] | None = getattr(type_, "rule_problems", None)
+    checked: set[str] = set()
+    for key, message in rule_problems(values) if rule_problems is not None else ():
+        name = key.partition(".")[0].partition("[")[0]
+        by_field[name].append(Problem(_join(prefix, key), "rule", message, _at(obj, "." + key)))
+        checked.add(name)
+    for name in checked:
+        by_field[name].sort(key=functools.partial(_entry_order, _join(prefix, name), obj.get(name)))
+    found = [problem for problems in by_field.values() for problem in problems]
     if type_.__struct_config__.forbid_unknown_fields:
+        names = tuple(info.encode_name for info in fields)
         found += [
-            Problem(_join(prefix, str(key)), "unknown", "is not a field of this object", obj[key])
+            Problem(
+                _join(prefix, str(key)), "unknown", "is not a field of this object", obj[key], allowed=names
+            )
             for key in obj
             if key not in names
         ]
     return found
+
+
+def _value_problems(
+    value: object, annotation: Any, path: str, exc: msgspec.ValidationError
+) -> tuple[list[Problem], object]:
+    """The problems of a value refused for its key, and what the struct's rules may still check of
+    it. A struct, or a list of structs, is walked into. In a table (`pf`) or list (`holidays`) of
+    values each refused entry is named by its own key or index (msgspec names no table key), and the
+    others are kept for the rules."""
+    bare = typing.get_args(annotation)[0] if typing.get_origin(annotation) is typing.Annotated else annotation
+    inner = _struct_in(bare)
+    each = _struct_in(typing.get_args(bare)[0]) if typing.get_origin(bare) is list else None
+    walked: list[Problem] = []
+    if inner is not None and isinstance(value, dict):
+        walked = _struct_problems(value, inner, path)
+    elif each is not None and isinstance(value, list):
+        walked = [p for i, item in enumerate(value) for p in _struct_problems(item, each, f"{path}[{i}]")]
+    if walked or inner is not None or each is not None:  # a struct is not for the rules to check
+        return walked or [explain(str(exc), value, path, annotation)], REFUSED
+    entries: list[tuple[str, object]] = []
+    entry_type: Any = None
+    if isinstance(value, dict) and typing.get_origin(bare) is dict:
+        entries, entry_type = [(f"{path}.{key}", e) for key, e in value.items()], typing.get_args(bare)[1]
+    elif isinstance(value, list) and typing.get_origin(bare) is list:
+        entries, entry_type = [(f"{path}[{i}]", e) for i, e in enumerate(value)], typing.get_args(bare)[0]
+    refused: list[Problem] = []
+    kept: list[object] = []
+    for entry_path, entry in entries:
+        try:
+            kept.append(msgspec.convert(entry, entry_type, strict=True))
+        except msgspec.ValidationError as entry_exc:
+            refused.append(explain(str(entry_exc), entry, entry_path, entry_type))
+            kept.append(REFUSED)
+    if not refused:  # not an entry but the whole value (or its number of entries) is refused
+        return [explain(str(exc), value, path, annotation)], REFUSED
+    return refused, dict(zip(value, kept, strict=True)) if isinstance(value, dict) else kept
+
+
+def _entry_order(path: str, value: object, problem: Problem) -> int:
+    """Where the entry that `problem` names comes in `value`, the table or list at `path` (-1 for the
+    value as a whole), so that a key's problems are listed in the order of the document."""
+    entry = problem.path.removeprefix(path)
+    if isinstance(value, list) and entry.startswith("[") and entry.endswith("]"):
+        return int(entry[1:-1])
+    if isinstance(value, dict) and entry.startswith("."):
+        return list(value).index(entry[1:]) if entry[1:] in value else -1
+    return -1
 
 
 def _struct_in(annotation: Any) -> Any:
@@ -165,7 +278,7 @@ def _flatten(annotation: Any) -> Iterable[Any]:
         yield annotation
 
 
-def choices(annotation: Any) -> tuple[object, ...]:
+def _choices(annotation: Any) -> tuple[object, ...]:
     """The values a `Literal[...]` inside `annotation` allows (empty if there is none)."""
     found: list[object] = []
     for arg in _flatten(annotation):
@@ -192,9 +305,11 @@ def explain(message: str, value: object, prefix: str = "", annotation: Any = Non
         field = m.group("field")
         extra = got_value.get(field) if isinstance(got_value, dict) else None
         return Problem(_join(path, field), "unknown", "is not a field of this object", extra)
+    allowed = _choices(annotation) if not sub else ()
     if m := _EXPECTED_TYPE.match(text):
         want = _main_type(m.group("want"))
-        return Problem(path, "type", f"expected {_TYPE_TEXT.get(want, want)}, got {got}", got_value, want)
+        sentence = f"expected {_TYPE_TEXT.get(want, want)}, got {got}"
+        return Problem(path, "type", sentence, got_value, want, allowed)
     if m := _BOUND.match(text):
         limit, op = _number(m.group("limit")), m.group("op")
         words = {">=": "at least", "<=": "at most", ">": "above", "<": "below"}[op]
@@ -217,14 +332,13 @@ def explain(message: str, value: object, prefix: str = "", annotation: Any = Non
             got_value,
         )
     if _ENUM.match(text):
-        allowed = choices(annotation) if not sub else ()
-        listed = _listed(allowed) if allowed else "the allowed values"
-        return Problem(path, "choice", f"expected one of {listed}, got {got}", got_value)
+        listed = listed_choices(allowed) if allowed else "the allowed values"
+        return Problem(path, "choice", f"expected one of {listed}, got {got}", got_value, allowed=allowed)
     return Problem(path, "text", text, got_value)
 
 
-def _listed(values: Sequence[object]) -> str:
-    """`'a', 'b' or 'c'`: the wording the contract's docs and earlier messages use."""
+def listed_choices(values: Iterable[object]) -> str:
+    """`'a', 'b' or 'c'`: how a message lists the values a key allows."""
     parts = [repr(v) for v in values]
     return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " or " + parts[-1]
 
@@ -317,22 +431,7 @@ def lone_surrogate(value: object, path: str = "") -> Problem | None:
     return None
 
 
-def key_path(loc: Iterable[int | str]) -> str:
-    """`('device', 2, 'port')` → `device[2].port`."""
-    path = ""
-    for part in loc:
-        if isinstance(part, int):
-            path += f"[{part}]"
-        else:
-            path += f".{part}" if path else part
-    return path
-
-
-Check = Callable[[Any], "str | None"]
-"""A rule on one value msgspec cannot express: the problem as a sentence, or None when it is fine."""
-
-
-def run_checks(struct: msgspec.Struct, checks: dict[str, Check]) -> None:
+def run_checks(struct: msgspec.Struct, checks: Mapping[str, Check]) -> None:
     """For `__post_init__`: apply each field's rule to its value when set; raise the first problem."""
     for name, check in checks.items():
         value = getattr(struct, name)

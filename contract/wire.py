@@ -26,7 +26,7 @@ import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Annotated, Any, Final, Literal
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Final, Literal
 
 import msgspec
 from msgspec import Meta, Struct
@@ -44,7 +44,7 @@ from contract.records import (
     new_record_id,
     parse_timestamp,
 )
-from contract.validation import Check, Invalid, Problem, convert, run_checks, shown
+from contract.validation import Check, Invalid, Problem, Ruled, convert, run_checks, shown
 
 __all__ = [
     "BATCH_PATH_TEMPLATE",
@@ -193,11 +193,33 @@ _ENVELOPE_CHECKS: Final[dict[str, Check]] = {
     "sent_at": _wire_time,
 }
 
+_RECORD_CHECKS: Final[dict[str, Check]] = {"id": _record_id_rule, "created_at": _wire_time}
+_EVALUATION_CHECKS: Final[dict[str, Check]] = {
+    "device_id": _node_id_rule,
+    "window": _window_rule,
+    "citizen_ref": _hex_ref_rule,
+    "device_ts": _device_time,
+    "node_id": _node_id_rule,
+    "hall_code": _hall_code_rule,
+}
+_FOLLOWUP_CHECKS: Final[dict[str, Check]] = {
+    "alert_id": _record_id_rule,
+    "evaluation_id": _record_id_rule,
+    "window": _window_rule,
+    "node_id": _node_id_rule,
+    "hall_code": _hall_code_rule,
+}
+_WINDOW_CHECKS: Final[dict[str, Check]] = {
+    "window": _window_rule,
+    "node_id": _node_id_rule,
+    "hall_code": _hall_code_rule,
+}
+
 
 # --- models -----------------------------------------------------------------------------------
 
 
-class Record(Struct, frozen=True, forbid_unknown_fields=True):
+class Record(Ruled, frozen=True, forbid_unknown_fields=True):
     """One record as in CONTRACTS §1. `data` is checked per kind by `validate_record`."""
 
     id: RecordId
@@ -206,17 +228,16 @@ class Record(Struct, frozen=True, forbid_unknown_fields=True):
     created_at: Timestamp
     data: dict[str, Any]
 
+    _checks: ClassVar[Mapping[str, Check]] = _RECORD_CHECKS
+
     def __post_init__(self) -> None:
         """The id's and the time's form. Checked inline (the receiver's per-record path); only a
         failure goes through `run_checks`, which names the field."""
         if _record_id_rule(self.id) or _wire_time(self.created_at):
-            run_checks(self, _RECORD_CHECKS)
+            run_checks(self, self._checks)
 
 
-_RECORD_CHECKS: Final[dict[str, Check]] = {"id": _record_id_rule, "created_at": _wire_time}
-
-
-class EvaluationData(Struct, frozen=True, kw_only=True):
+class EvaluationData(Ruled, frozen=True, kw_only=True):
     """The `data` of an evaluation record (§1). Unknown keys are allowed: §1 grows by optional fields.
 
     This checks `data`; the record's `data` dict keeps every key, extras included. `item_name` is
@@ -225,7 +246,7 @@ class EvaluationData(Struct, frozen=True, kw_only=True):
     """
 
     level: Annotated[int, Meta(ge=1, le=5)]
-    reasons: list[str] = []
+    reasons: list[str] = msgspec.field(default_factory=list)
     comment: Comment | None = None
     channel: ChannelName
     device_id: NodeId
@@ -241,7 +262,9 @@ class EvaluationData(Struct, frozen=True, kw_only=True):
     """The device's own clock: any RFC 3339 time with an offset."""
     node_id: NodeId
     hall_code: HallCode
-    flags: list[str] = []
+    flags: list[str] = msgspec.field(default_factory=list)
+
+    _checks: ClassVar[Mapping[str, Check]] = _EVALUATION_CHECKS
 
     def __post_init__(self) -> None:
         """Identifier forms and the device's time, as `_EVALUATION_CHECKS` lists them. Checked inline
@@ -254,20 +277,10 @@ class EvaluationData(Struct, frozen=True, kw_only=True):
             or _node_id_rule(self.node_id)
             or _hall_code_rule(self.hall_code)
         ):
-            run_checks(self, _EVALUATION_CHECKS)
+            run_checks(self, self._checks)
 
 
-_EVALUATION_CHECKS: Final[dict[str, Check]] = {
-    "device_id": _node_id_rule,
-    "window": _window_rule,
-    "citizen_ref": _hex_ref_rule,
-    "device_ts": _device_time,
-    "node_id": _node_id_rule,
-    "hall_code": _hall_code_rule,
-}
-
-
-class FollowupData(Struct, frozen=True, kw_only=True):
+class FollowupData(Ruled, frozen=True, kw_only=True):
     """The `data` of a `followup` record (§11): one step of a bad review's callback and rectification."""
 
     alert_id: RecordId
@@ -284,21 +297,10 @@ class FollowupData(Struct, frozen=True, kw_only=True):
     node_id: NodeId
     hall_code: HallCode
 
-    def __post_init__(self) -> None:
-        """Identifier forms."""
-        run_checks(self, _FOLLOWUP_CHECKS)
+    _checks: ClassVar[Mapping[str, Check]] = _FOLLOWUP_CHECKS
 
 
-_FOLLOWUP_CHECKS: Final[dict[str, Check]] = {
-    "alert_id": _record_id_rule,
-    "evaluation_id": _record_id_rule,
-    "window": _window_rule,
-    "node_id": _node_id_rule,
-    "hall_code": _hall_code_rule,
-}
-
-
-class WindowData(Struct, frozen=True, kw_only=True):
+class WindowData(Ruled, frozen=True, kw_only=True):
     """The `data` of a `window` record (§12): who serves at a window. Never the staff name."""
 
     window: WindowId
@@ -308,16 +310,8 @@ class WindowData(Struct, frozen=True, kw_only=True):
     node_id: NodeId
     hall_code: HallCode
 
-    def __post_init__(self) -> None:
-        """Identifier forms."""
-        run_checks(self, _WINDOW_CHECKS)
+    _checks: ClassVar[Mapping[str, Check]] = _WINDOW_CHECKS
 
-
-_WINDOW_CHECKS: Final[dict[str, Check]] = {
-    "window": _window_rule,
-    "node_id": _node_id_rule,
-    "hall_code": _hall_code_rule,
-}
 
 DATA_MODELS: Final[dict[str, type[Struct]]] = {"followup": FollowupData, "window": WindowData}
 """The schema of `data` for the kinds checked beyond the envelope (evaluations: `evaluation_data`)."""
@@ -325,7 +319,7 @@ DATA_MODELS: Final[dict[str, type[Struct]]] = {"followup": FollowupData, "window
 _DATA_CHECKS: Final[dict[str, type[Struct]]] = {"evaluation": EvaluationData, **DATA_MODELS}
 
 
-class Batch(Struct, frozen=True, forbid_unknown_fields=True):
+class Batch(Ruled, frozen=True, forbid_unknown_fields=True):
     """The body of one uplink POST (§6). Records go alerts first, then oldest first."""
 
     node_id: NodeId
@@ -333,12 +327,10 @@ class Batch(Struct, frozen=True, forbid_unknown_fields=True):
     sent_at: Timestamp
     records: Annotated[list[Record], Meta(min_length=1, max_length=MAX_BATCH_RECORDS)]
 
-    def __post_init__(self) -> None:
-        """The envelope's identifier and time forms."""
-        run_checks(self, _ENVELOPE_CHECKS)
+    _checks: ClassVar[Mapping[str, Check]] = _ENVELOPE_CHECKS
 
 
-class _Envelope(Struct, frozen=True, forbid_unknown_fields=True):
+class _Envelope(Ruled, frozen=True, forbid_unknown_fields=True):
     """A batch with its records still raw, so that each record is judged on its own."""
 
     node_id: NodeId
@@ -346,9 +338,7 @@ class _Envelope(Struct, frozen=True, forbid_unknown_fields=True):
     sent_at: Timestamp
     records: Annotated[list[Any], Meta(min_length=1)]
 
-    def __post_init__(self) -> None:
-        """The envelope's identifier and time forms."""
-        run_checks(self, _ENVELOPE_CHECKS)
+    _checks: ClassVar[Mapping[str, Check]] = _ENVELOPE_CHECKS
 
 
 class Rejection(Struct, frozen=True):

@@ -16,19 +16,19 @@ import functools
 import ipaddress
 import re
 import tomllib
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 from types import MappingProxyType
-from typing import Annotated, Any, Final, Literal, get_args, get_origin
+from typing import Annotated, Any, Final, Literal
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import msgspec
 
 from contract.records import HALL_CODE_REGEX, ID_REGEX, WINDOW_REGEX
-from contract.validation import Problem, choices, explain, field_problem
+from contract.validation import REFUSED, Problem, RuleProblems, field_problem, listed_choices, problems
 from drivers.registry import KINDS, missing_extra
 from hub.privacy.redact import redact_url
 
@@ -51,13 +51,7 @@ def kind_problem(kind: str) -> str | None:
     """Why `kind` is not a device kind of the registry, or None."""
     if kind in KINDS:
         return None
-    return f"expected one of {_one_of(KINDS)}, got {kind!r}"
-
-
-def _one_of(values: Iterable[object]) -> str:
-    """`'a', 'b' or 'c'`: the values a key allows, as its error message lists them."""
-    names = [repr(value) for value in values]
-    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"
+    return f"expected one of {listed_choices(KINDS)}, got {kind!r}"
 
 
 # -- the national record's values (CONTRACTS §6a), shared with sync.national ---------------------
@@ -103,7 +97,8 @@ DEFAULT_CASE_HISTORY_DAYS: Final = 400
 
 
 def _shown(value: object) -> str:
-    """A value as an error message quotes it (shortened: a message is one line)."""
+    """A value as a config error quotes it, lists and tables as written (`contract.validation.shown`
+    says "a list" for a payload's), shortened: a message is one line."""
     text = repr(value)
     return text if len(text) <= 40 else text[:37] + "..."
 
@@ -187,10 +182,6 @@ def national_fields_problems(fields: Mapping[str, object]) -> list[tuple[str, st
     return problems
 
 
-RuleProblems = Iterator[tuple[str, str]]
-"""(key within the section, e.g. `pf.qr`, and why its value is refused) for each value a rule refuses."""
-
-
 def _check(values: Mapping[str, Any], name: str, problem_of: Callable[[Any], str | None]) -> RuleProblems:
     """The problem `problem_of` finds in the value of `name`, if it is given."""
     if name in values and (problem := problem_of(values[name])) is not None:
@@ -211,7 +202,7 @@ def _check_each(
     else:
         return
     for key, item in entries:
-        if item is not _REFUSED and (problem := problem_of(item)) is not None:
+        if item is not REFUSED and (problem := problem_of(item)) is not None:
             yield key, problem
 
 
@@ -515,126 +506,16 @@ def split_host_port(text: str) -> tuple[str, int]:
     return host, int(port_text)
 
 
-def _table_problems(table: object, section: type[_Section], prefix: str) -> list[ConfigProblem]:
-    """Every problem of one table (`prefix` names it), key by key in the section's order: each value
-    checked on its own, tables and arrays of tables walked into, the section's rules applied to the
-    valid values; then unknown keys. Only for a refused config, as msgspec stops at the first."""
-    if not isinstance(table, dict):
-        try:
-            msgspec.convert(table, section, strict=True)
-        except msgspec.ValidationError as exc:
-            return [_worded(explain(str(exc), table, prefix, section), section)]
-        return []
-    fields = msgspec.structs.fields(section)
-    by_field: dict[str, list[ConfigProblem]] = {info.name: [] for info in fields}
-    values: dict[str, Any] = {}
-    for info in fields:
-        path = _key(prefix, info.encode_name)
-        found = by_field[info.name]
-        if info.encode_name not in table:
-            if info.required:
-                found.append(ConfigProblem(path, "is required but missing"))
-            else:
-                values[info.name] = (
-                    info.default if info.default_factory is msgspec.NODEFAULT else info.default_factory()
-                )
-            continue
-        value = table[info.encode_name]
-        inner = _section_in(info.type)
-        each = _section_in(get_args(info.type)[0]) if get_origin(info.type) is list else None
-        if inner is not None and isinstance(value, dict):
-            found += _table_problems(value, inner, path)
-        elif each is not None and isinstance(value, list):
-            for index, item in enumerate(value):
-                found += _table_problems(item, each, f"{path}[{index}]")
-        else:
-            try:
-                values[info.name] = msgspec.convert(value, info.type, strict=True)
-            except msgspec.ValidationError as exc:
-                refused, kept = _value_problems(value, info.type, path, exc)
-                found += refused
-                if kept is not _REFUSED:
-                    values[info.name] = kept
-    checked: set[str] = set()
-    for key, message in section.rule_problems(values):
-        name = key.partition(".")[0].partition("[")[0]
-        by_field[name].append(ConfigProblem(_key(prefix, key), message))
-        checked.add(name)
-    for name in checked:
-        by_field[name].sort(key=functools.partial(_entry_order, _key(prefix, name), table.get(name)))
-    names = [info.encode_name for info in fields]
-    unknown = [
-        ConfigProblem(_key(prefix, str(key)), f"unknown key (allowed here: {', '.join(names)})")
-        for key in table
-        if key not in names
-    ]
-    return [problem for found in by_field.values() for problem in found] + unknown
-
-
-_REFUSED: Final = object()
-"""An entry refused for its type, kept in its place (`holidays[3]` stays the fourth) but skipped by
-the rules; also stands for a value none of which the rules may check."""
-
-
-def _entry_order(path: str, value: object, problem: ConfigProblem) -> int:
-    """Where the entry that `problem` names comes in `value`, the table or array at `path` (-1 for the
-    value as a whole), so that a key's problems are listed in the order of the file."""
-    entry = problem.key.removeprefix(path)
-    if isinstance(value, list) and entry.startswith("[") and entry.endswith("]"):
-        return int(entry[1:-1])
-    if isinstance(value, dict) and entry.startswith("."):
-        return list(value).index(entry[1:]) if entry[1:] in value else -1
-    return -1
-
-
-def _key(prefix: str, name: str) -> str:
-    """The key path of `name` within the table at `prefix` (`node` + `id` -> `node.id`)."""
-    return f"{prefix}.{name}" if prefix else name
-
-
-def _section_in(annotation: Any) -> type[_Section] | None:
-    """`annotation` if it is a section type (a table of its own), else None."""
-    if isinstance(annotation, type) and issubclass(annotation, _Section):
-        return annotation
-    return None
-
-
-def _value_problems(
-    value: object, annotation: Any, path: str, exc: msgspec.ValidationError
-) -> tuple[list[ConfigProblem], object]:
-    """The problems of a value refused for its key, and what the section's rules may still check of
-    it. In a table (`pf`) or array (`holidays`) of values each refused entry is named by its own key
-    or index (msgspec names no table key), and the others are kept for the rules."""
-    bare = get_args(annotation)[0] if get_origin(annotation) is Annotated else annotation
-    entries: list[tuple[str, object]]
-    if isinstance(value, dict) and get_origin(bare) is dict:
-        entries, entry_type = [(f"{path}.{key}", entry) for key, entry in value.items()], get_args(bare)[1]
-    elif isinstance(value, list) and get_origin(bare) is list:
-        entries, entry_type = [(f"{path}[{i}]", entry) for i, entry in enumerate(value)], get_args(bare)[0]
-    else:
-        entries, entry_type = [], None
-    problems: list[ConfigProblem] = []
-    kept: list[object] = []
-    for entry_path, entry in entries:
-        try:
-            kept.append(msgspec.convert(entry, entry_type, strict=True))
-        except msgspec.ValidationError as entry_exc:
-            problems.append(_worded(explain(str(entry_exc), entry, entry_path, entry_type), entry_type))
-            kept.append(_REFUSED)
-    if not problems:  # not an entry but the whole value (or its number of entries) is refused
-        return [_worded(explain(str(exc), value, path, annotation), annotation)], _REFUSED
-    return problems, dict(zip(value, kept, strict=True)) if isinstance(value, dict) else kept
-
-
-def _worded(problem: Problem, annotation: Any) -> ConfigProblem:
-    """`explain`'s sentence, in a config file's words: text "in quotes", tables and arrays of tables,
-    and the allowed values of a key given a value of the wrong type."""
+def _worded(problem: Problem) -> ConfigProblem:
+    """A problem in a config file's words: unknown keys with the keys allowed there, text "in
+    quotes", tables and arrays of tables, and the allowed values of a key given a wrong type."""
     message = problem.message
-    if problem.kind == "type":
+    if problem.kind == "unknown":
+        message = f"unknown key (allowed here: {', '.join(map(str, problem.allowed))})"
+    elif problem.kind == "type":
         got = _shown(problem.value)
-        allowed = choices(annotation)
-        if allowed:
-            message = f"expected one of {_one_of(allowed)}, got {got}"
+        if problem.allowed:
+            message = f"expected one of {listed_choices(problem.allowed)}, got {got}"
         elif problem.want == "str":
             message = f"expected text in quotes, got {got}"
         elif problem.want == "object":
@@ -825,11 +706,11 @@ def parse_config(raw: dict[str, Any], path: Path | str = "<config>") -> HubConfi
     try:
         config = msgspec.convert(raw, HubConfig, strict=True)
     except msgspec.ValidationError as exc:
-        problems = _table_problems(raw, HubConfig, "") or [_worded(explain(str(exc), raw), HubConfig)]
-        raise ConfigError(path, problems) from None
-    problems = _cross_checks(config)
-    if problems:
-        raise ConfigError(path, problems)
+        found = [_worded(problem) for problem in problems(raw, HubConfig, exc)]
+        raise ConfigError(path, found) from None
+    crossed = _cross_checks(config)
+    if crossed:
+        raise ConfigError(path, crossed)
     return config
 
 

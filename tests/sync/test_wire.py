@@ -86,6 +86,7 @@ def test_path_and_headers() -> None:
         (b"\xff\xfe", None, 400, "body is not UTF-8", None),
         (b'{"node_id": ', None, 400, "body is not valid JSON (Expecting value at line 1", None),
         (b'{"x": NaN}', None, 400, "NaN is not valid JSON", None),
+        (b'{"x": 1e999}', None, 400, "number 1e999 is out of range", None),  # not taken as infinity
         (b"[" * 100_000, None, 400, "nested too deeply", None),
         (b"[1, 2]", None, 400, "body must be a JSON object", None),
         (b"{}", "br", 400, "Content-Encoding 'br' is not supported", None),
