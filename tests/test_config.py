@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -12,6 +9,7 @@ from typer.testing import CliRunner
 
 from hub.cli.commands import app
 from hub.config import ConfigError, load_config, resolve_secrets
+from tests.support.cli import run_hallhub
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "config" / "node.example.toml"
@@ -318,15 +316,7 @@ def test_run_prints_the_config_error_not_a_traceback(tmp_path: Path, section: st
         f'secret_file = "{tmp_path}/secret"\n[api]\nlisten = "127.0.0.1:0"\n{section}',
         encoding="utf-8",
     )
-    result = subprocess.run(
-        [sys.executable, "-m", "hub", "run", "--config", str(path)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={**os.environ, "COLUMNS": "1000"},
-        check=False,
-    )
+    result = run_hallhub("run", "--config", str(path))
     assert result.returncode == 1, result.stdout + result.stderr
     assert "Traceback" not in result.stdout + result.stderr
     assert result.stderr.splitlines() == [f"error {path}: {expected}"]
@@ -343,14 +333,7 @@ def test_run_with_a_data_dir_it_cannot_create_says_so_not_a_traceback(tmp_path: 
         f'secret_file = "{tmp_path}/secret"\n[api]\nlisten = "127.0.0.1:0"\n',
         encoding="utf-8",
     )
-    result = subprocess.run(
-        [sys.executable, "-m", "hub", "run", "--config", str(path)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = run_hallhub("run", "--config", str(path))
     assert result.returncode == 1, result.stdout + result.stderr
     assert "Traceback" not in result.stdout + result.stderr
     assert f"cannot open the outbox {blocker}/data/outbox.db" in result.stderr
@@ -387,15 +370,7 @@ def test_run_with_an_unusable_secret_file_prints_the_error_not_a_traceback(tmp_p
         '[api]\nlisten = "127.0.0.1:0"\n',
         encoding="utf-8",
     )
-    result = subprocess.run(
-        [sys.executable, "-m", "hub", "run", "--config", str(path)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={**os.environ, "COLUMNS": "1000"},
-        check=False,
-    )
+    result = run_hallhub("run", "--config", str(path))
     assert result.returncode == 1, result.stdout + result.stderr
     assert "Traceback" not in result.stdout + result.stderr
     assert result.stderr.startswith(f"error {path}: node.secret_file: node secret file {secret}: ")

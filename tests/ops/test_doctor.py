@@ -48,6 +48,7 @@ from hub.ops.doctor.clock import judge_chrony, judge_timedatectl
 from hub.privacy.redact import REDACTED, Scrubber, redact
 from hub.simulate.mqtt_device import SimulatedMqttDevice
 from sync.receiver import start_receiver
+from tests.support.cli import run_hallhub
 from tests.support.hub import NODE_ID, node_raw, write_toml
 
 REPO = Path(__file__).resolve().parents[2]
@@ -690,15 +691,7 @@ async def test_invalid_config_hides_secret_values(tmp_path: Path) -> None:
 
 def config_check_lines(config: Path) -> tuple[int, list[str]]:
     """`hallhub config check` in its own process: exit status and its error lines without the prefix."""
-    result = subprocess.run(
-        [sys.executable, "-m", "hub", "config", "check", str(config)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={**os.environ, "COLUMNS": "1000"},
-        check=False,
-    )
+    result = run_hallhub("config", "check", str(config))
     prefix = f"error {config}: "
     lines = result.stderr.splitlines()
     assert all(line.startswith(prefix) for line in lines), result.stderr
@@ -971,8 +964,7 @@ async def test_cli_json_and_exit_code(tmp_path: Path) -> None:
 
 
 def test_doctor_is_registered() -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "hub", "doctor", "--help"], capture_output=True, text=True, check=True
-    )
+    result = run_hallhub("doctor", "--help")
+    assert result.returncode == 0, result.stderr
     assert "--json" in result.stdout
     assert shutil.which("mosquitto_passwd") is not None

@@ -20,6 +20,7 @@ from hub.ops.init_config import (
     render,
     write_config,
 )
+from tests.support.cli import run_hallhub
 
 
 def fake_machine(root: Path) -> tuple[Path, Path]:
@@ -108,21 +109,14 @@ def test_pcsc_lister_answers_either_way() -> None:
     assert readers is None or all(isinstance(name, str) for name in readers)
 
 
-def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    """`hallhub` as a process."""
-    return subprocess.run(
-        [sys.executable, "-m", "hub", *args], capture_output=True, text=True, timeout=60, check=False
-    )
-
-
 def test_command_writes_then_refuses_then_forces(tmp_path: Path) -> None:
     path = tmp_path / "etc/node.toml"
-    first = run_cli("init", "--output", str(path), "--node-id", "hall-cli", "--hall-code", "370102")
+    first = run_hallhub("init", "--output", str(path), "--node-id", "hall-cli", "--hall-code", "370102")
     assert first.returncode == 0, first.stderr
     assert f"wrote {path}" in first.stdout
-    assert run_cli("config", "check", str(path)).returncode == 0
+    assert run_hallhub("config", "check", str(path)).returncode == 0
 
-    again = run_cli("init", "--output", str(path), "--hall-code", "370102")
+    again = run_hallhub("init", "--output", str(path), "--hall-code", "370102")
     assert again.returncode == 1
     assert "add --force" in again.stderr
     assert load_config(path).node.id == "hall-cli"
@@ -130,7 +124,7 @@ def test_command_writes_then_refuses_then_forces(tmp_path: Path) -> None:
     devices = len(load_config(path).device)  # what this machine has plugged in
     edited = path.read_text() + "# the technician's own note\n"
     path.write_text(edited)
-    forced = run_cli(
+    forced = run_hallhub(
         "init", "--output", str(path), "--force", "--node-id", "hall-new", "--hall-code", "370102"
     )
     assert forced.returncode == 0, forced.stderr
@@ -141,7 +135,7 @@ def test_command_writes_then_refuses_then_forces(tmp_path: Path) -> None:
         in forced.stdout
     )
     assert load_config(path).node.id == "hall-new"
-    bad = run_cli(
+    bad = run_hallhub(
         "init", "--output", str(tmp_path / "other.toml"), "--node-id", "no spaces", "--hall-code", "370102"
     )
     assert bad.returncode == 1
@@ -151,14 +145,7 @@ def test_command_writes_then_refuses_then_forces(tmp_path: Path) -> None:
 
 def test_init_without_a_hall_code_refuses_rather_than_writing_a_placeholder(tmp_path: Path) -> None:
     path = tmp_path / "node.toml"
-    result = subprocess.run(
-        [sys.executable, "-m", "hub", "init", "--output", str(path), "--node-id", "hall-x"],
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = run_hallhub("init", "--output", str(path), "--node-id", "hall-x")
     assert result.returncode == 2
     assert "--hall-code is missing: give the hall's 6-digit administrative division code" in result.stderr
     assert not path.exists()

@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +24,7 @@ from hub.simulate.mqtt_device import SimulatedMqttDevice
 from hub.store.outbox import Stored
 from sync.annotate import national_options
 from sync.national import NationalOptions, national_record_schema
+from tests.support.cli import run_hallhub
 from tests.support.hub import NODE_ID
 from tests.sync.support import (
     TOKEN,
@@ -37,7 +35,6 @@ from tests.sync.support import (
     wait_until,
 )
 
-REPO = Path(__file__).resolve().parents[2]
 LOWERCASE = {"projectNo": "projectno", "areaCode": "areacode", "taskCode": "taskcode", "userProp": "userprop"}
 
 
@@ -223,15 +220,7 @@ def test_run_refuses_them_the_same_way(tmp_path: Path, name: str) -> None:
         f'secret_file = "{tmp_path}/secret"\n[api]\nlisten = "127.0.0.1:0"\n[national]\n{table}\n',
         encoding="utf-8",
     )
-    result = subprocess.run(
-        [sys.executable, "-m", "hub", "run", "--config", str(path)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={**os.environ, "COLUMNS": "1000"},
-        check=False,
-    )
+    result = run_hallhub("run", "--config", str(path))
     assert result.returncode == 1, result.stdout + result.stderr
     assert "Traceback" not in result.stdout + result.stderr
     [line] = result.stderr.splitlines()
