@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 from aiohttp import web
 
 from contract.topics import Topics
+from drivers.serial_port import serial_errors_reported_plainly
 from hub import __version__
 from hub.api.access import AccessPolicy
 from hub.api.followup import followup_routes
@@ -268,6 +269,10 @@ class Hub:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Open the store, serve everything until `stop`, then shut down in order."""
+        with serial_errors_reported_plainly(asyncio.get_running_loop()):
+            await self._run(stop)
+
+    async def _run(self, stop: asyncio.Event) -> None:
         await self.outbox.open()
         self.outbox.add_listener(self.publisher.mirror)
         self.outbox.add_listener(self.alerts.on_commit)

@@ -2,8 +2,10 @@
 # Installing Debian packages for scripts/bootstrap and scripts/install-node (sourced by both).
 #
 # Only what is missing is installed, quietly (apt's and dpkg's output goes to a log that is shown
-# only when something fails), and nothing already on the machine is upgraded: a package whose
-# installation would upgrade an installed one (udev pulling a newer systemd) is left out and named.
+# only when something fails), and nothing already on the machine is upgraded: when the newest version
+# of a package would upgrade an installed one (udev pulling a newer systemd), an older version the
+# mirror still offers that upgrades nothing is taken instead (the udev matching the installed
+# systemd); when there is none, the package is left out and named.
 # A package manager that holds the dpkg lock (unattended-upgrades after boot) is waited for, up to
 # APT_LOCK_WAIT_S seconds (default 600), polling every APT_LOCK_POLL_S (default 5), and reported as
 # such. The caller sets APT_WHO, the name its messages start with.
@@ -49,6 +51,19 @@ _apt_upgrades() {
   sed -n -E 's/^Inst ([^ ]+) \[.*/\1/p' "$1" | tr '\n' ' ' | sed 's/ $//'
 }
 
+# _apt_version_without_upgrades LOG PACKAGE: the newest version of PACKAGE the mirrors offer whose
+# installation upgrades nothing on this machine; prints nothing when there is none.
+_apt_version_without_upgrades() {
+  local log=$1 pkg=$2 version
+  while read -r version; do
+    apt_run "$log" install -s -qq --no-install-recommends "$pkg=$version" || continue
+    if [ -z "$(_apt_upgrades "$log")" ]; then
+      echo "$version"
+      return 0
+    fi
+  done < <(apt-cache madison "$pkg" 2>/dev/null | awk -F'|' '{gsub(/ /, "", $2); print $2}' | tail -n +2)
+}
+
 # _apt_failed WHAT LOG: say what failed, with apt's last lines.
 _apt_failed() {
   echo "$APT_WHO: $1 failed; apt-get said:" >&2
@@ -58,7 +73,7 @@ _apt_failed() {
 # apt_install PACKAGE...: install the missing packages. Returns 0 when all of them are installed
 # now, 1 when some could not be (each named, with the reason), 75 when the dpkg lock stayed held.
 apt_install() {
-  local missing=() install=() pkg status log upgrades
+  local missing=() install=() pkg status log upgrades version
   mapfile -t missing < <(apt_missing "$@")
   [ ${#missing[@]} -gt 0 ] || return 0
   APT_SUDO=()
@@ -89,8 +104,13 @@ apt_install() {
     fi
     upgrades=$(_apt_upgrades "$log")
     if [ -n "$upgrades" ]; then
-      echo "$APT_WHO: not installing $pkg: it would upgrade $upgrades on this machine (install it yourself if you want that)" >&2
-      continue
+      version=$(_apt_version_without_upgrades "$log" "$pkg")
+      if [ -z "$version" ]; then
+        echo "$APT_WHO: not installing $pkg: it would upgrade $upgrades on this machine (install it yourself if you want that)" >&2
+        continue
+      fi
+      echo "$APT_WHO: taking $pkg $version, the version that matches what this machine has (the newest would upgrade $upgrades)"
+      pkg="$pkg=$version"
     fi
     install+=("$pkg")
   done

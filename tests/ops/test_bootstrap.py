@@ -1,8 +1,10 @@
 """scripts/bootstrap's Debian step against a fake apt-get and dpkg-query on PATH (scripts/lib/apt.sh).
 
 The fakes keep their state in files: which packages are installed, until when another process
-holds the dpkg lock, and every apt-get call. `udev` is the package whose installation would upgrade
-an installed one (a newer `systemd`), as on a real Debian box with a stale systemd. The checkout is a
+holds the dpkg lock, every apt-get call, and which versions of udev the mirror offers. The newest
+`udev` would upgrade an installed package (a newer `systemd`), as on a real Debian box whose systemd
+is one point release behind; the older `udev` matching the installed systemd, when the mirror still
+offers it (Debian's security suite does), upgrades nothing. The checkout is a
 copy with a `.venv` that is already up to date, so only the Debian step does anything.
 """
 
@@ -37,18 +39,28 @@ case " $* " in
   *" update "*)
     i=0; while [ $i -lt 60 ]; do echo "Hit:$i http://mirror.invalid/debian bookworm InRelease"; i=$((i+1)); done ;;
   *" -s "*)
-    for pkg in "$@"; do case "$pkg" in -*|install) ;; udev)
+    for pkg in "$@"; do case "$pkg" in -*|install) ;; udev|udev=252.36-1)
       echo "Inst systemd [252.30-1] (252.36-1 Debian:12.11/stable [amd64])"
       echo "Inst udev (252.36-1 Debian:12.11/stable [amd64])" ;;
+      udev=252.30-1) echo "Inst udev (252.30-1 Debian-Security:12/stable-security [amd64])" ;;
       *) echo "Inst $pkg (1.0-1 Debian:12.11/stable [amd64])" ;; esac; done ;;
   *" install "*)
     for pkg in "$@"; do case "$pkg" in -*|install) ;; *)
       echo "Selecting previously unselected package $pkg."
       echo "Unpacking $pkg (1.0-1) ..."
       echo "Setting up $pkg (1.0-1) ..."
-      echo "$pkg" >> "$FAKE_APT/installed" ;; esac; done ;;
+      echo "${pkg%%=*}" >> "$FAKE_APT/installed" ;; esac; done ;;
 esac
 exit 0
+"""
+
+FAKE_APT_CACHE = """#!/bin/sh
+# apt-cache madison udev: the versions listed in $FAKE_APT/udev-versions, newest first
+[ "$1" = madison ] || exit 1
+[ "$2" = udev ] || exit 0
+while read -r version; do
+  echo "      udev | $version | http://mirror.invalid/debian bookworm/main amd64 Packages"
+done < "$FAKE_APT/udev-versions"
 """
 
 
@@ -77,6 +89,7 @@ def checkout(tmp_path: Path) -> Path:
     for name, text in (
         ("dpkg-query", FAKE_DPKG_QUERY),
         ("apt-get", FAKE_APT_GET),
+        ("apt-cache", FAKE_APT_CACHE),
         ("sudo", '#!/bin/sh\nexec "$@"\n'),
     ):
         (fake / "bin" / name).write_text(text)
@@ -84,6 +97,7 @@ def checkout(tmp_path: Path) -> Path:
     absent = {"mosquitto", "udev", "faketime"}
     (fake / "installed").write_text("".join(f"{p}\n" for p in _bootstrap_packages() if p not in absent))
     (fake / "calls").touch()
+    (fake / "udev-versions").write_text("252.36-1\n")
     return root
 
 
@@ -120,7 +134,7 @@ def test_a_held_lock_is_waited_for_then_only_the_missing_packages_are_installed(
     assert "mirror" not in out
     installed = (fake / "installed").read_text().split()
     assert {"mosquitto", "faketime"} <= set(installed)
-    assert "udev" not in installed, "installing udev would have upgraded systemd"
+    assert "udev" not in installed, "every udev the mirror offers would have upgraded systemd"
     assert "not installing udev: it would upgrade systemd on this machine" in result.stderr
     assert "bootstrap: installed mosquitto faketime" in result.stdout
     # Quiet: apt's ~60 lines of update and the dpkg lines of each package are not shown.
@@ -150,3 +164,17 @@ def test_nothing_missing_means_no_apt_get_at_all(checkout: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert (fake / "calls").read_text() == ""
     assert result.stdout == ""
+
+
+def test_the_udev_matching_the_installed_systemd_is_taken_when_the_newest_would_upgrade_it(
+    checkout: Path,
+) -> None:
+    fake = checkout.parent / "fake"
+    (fake / "udev-versions").write_text("252.36-1\n252.30-1\n")
+    result, _elapsed = run_bootstrap(checkout)
+    assert result.returncode == 0, result.stderr
+    assert "taking udev 252.30-1, the version that matches what this machine has" in result.stdout
+    assert "udev" in (fake / "installed").read_text().split()
+    real_installs = [c for c in (fake / "calls").read_text().splitlines() if c.startswith("install -y")]
+    assert any("udev=252.30-1" in c and "--no-upgrade" in c for c in real_installs), real_installs
+    assert not any(" udev " in f" {c} " for c in real_installs), "the newest udev is never asked for"
