@@ -8,17 +8,13 @@ The port is 8N1; pyserial's own URLs (`socket://`, `rfc2217://`, `loop://`) pass
 from __future__ import annotations
 
 import asyncio
-import logging
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 import serial
 import serial_asyncio
 
-__all__ = ["open_serial", "open_serial_streams", "serial_errors_reported_plainly", "serial_url"]
-
-log = logging.getLogger(__name__)
+__all__ = ["open_serial", "open_serial_streams", "serial_url"]
 
 P = TypeVar("P", bound=asyncio.Protocol)
 
@@ -62,32 +58,3 @@ async def open_serial_streams(
     protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
     transport, _ = await open_serial(port, baud, lambda: protocol, **options)
     return reader, asyncio.StreamWriter(transport, protocol, reader, loop)
-
-
-@contextmanager
-def serial_errors_reported_plainly(loop: asyncio.AbstractEventLoop) -> Iterator[None]:
-    """While inside, a serial transport's failed read or write is one log line, not a traceback.
-
-    pyserial-asyncio hands every failed write on an unplugged port (EIO) to the loop's exception
-    handler, which logs it with a traceback as if the hub were broken; the port's protocol also
-    hears `connection_lost` with the same error, and its driver reports the device offline and
-    reopens it. Anything else goes to the handler that was there before.
-    """
-    previous = loop.get_exception_handler()
-
-    def handle(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
-        transport = context.get("transport")
-        error = context.get("exception")
-        if isinstance(transport, serial_asyncio.SerialTransport) and isinstance(error, OSError):
-            port = getattr(transport.serial, "port", None) or "serial port"
-            log.info("%s: %s: %s", port, context.get("message", "transport error"), error)
-        elif previous is not None:
-            previous(loop, context)
-        else:
-            loop.default_exception_handler(context)
-
-    loop.set_exception_handler(handle)
-    try:
-        yield
-    finally:
-        loop.set_exception_handler(previous)

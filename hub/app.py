@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 from aiohttp import web
 
 from contract.topics import Topics
-from drivers.serial_port import serial_errors_reported_plainly
+from drivers.serial_errors import serial_errors_reported_plainly
 from hub import __version__
 from hub.api.access import AccessPolicy
 from hub.api.followup import followup_routes

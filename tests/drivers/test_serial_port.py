@@ -8,7 +8,8 @@ import os
 
 import pytest
 
-from drivers.serial_port import open_serial, open_serial_streams, serial_errors_reported_plainly, serial_url
+from drivers.serial_errors import serial_errors_reported_plainly
+from drivers.serial_port import open_serial, open_serial_streams, serial_url
 
 
 def test_tcp_is_pyserial_socket_and_other_ports_pass_through() -> None:
@@ -73,7 +74,7 @@ async def test_a_write_to_an_unplugged_port_is_one_plain_line_and_the_driver_hea
         path, error = await _write_to_an_unplugged_pty()
     assert isinstance(error, OSError), "the protocol hears why, so its driver reports the device offline"
     assert not [r for r in caplog.records if r.exc_info], "no traceback for an unplugged device"
-    (line,) = [r.getMessage() for r in caplog.records if r.name == "drivers.serial_port"]
+    (line,) = [r.getMessage() for r in caplog.records if r.name == "drivers.serial_errors"]
     assert line.startswith(f"{path}: ")
     assert "Input/output error" in line
 
