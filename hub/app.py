@@ -24,6 +24,7 @@ from hub.api.server import ConnectionLimits, GuardedServer
 from hub.api.stats import stats_routes
 from hub.api.status_page import status_page_routes
 from hub.api.windows import window_and_alert_routes, window_staff_routes
+from hub.clock import SYSTEM_CLOCK, Clock
 from hub.config import HubConfig, Secrets, is_loopback
 from hub.hall.alerts import AlertBook
 from hub.hall.deadlines import Deadlines
@@ -88,10 +89,16 @@ class Hub:
     """One node's hub. `run(stop)` serves until `stop` is set, then shuts down cleanly."""
 
     def __init__(
-        self, config: HubConfig, secrets: Secrets, *, evaluation_hook: EvaluationHook | None = None
+        self,
+        config: HubConfig,
+        secrets: Secrets,
+        *,
+        evaluation_hook: EvaluationHook | None = None,
+        clock: Clock | None = None,
     ) -> None:
         """Build every part from the config, each given what it needs; `evaluation_hook` annotates
-        each evaluation as it is stored (the national mapping, wired in by `sync.node.build_hub`)."""
+        each evaluation as it is stored (the national mapping, wired in by `sync.node.build_hub`);
+        `clock` times the evaluation sessions (SYSTEM_CLOCK unless a test moves its own)."""
         self.config = config
         self.metrics = HubMetrics()
         self.sync = SyncState()
@@ -112,7 +119,11 @@ class Hub:
         self.publisher = MqttPublisher(Topics(config.node.id), self.registry, self.metrics)
         self.windows = WindowBook(config, self.outbox, self.metrics, self.publisher.window_state)
         self.sessions = SessionManager(
-            config, self.outbox, self.publisher.publish_session, windows=self.windows
+            config,
+            self.outbox,
+            self.publisher.publish_session,
+            windows=self.windows,
+            clock=SYSTEM_CLOCK if clock is None else clock,
         )
         self.sessions.bind(
             "mqtt",

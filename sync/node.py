@@ -10,16 +10,20 @@ from __future__ import annotations
 from typing import Any
 
 from hub.app import Hub
+from hub.clock import Clock
 from hub.config import HubConfig, Secrets
 from sync.annotate import make_evaluation_hook
 
 
-def build_hub(config: HubConfig, secrets: Secrets, **uplink_options: Any) -> Hub:
+def build_hub(
+    config: HubConfig, secrets: Secrets, *, clock: Clock | None = None, **uplink_options: Any
+) -> Hub:
     """A hub that annotates evaluations with their national record and, with `central.url`, pushes.
 
-    `uplink_options` go to `sync.uplink.Uplink` (tests shorten its timings).
+    `clock` times the evaluation sessions (tests move a fake one); `uplink_options` go to
+    `sync.uplink.Uplink` (tests shorten its timings).
     """
-    hub = Hub(config, secrets, evaluation_hook=make_evaluation_hook(config))
+    hub = Hub(config, secrets, evaluation_hook=make_evaluation_hook(config), clock=clock)
     if config.central.url:
         from sync.uplink import Uplink  # noqa: PLC0415 (lazy, for memory: only when push is on)
 

@@ -30,6 +30,7 @@ from hub.ops.broker import MosquittoBroker, free_port
 from hub.simulate.mqtt_device import SimulatedMqttDevice
 from hub.simulate.qr_art import qr_text
 from tests.ops.test_status_page import ARTIFACTS, DevTools, chromium, script_errors, wait_js
+from tests.support.clock import FakeClock
 from tests.support.hub import NODE_ID, node_config, running_hub
 from tests.support.mqtt import Observer, observe
 
@@ -62,9 +63,10 @@ def devices(pty: Path) -> list[dict[str, Any]]:
 
 @contextlib.asynccontextmanager
 async def hall(
-    tmp_path: Path, broker: MosquittoBroker, **qr: Any
+    tmp_path: Path, broker: MosquittoBroker, *, clock: FakeClock | None = None, **qr: Any
 ) -> AsyncIterator[tuple[Hub, SimulatedKeypad, SimulatedMqttDevice, Observer]]:
-    """A hub with QR evaluation on (base_url: its own loopback address), the keypad and the pad online."""
+    """A hub with QR evaluation on (base_url: its own loopback address), the keypad and the pad online;
+    its sessions and links run on `clock` if given."""
     keypad = SimulatedKeypad(1)
     pty = tmp_path / "ttyKP0"
     async with SimulatedLine(pty, [keypad]):
@@ -78,7 +80,7 @@ async def hall(
             qr_evaluation=section,
         )
         async with (
-            running_hub(config) as hub,
+            running_hub(config, clock=clock) as hub,
             SimulatedMqttDevice("127.0.0.1", broker.port, NODE_ID, "pad-08", kind="pad") as pad,
             observe(broker.port, f"{ROOT}/window/+/session") as seen,
         ):
@@ -273,8 +275,13 @@ async def test_qr_session_when_qr_evaluation_is_off_fails_saying_why(
 
 
 async def test_expired_and_cancelled_links_answer_410(tmp_path: Path, broker: MosquittoBroker) -> None:
-    async with hall(tmp_path, broker) as (hub, keypad, _pad, seen):
+    clock = FakeClock()
+    async with hall(tmp_path, broker, clock=clock) as (hub, keypad, _pad, seen):
         short = await evaluate(hub, "09", channel="qr", timeout_s=1)
+        assert short["state"] == "prompted"
+        status, _page, _headers = await phone_get(short["qr_url"])
+        assert status == 200, "open until the session's timeout"
+        clock.advance(1)
         states = await session_states(seen, "09", short["session"], 2)
         assert states[1]["state"] == "expired"
         status, page, _headers = await phone_get(short["qr_url"])

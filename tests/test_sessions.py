@@ -16,13 +16,22 @@ import aiomqtt
 import pytest
 
 from contract.mqtt import EvaluateRequest, SessionUpdate
+from drivers.base import CitizenIdentity
 from drivers.keypad.simulator import SimulatedKeypad, SimulatedLine
 from hub.app import Hub
+from hub.clock import SYSTEM_CLOCK, Clock
 from hub.config import DeviceSection
-from hub.hall.sessions import MAX_RECENT_SESSIONS, PromptPort, SessionManager
+from hub.hall.sessions import (
+    CITIZEN_KEPT_S,
+    MAX_RECENT_SESSIONS,
+    RECENT_SESSIONS_KEPT_S,
+    PromptPort,
+    SessionManager,
+)
 from hub.ops.broker import MosquittoBroker
 from hub.simulate.mqtt_device import SimulatedMqttDevice
 from hub.store.outbox import Outbox
+from tests.support.clock import FakeClock
 from tests.support.hub import NODE_ID, node_config, running_hub
 from tests.support.mqtt import Observer, observe
 
@@ -49,8 +58,11 @@ async def hall(
     broker: MosquittoBroker,
     keypads: list[SimulatedKeypad],
     windows: dict[int, str],
+    *,
+    clock: FakeClock | None = None,
     **sections: Any,
 ) -> AsyncIterator[tuple[Hub, SimulatedLine, Observer]]:
+    """A hub with keypads on a pty and a pad at window p9; its sessions run on `clock` if given."""
     port = tmp_path / "ttyKP0"
     async with SimulatedLine(port, keypads) as line:
         devices = [
@@ -59,7 +71,7 @@ async def hall(
         ]
         config = node_config(tmp_path / "data", broker.port, devices, **sections)
         async with (
-            running_hub(config) as hub,
+            running_hub(config, clock=clock) as hub,
             observe(broker.port, f"{ROOT}/window/+/session", f"{ROOT}/alerts") as seen,
         ):
             await until(lambda: all(hub.registry.get(f"kp-{w}").online for w in windows.values()))  # type: ignore[union-attr]
@@ -157,10 +169,17 @@ async def test_expired_session_stores_nothing_and_cancels_the_keypad(
     tmp_path: Path, broker: MosquittoBroker
 ) -> None:
     keypad = SimulatedKeypad(1)
-    async with hall(tmp_path, broker, [keypad], {1: "07"}) as (_hub, _line, seen):
+    clock = FakeClock()
+    async with hall(tmp_path, broker, [keypad], {1: "07"}, clock=clock) as (hub, _line, seen):
         rid = await ask(broker.port, "07", case_no="C1", timeout_s=1)
+        [prompted] = await states(seen, "07", rid, 1)
+        clock.advance(0.9)
+        [open_session] = hub.sessions.open_sessions()
+        assert (open_session["session"], open_session["age_s"]) == (prompted["session"], 0.9)
+        clock.advance(0.1)
         updates = await states(seen, "07", rid, 2)
         assert [u["state"] for u in updates] == ["prompted", "expired"]
+        assert hub.sessions.open_sessions() == []
         await until(lambda: updates[0]["session"] in keypad.cancels)
     assert evaluations(tmp_path) == []
 
@@ -230,7 +249,7 @@ async def test_two_keypads_on_one_line_and_free_ratings_with_misuse_limits(
     tmp_path: Path, broker: MosquittoBroker
 ) -> None:
     left, right = SimulatedKeypad(1), SimulatedKeypad(2)
-    limits = {"evaluation": {"max_free_per_minute": 2, "max_per_session": 1}}
+    limits: dict[str, Any] = {"evaluation": {"max_free_per_minute": 2, "max_per_session": 1}}
     async with hall(tmp_path, broker, [left, right], {1: "07", 2: "08"}, **limits) as (hub, _line, seen):
         r7 = await ask(broker.port, "07", case_no="L")
         r8 = await ask(broker.port, "08", case_no="R")
@@ -353,12 +372,17 @@ async def test_pad_session_over_mqtt(tmp_path: Path, broker: MosquittoBroker, le
     )
 
 
-async def test_ended_sessions_kept_for_late_ratings_are_bounded(tmp_path: Path) -> None:
-    """Ended sessions are kept ten minutes for late ratings, but never more than MAX_RECENT_SESSIONS:
-    by time alone a busy stream of requests held every session of the last ten minutes (the soak's
-    slope). The oldest go first, counted; the newest still give a late rating its case."""
+@contextlib.asynccontextmanager
+async def standalone(
+    tmp_path: Path, clock: Clock = SYSTEM_CLOCK, **sections: Any
+) -> AsyncIterator[tuple[SessionManager, list[SessionUpdate]]]:
+    """A session manager alone (no broker, no driver) for a pad at window 01, its sessions on
+    `clock`; with the updates it published. Closed (timers stopped) on exit."""
     config = node_config(
-        tmp_path / "data", 1883, [{"id": "pad-01", "kind": "pad", "transport": "mqtt", "window": "01"}]
+        tmp_path / "data",
+        1883,
+        [{"id": "pad-01", "kind": "pad", "transport": "mqtt", "window": "01"}],
+        **sections,
     )
     outbox = Outbox(tmp_path / "data" / "outbox.db")
     await outbox.open()
@@ -373,17 +397,25 @@ async def test_ended_sessions_kept_for_late_ratings_are_bounded(tmp_path: Path) 
     async def cancel(_device: DeviceSection, _session: int) -> None:
         return None
 
-    manager = SessionManager(config, outbox, publish)
+    manager = SessionManager(config, outbox, publish, clock=clock)
     manager.bind("mqtt", PromptPort(prompt, cancel))
-    total = MAX_RECENT_SESSIONS + 250
     try:
+        yield manager, updates
+    finally:
+        await manager.close()
+        await outbox.close()
+
+
+async def test_ended_sessions_kept_for_late_ratings_are_bounded(tmp_path: Path) -> None:
+    """Ended sessions are kept ten minutes for late ratings, but never more than MAX_RECENT_SESSIONS:
+    by time alone a busy stream of requests held every session of the last ten minutes (the soak's
+    slope). The oldest go first, counted; the newest still give a late rating its case."""
+    total = MAX_RECENT_SESSIONS + 250
+    async with standalone(tmp_path) as (manager, updates):
         for n in range(total):
             started = await manager.request("01", EvaluateRequest(request_id=f"r{n}", case_no=f"C{n}"))
             await manager.rated("pad-01", started.session, 5, f"record-{n}")
             assert manager.recent_count <= MAX_RECENT_SESSIONS
-    finally:
-        await manager.close()
-        await outbox.close()
     assert [u.state for u in updates].count("rated") == total
     assert manager.recent_count == MAX_RECENT_SESSIONS
     assert manager.recent_dropped == total - MAX_RECENT_SESSIONS
@@ -392,3 +424,77 @@ async def test_ended_sessions_kept_for_late_ratings_are_bounded(tmp_path: Path) 
     newest = manager.context("pad-01", last)
     assert newest is not None
     assert newest.case_no == f"C{total - 1}"
+
+
+async def test_a_late_rating_takes_its_ended_sessions_case_for_ten_minutes(tmp_path: Path) -> None:
+    """An expired session still gives a late press its case just before RECENT_SESSIONS_KEPT_S;
+    once it is older, the next session to end forgets it and a late press joins no session."""
+    clock = FakeClock()
+    async with standalone(tmp_path, clock) as (manager, updates):
+        pad = manager.config.devices_by_id["pad-01"]
+        late = await manager.request("01", EvaluateRequest(request_id="r1", case_no="LATE", timeout_s=30))
+        assert clock.pending == [clock.monotonic() + 30]
+        clock.advance(30)
+        await until(lambda: [u.state for u in updates] == ["prompted", "expired"])
+        assert manager.recent_count == 1
+
+        clock.advance(RECENT_SESSIONS_KEPT_S - 1)
+        kept = manager.attribute(pad, late.session)
+        assert kept.context is not None
+        assert (kept.context.session, kept.context.case_no, kept.window) == (late.session, "LATE", "01")
+
+        clock.advance(2)
+        other = await manager.request("01", EvaluateRequest(request_id="r2", case_no="NEXT"))
+        await manager.rated("pad-01", other.session, 5, "record-2")
+        assert manager.recent_count == 1, "only the session that just ended is kept"
+        assert manager.attribute(pad, late.session).context is None
+        assert manager.context("pad-01", other.session) is not None
+        assert manager.recent_dropped == 0, "forgotten for its age, not for the bound"
+
+
+async def test_a_late_rating_in_a_quiet_hall_takes_no_case_after_ten_minutes(tmp_path: Path) -> None:
+    """No other session ends meanwhile: the old one is forgotten for its age all the same (it was
+    kept until another session ended, so a press an hour later took a long-closed case)."""
+    clock = FakeClock()
+    async with standalone(tmp_path, clock) as (manager, updates):
+        pad = manager.config.devices_by_id["pad-01"]
+        late = await manager.request("01", EvaluateRequest(request_id="r1", case_no="LATE", timeout_s=30))
+        clock.advance(30)
+        await until(lambda: [u.state for u in updates] == ["prompted", "expired"])
+        clock.advance(RECENT_SESSIONS_KEPT_S + 1)
+        assert manager.attribute(pad, late.session).context is None
+
+
+async def test_a_citizen_identified_at_a_window_is_taken_once_within_ten_minutes(tmp_path: Path) -> None:
+    clock = FakeClock()
+    citizen = CitizenIdentity(masked="370102********1234", ref="a" * 64)
+    async with standalone(tmp_path, clock) as (manager, _updates):
+        pad = manager.config.devices_by_id["pad-01"]
+        manager.remember_citizen("01", citizen)
+        clock.advance(CITIZEN_KEPT_S - 1)
+        assert manager.attribute(pad, None).citizen == citizen
+        assert manager.attribute(pad, None).citizen is None, "used once"
+
+        manager.remember_citizen("01", citizen)
+        clock.advance(CITIZEN_KEPT_S + 1)
+        assert manager.attribute(pad, None).citizen is None, "too old to be the one rating now"
+        assert manager.attribute(pad, None).citizen is None
+
+
+async def test_the_free_rating_limit_forgets_presses_older_than_a_minute(tmp_path: Path) -> None:
+    clock = FakeClock()
+    limits = {"evaluation": {"max_free_per_minute": 2}}
+    async with standalone(tmp_path, clock, **limits) as (manager, _updates):
+        await manager.rated("pad-01", None, 5, "free-1")
+        clock.advance(40)
+        await manager.rated("pad-01", None, 4, "free-2")
+        assert manager.flags_for("pad-01", None) == ["suspect"]
+        clock.advance(20)
+        assert manager.flags_for("pad-01", None) == ["suspect"], "a minute old still counts"
+        clock.advance(0.5)
+        assert manager.flags_for("pad-01", None) == [], "the first press is over a minute old"
+        await manager.rated("pad-01", None, 3, "free-3")
+        assert manager.flags_for("pad-01", None) == ["suspect"]
+        clock.advance(61)
+        assert manager.flags_for("pad-01", None) == []
+        assert manager.flags_for("pad-02", None) == [], "counted per device"

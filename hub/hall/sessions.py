@@ -10,15 +10,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections import deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import msgspec
 
 from contract.mqtt import EvaluateRequest, SessionUpdate, StaffEvent, WindowState
 from drivers.base import CitizenIdentity
+from hub.clock import SYSTEM_CLOCK, Clock, Timer
 from hub.config import DeviceSection, HubConfig
 from hub.hall.links import PHONE_DEVICE_ID, Link, LinkState, RatingLinks, phone_device
 from hub.hall.windows import WindowBook, display_text
@@ -49,9 +49,10 @@ class Session:
     window: str
     request: EvaluateRequest
     device_id: str
-    started: float = field(default_factory=time.monotonic)
+    started: float
+    """When it was requested, on its manager's clock."""
     ratings: int = 0
-    timer: asyncio.TimerHandle | None = None
+    timer: Timer | None = None
     link: str | None = None
     """The token of its rating link (§13), when QR evaluation is enabled."""
 
@@ -134,11 +135,19 @@ class SessionManager:
     """Owns the open session of every window, the session counter and the misuse limits."""
 
     def __init__(
-        self, config: HubConfig, outbox: Outbox, publish: Publisher, *, windows: WindowBook | None = None
+        self,
+        config: HubConfig,
+        outbox: Outbox,
+        publish: Publisher,
+        *,
+        windows: WindowBook | None = None,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         """`windows`, when given, is read for each request (paused windows refuse, the signed-in
-        staff are credited) and tells this manager of each change (displays, §12)."""
+        staff are credited) and tells this manager of each change (displays, §12). `clock` times
+        the sessions' expiry and every window kept here (tests move it instead of sleeping)."""
         self.config = config
+        self.clock = clock
         self.outbox = outbox
         self.publish = publish
         self.windows = windows
@@ -155,7 +164,7 @@ class SessionManager:
         self._citizens: dict[str, tuple[float, CitizenIdentity]] = {}
         self._device_locks: dict[str, asyncio.Lock] = {}
         qr = config.qr_evaluation
-        self.links = RatingLinks(qr.base_url, qr.ttl_s) if qr.enabled else None
+        self.links = RatingLinks(qr.base_url, qr.ttl_s, clock=clock.monotonic) if qr.enabled else None
         """Rating links for phones (§13), None while `qr_evaluation.enabled` is false."""
         self.recent_dropped = 0
         """Ended sessions forgotten before RECENT_SESSIONS_KEPT_S because MAX_RECENT_SESSIONS were kept."""
@@ -234,7 +243,13 @@ class SessionManager:
             old = self._open.pop(window, None)
             # A phone-only session has no device: "" is no device id (ids have at least one character).
             device_id = device.id if device is not None else ""
-            session = Session(number=number, window=window, request=request, device_id=device_id)
+            session = Session(
+                number=number,
+                window=window,
+                request=request,
+                device_id=device_id,
+                started=self.clock.monotonic(),
+            )
             if self.links is not None:
                 session.link = self.links.issue(number, window)
             self._open[window] = session
@@ -255,8 +270,7 @@ class SessionManager:
             return SessionUpdate(request_id=request.request_id, session=number, state="failed", error=reason)
         if self._by_number.get(number) is not session:
             return SessionUpdate(request_id=request.request_id, session=number, state="cancelled")
-        loop = asyncio.get_running_loop()
-        session.timer = loop.call_later(timeout, lambda: asyncio.ensure_future(self._expire(session)))
+        session.timer = self.clock.call_later(timeout, lambda: asyncio.ensure_future(self._expire(session)))
         update = SessionUpdate(request_id=request.request_id, session=number, state="prompted", qr_url=qr_url)
         await self.publish(window, update)
         return update
@@ -300,7 +314,7 @@ class SessionManager:
             del self._open[session.window]
         self._by_number.pop(session.number, None)
         self._recent.pop(session.number, None)  # a number reused after wrapping goes to the end
-        self._recent[session.number] = (time.monotonic(), session)
+        self._recent[session.number] = (self.clock.monotonic(), session)
         self._forget_old()
         update = SessionUpdate(
             request_id=session.request.request_id,
@@ -321,7 +335,7 @@ class SessionManager:
     def _forget_old(self) -> None:
         """Drop ended sessions older than RECENT_SESSIONS_KEPT_S, and the oldest beyond
         MAX_RECENT_SESSIONS (counted in `recent_dropped`). The dict is in the order sessions ended."""
-        cutoff = time.monotonic() - RECENT_SESSIONS_KEPT_S
+        cutoff = self.clock.monotonic() - RECENT_SESSIONS_KEPT_S
         recent = self._recent
         while recent:
             number = next(iter(recent))
@@ -340,6 +354,18 @@ class SessionManager:
                     )
             del recent[number]
 
+    def _session(self, number: int) -> Session | None:
+        """The open session `number`, or the ended one still kept for late ratings.
+
+        Old ended sessions are forgotten here too, not only when another one ends: in a quiet hall
+        a press an hour later must not take a case that ended long ago."""
+        session = self._by_number.get(number)
+        if session is not None:
+            return session
+        self._forget_old()
+        entry = self._recent.get(number)
+        return entry[1] if entry is not None else None
+
     @property
     def recent_count(self) -> int:
         """Ended sessions still kept for late ratings (at most MAX_RECENT_SESSIONS)."""
@@ -350,9 +376,7 @@ class SessionManager:
         `by_link`: of the session whose rating link was used, whatever its device (§13)."""
         if not number:
             return None
-        session = self._by_number.get(number)
-        if session is None and number in self._recent:
-            session = self._recent[number][1]
+        session = self._session(number)
         if session is None or (session.device_id != device_id and not by_link):
             return None
         request = session.request
@@ -391,9 +415,7 @@ class SessionManager:
         """`suspect` for presses beyond the misuse limits (N per session, M free ratings a minute)."""
         limits = self.config.evaluation
         if number:
-            session = self._by_number.get(number)
-            if session is None and number in self._recent:
-                session = self._recent[number][1]
+            session = self._session(number)
             if (
                 session is not None
                 and session.device_id == device_id
@@ -402,7 +424,7 @@ class SessionManager:
                 return ["suspect"]
             return []
         window = self._free_window(device_id)
-        now = time.monotonic()
+        now = self.clock.monotonic()
         while window and window[0] < now - 60:
             window.popleft()
         return ["suspect"] if len(window) >= limits.max_free_per_minute else []
@@ -413,8 +435,10 @@ class SessionManager:
             self.count_free(device_id)
             return
         session = self._by_number.get(number)
-        if session is None and number in self._recent:
-            self._recent[number][1].ratings += 1
+        if session is None:
+            ended = self._session(number)
+            if ended is not None:
+                ended.ratings += 1
             return
         if session is None or session.device_id != device_id:
             return
@@ -427,9 +451,7 @@ class SessionManager:
         link = self.links.get(token) if self.links is not None else None
         if link is None:
             return None
-        session = self._by_number.get(link.session)
-        if session is None and link.session in self._recent:
-            session = self._recent[link.session][1]
+        session = self._session(link.session)
         if session is None:
             return link, None, None
         context = self.context(session.device_id, link.session, by_link=True)
@@ -472,7 +494,7 @@ class SessionManager:
 
     def count_free(self, device_id: str) -> None:
         """A rating outside any session was stored (for the free-rating misuse limit)."""
-        self._free_window(device_id).append(time.monotonic())
+        self._free_window(device_id).append(self.clock.monotonic())
 
     def _free_window(self, device_id: str) -> deque[float]:
         """The times of a device's latest free ratings: only as many as the limit needs to be judged.
@@ -493,14 +515,14 @@ class SessionManager:
 
     def remember_citizen(self, window: str, identity: CitizenIdentity) -> None:
         """A card was read at `window`: the next evaluation there is linked to this citizen."""
-        self._citizens[window] = (time.monotonic(), identity)
+        self._citizens[window] = (self.clock.monotonic(), identity)
 
     def take_citizen(self, window: str | None) -> CitizenIdentity | None:
         """The citizen identified at `window` in the last minutes, used once."""
         if window is None:
             return None
         entry = self._citizens.pop(window, None)
-        if entry is None or entry[0] < time.monotonic() - CITIZEN_KEPT_S:
+        if entry is None or entry[0] < self.clock.monotonic() - CITIZEN_KEPT_S:
             return None
         return entry[1]
 
@@ -512,7 +534,7 @@ class SessionManager:
                 "session": s.number,
                 "device_id": s.device_id or PHONE_DEVICE_ID,  # a phone-only session (§13) has no device
                 "request_id": s.request.request_id,
-                "age_s": round(time.monotonic() - s.started, 1),
+                "age_s": round(self.clock.monotonic() - s.started, 1),
             }
             for s in self._open.values()
         ]

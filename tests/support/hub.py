@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from hub.app import Hub
+from hub.clock import Clock
 from hub.config import HubConfig, Secrets, parse_config
 from hub.ops.broker import free_port, port_open
 from sync.node import build_hub
@@ -63,8 +64,11 @@ def node_config(
 
 
 @contextlib.asynccontextmanager
-async def running_hub(config: HubConfig, pull_token: str = PULL_TOKEN) -> AsyncIterator[Hub]:
-    """A hub serving in this loop, connected to its broker; stopped cleanly on exit."""
+async def running_hub(
+    config: HubConfig, pull_token: str = PULL_TOKEN, *, clock: Clock | None = None
+) -> AsyncIterator[Hub]:
+    """A hub serving in this loop, connected to its broker; stopped cleanly on exit. `clock` times
+    its evaluation sessions (a test's `FakeClock`; the system clock by default)."""
     secrets = Secrets(
         broker_password=config.broker.password,
         pull_token=pull_token,
@@ -72,7 +76,7 @@ async def running_hub(config: HubConfig, pull_token: str = PULL_TOKEN) -> AsyncI
         control_token=config.api.control_token,
         view_token=config.api.view_token,
     )
-    hub = build_hub(config, secrets)
+    hub = build_hub(config, secrets, clock=clock)
     stop = asyncio.Event()
     task = asyncio.create_task(hub.run(stop))
     try:
