@@ -15,6 +15,7 @@ from aiohttp import web
 
 from contract.topics import Topics
 from drivers.serial_errors import serial_errors_reported_plainly
+from drivers.tasks import cancel_and_wait
 from hub import __version__
 from hub.api.access import AccessPolicy
 from hub.api.followup import followup_routes
@@ -52,18 +53,6 @@ CARD_READER_KINDS = frozenset({"idcard", "pcsc"})
 """Device kinds whose drivers read ID numbers through the node's `NodeIdentifier`."""
 
 Service = Callable[[], Coroutine[Any, Any, None]]
-
-
-async def cancel_and_wait(tasks: list[asyncio.Task[None]], grace_s: float = 1.0) -> None:
-    """Cancel services and wait until they are gone, cancelling again any that swallowed it
-    (in Python 3.11 `asyncio.wait_for` can), so that shutdown never hangs on one of them."""
-    pending = {task for task in tasks if not task.done()}
-    while pending:
-        for task in pending:
-            task.cancel()
-        _done, pending = await asyncio.wait(pending, timeout=grace_s)
-        for task in pending:
-            log.warning("hub: service %s is still running after cancel; cancelling again", task.get_name())
 
 
 def release_free_heap() -> None:
@@ -313,7 +302,7 @@ class Hub:
                 await stop.wait()
                 notify("STOPPING=1")
                 log.info("hub: stopping")
-                await cancel_and_wait(others)
+                await cancel_and_wait(others, what="service")
                 await self.gateway.stop()
                 await gateway
             if self._fatal is not None:

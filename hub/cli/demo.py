@@ -36,6 +36,7 @@ from contract.records import Record
 from drivers.idcard.simulator import run_simulated_reader
 from drivers.keypad.simulator import run_simulated_line
 from drivers.qr.simulator import run_simulated_scanner
+from drivers.tasks import cancel_and_wait, raise_if_cancelling
 from hub.app import Hub
 from hub.config import HubConfig, Secrets, parse_config
 from hub.ops.broker import EmbeddedBroker, MosquittoBroker, free_port, mosquitto_binary
@@ -354,6 +355,7 @@ async def _device_traffic(
     device: SimulatedMqttDevice, view: DemoView, rate: float, rng: random.Random
 ) -> None:
     while True:
+        raise_if_cancelling()  # the errors suppressed below can be a cancellation in disguise
         await asyncio.sleep(rng.expovariate(rate))
         with contextlib.suppress(NotAcked, aiomqtt.MqttError):
             if device.kind == "terminal" and rng.random() < 0.2:
@@ -381,6 +383,7 @@ async def _qr_window_traffic(
     pad.on_command = on_command
     await asyncio.sleep(1.0)  # the first citizen comes soon, so that a short demo shows one
     while True:
+        raise_if_cancelling()  # a cancelled request can surface as TimeoutError
         with contextlib.suppress(aiohttp.ClientError, TimeoutError, PhoneError):
             await _qr_citizen(api_url, pad, drawn, view, rng)
         await asyncio.sleep(rng.expovariate(max(rate, 0.01) / 4))
@@ -537,18 +540,14 @@ async def _run_demo(
                     if isinstance(live, Live):
                         live.update(view.render(hub, console))
             # Traffic stops first: the devices disconnect cleanly while the broker still runs.
-            for task in (*tasks, *serial):
-                task.cancel()
-            await asyncio.gather(*tasks, *serial, return_exceptions=True)
+            await cancel_and_wait([*tasks, *serial], what="simulator")
         pending = (await hub.outbox.stats()).pending
         stop.set()
         await hub_task
         view.central = dataclasses.asdict(await receiver.stats())
     finally:
         stop.set()
-        for task in serial:
-            task.cancel()
-        await asyncio.gather(*serial, return_exceptions=True)
+        await cancel_and_wait(serial, what="simulator")
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
         await central.aclose()

@@ -23,6 +23,7 @@ import aiomqtt
 from contract.mqtt import AckPayload, CmdPayload, ErrorPayload
 from contract.topics import Topics
 from drivers.history import remember
+from drivers.tasks import raise_if_cancelling
 from hub.simulate.qr_art import qr_text
 
 
@@ -128,6 +129,7 @@ class SimulatedMqttDevice:
             finally:
                 self._connected.clear()
                 self._mqtt = None
+            raise_if_cancelling()  # aiomqtt raises MqttError when cancelled while connecting
             await asyncio.sleep(0.2)
 
     async def _read(self, client: aiomqtt.Client) -> None:

@@ -16,6 +16,8 @@ from typing import Any
 
 import aiohttp
 
+from drivers.tasks import raise_if_cancelling
+
 log = logging.getLogger(__name__)
 
 NAMES = ("王主任", "李科长", "张组长")
@@ -53,6 +55,7 @@ class SimulatedSupervisor:
                     await self._round(http)
                 except (aiohttp.ClientError, TimeoutError) as exc:
                     log.debug("supervisor: %s", exc)
+                raise_if_cancelling()  # a cancelled request can surface as TimeoutError
                 await asyncio.sleep(self.poll_s)
 
     async def _round(self, http: aiohttp.ClientSession) -> None:

@@ -24,6 +24,7 @@ import aiomqtt
 
 from contract.mqtt import SessionUpdate, WindowState
 from contract.topics import Topics
+from drivers.tasks import raise_if_cancelling
 
 ITEMS = [
     ("370100-001-01", "居民身份证换领"),
@@ -92,6 +93,7 @@ class WindowPcSimulator:
                         listener.cancel()
                         with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
                             await listener
+            raise_if_cancelling()  # aiomqtt raises MqttError when cancelled while connecting
             await asyncio.sleep(1.0)
 
     async def _ask_forever(self, client: aiomqtt.Client, max_requests: int | None) -> None:
@@ -100,6 +102,7 @@ class WindowPcSimulator:
                 if self._sent_state[window] is None:
                     await self._sign_in(client, window)
         while max_requests is None or self.requests < max_requests:
+            raise_if_cancelling()  # aiomqtt's publish (asyncio.wait_for in 3.11) can swallow a cancel
             await asyncio.sleep(self._rng.expovariate(len(self.windows) / self.mean_interval_s))
             if self.staff and self._rng.random() < STAFF_EVENT_CHANCE:
                 await self._staff_change(client, self._rng.choice(self.windows))
