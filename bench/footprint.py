@@ -47,7 +47,7 @@ from loadgen import MqttLink, open_link
 
 from contract.topics import Topics
 
-TARGET_RSS_MB = 60.0
+TARGET_RSS_MB = 45.0
 TARGET_READY_S = 2.0
 TARGET_IDLE_CPU_PERCENT = 1.0
 

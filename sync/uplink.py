@@ -70,6 +70,7 @@ from contract.records import Kind, Record, new_record_id, utc_now
 from drivers.backoff import full_jitter
 from hub.config import HubConfig
 from hub.metrics import HubMetrics
+from hub.ops.tls import CentralTlsError, central_tls_context
 from hub.privacy.sealing import (
     SealedIdentity,
     SecretFileError,
@@ -221,27 +222,13 @@ class Uplink:
     # -- set-up ----------------------------------------------------------------------------------
 
     def _ssl_context(self) -> ssl.SSLContext | None:
-        """The system CAs, or only `central.ca_file`; the client certificate if configured."""
-        central = self.config.central
-        if not central.url.startswith("https://"):
+        """The TLS context for an https URL (`hub.ops.tls`), None for http."""
+        if not self.config.central.url.startswith("https://"):
             return None
         try:
-            context = ssl.create_default_context(cafile=central.ca_file or None)
-        except (OSError, ssl.SSLError) as exc:
-            raise UplinkSetupError(
-                f"central.ca_file: cannot load {central.ca_file}: {exc} (a PEM file of the platform's CA)"
-            ) from exc
-        if central.cert_file:
-            try:
-                context.load_cert_chain(central.cert_file, central.key_file or None)
-            except (OSError, ssl.SSLError) as exc:
-                raise UplinkSetupError(
-                    f"central.cert_file/key_file: cannot load {central.cert_file}: {exc} "
-                    "(PEM certificate and its private key, readable by the hallhub user)"
-                ) from exc
-        elif central.key_file:
-            raise UplinkSetupError("central.key_file is set without central.cert_file: set both or neither")
-        return context
+            return central_tls_context(self.config.central)
+        except CentralTlsError as exc:
+            raise UplinkSetupError(str(exc)) from exc
 
     def _load_seal_key(self, context: ssl.SSLContext | None) -> bytes | None:
         """The key that opens sealed identities, or None when they must not be sent (CONTRACTS §10)."""

@@ -13,6 +13,8 @@ and every driver, service and route the config asks for, without serving.
 from __future__ import annotations
 
 import json
+import os
+import ssl
 import subprocess
 import sys
 from pathlib import Path
@@ -24,6 +26,8 @@ REPO = Path(__file__).resolve().parent.parent
 
 PROBE = """
 import json
+import os
+import ssl
 import sys
 
 import hub.ops.runner
@@ -114,3 +118,85 @@ def test_sealed_identities_load_crypto_without_card_readers(tmp_path: Path) -> N
     loaded = modules_loaded_by_run(tmp_path, terminals(2, "pad"), privacy={"identity": "encrypted"})
     assert "cryptography" in loaded
     assert "smartcard" not in loaded
+
+
+LEAN_PROBE = """
+import json
+import os
+import ssl
+import sys
+import types
+
+
+def build_only(config, secrets, build):
+    build(config, secrets)
+    from hub.ops.tls import central_tls_context
+
+    print(json.dumps({
+        "SSL_CERT_FILE": os.environ.get("SSL_CERT_FILE"),
+        "frozenlist_compiled": "frozenlist._frozenlist" in sys.modules,
+        "default_context_cas": ssl.create_default_context().cert_store_stats()["x509_ca"],
+        "uplink_cas": central_tls_context(config.central).cert_store_stats()["x509_ca"],
+    }))
+
+
+# `run` imports hub.ops.runner (and with it aiohttp) only after hub.ops.lean: so must this probe.
+runner = types.ModuleType("hub.ops.runner")
+runner.run_hub = build_only
+sys.modules["hub.ops.runner"] = runner
+sys.argv = ["hallhub", "run", "--config", sys.argv[1], "--log-level", "WARNING"]
+from hub.cli.commands import main
+
+assert "aiohttp" not in sys.modules and "frozenlist" not in sys.modules
+main()
+"""
+
+
+def lean_facts(tmp_path: Path, env: dict[str, str]) -> dict[str, Any]:
+    """What `hub.ops.lean` did in a fresh `hallhub run` process with push on over https."""
+    raw = node_raw(
+        tmp_path / "data", 1883, terminals(2, "pad"), central={"url": "https://central.invalid/hallhub"}
+    )
+    config = write_toml(tmp_path / "node.toml", raw)
+    result = subprocess.run(
+        [sys.executable, "-c", LEAN_PROBE, str(config)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    facts: dict[str, Any] = json.loads(result.stdout.strip().splitlines()[-1])
+    return facts
+
+
+def test_run_keeps_aiohttp_from_parsing_the_ca_bundle_and_the_uplink_trusts_the_same_cas(
+    tmp_path: Path,
+) -> None:
+    """aiohttp's two import-time TLS contexts parsed ~140 CAs each and frozenlist loaded libstdc++
+    (47.8 MB idle RSS, bench/footprint.py); the uplink must still check the platform against every
+    system CA."""
+    system_cas = ssl.create_default_context().cert_store_stats()["x509_ca"]
+    assert system_cas > 0, "this machine has a CA bundle (Debian's ca-certificates)"
+    env = {k: v for k, v in os.environ.items() if k not in ("SSL_CERT_FILE", "FROZENLIST_NO_EXTENSIONS")}
+    facts = lean_facts(tmp_path, env)
+    assert facts["SSL_CERT_FILE"] == os.devnull
+    assert facts["default_context_cas"] == 0, "aiohttp's contexts parse no bundle"
+    assert facts["uplink_cas"] == system_cas, "the uplink loads the same bundle itself"
+    assert facts["frozenlist_compiled"] is False
+
+
+def test_an_operators_ssl_cert_file_is_the_bundle_the_uplink_trusts(tmp_path: Path) -> None:
+    """A bundle chosen with SSL_CERT_FILE (here a copy holding one CA of the system's) is the one
+    the uplink loads, and aiohttp's contexts parse it no more than the system's."""
+    system = ssl.create_default_context()
+    first = system.get_ca_certs(binary_form=True)[0]
+    bundle = tmp_path / "operator-ca.pem"
+    bundle.write_text(ssl.DER_cert_to_PEM_cert(first))
+    env = {**os.environ, "SSL_CERT_FILE": str(bundle)}
+    facts = lean_facts(tmp_path, env)
+    assert facts["SSL_CERT_FILE"] == os.devnull
+    assert facts["default_context_cas"] == 0
+    assert facts["uplink_cas"] == 1

@@ -150,6 +150,10 @@ def run(
     log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING or ERROR.")] = "INFO",
 ) -> None:
     """Run the hub with a node config until SIGTERM/SIGINT (clean shutdown, exit 0)."""
+    from hub.ops.lean import lean_process
+
+    lean_process()  # before anything below imports aiohttp
+
     from hub.ops.logsetup import setup_logging
     from hub.ops.runner import run_hub
     from hub.privacy.sealing import SecretFileError

@@ -9,17 +9,17 @@ import asyncio
 import contextlib
 import json
 import socket
-import ssl
 import time
 import uuid
 from urllib.parse import urlsplit
 
 import aiohttp
 
-from hub.config import HubConfig, is_loopback
+from hub.config import is_loopback
 from hub.ops.doctor.base import CheckContext
 from hub.ops.doctor.clock import judge_skew
 from hub.ops.doctor.report import Finding
+from hub.ops.tls import CentralTlsError, central_tls_context
 
 __all__ = ["check_central"]
 
@@ -74,8 +74,8 @@ async def check_central(ctx: CheckContext) -> list[Finding]:
             ),
         ]
     try:
-        ssl_context = _ssl_context(ctx.config) if parts.scheme == "https" else None
-    except (OSError, ssl.SSLError) as exc:
+        ssl_context = central_tls_context(ctx.config.central) if parts.scheme == "https" else None
+    except CentralTlsError as exc:
         return [
             *findings,
             Finding.error(
@@ -163,15 +163,6 @@ def _now_rfc3339() -> str:
     from contract.records import utc_now  # noqa: PLC0415
 
     return utc_now()
-
-
-def _ssl_context(config: HubConfig) -> ssl.SSLContext:
-    """The uplink's TLS context: the system CAs or `central.ca_file`, and the client certificate."""
-    central = config.central
-    context = ssl.create_default_context(cafile=central.ca_file or None)
-    if central.cert_file:
-        context.load_cert_chain(central.cert_file, central.key_file or None)
-    return context
 
 
 def _error_text(body: str) -> str:
