@@ -149,6 +149,14 @@ class _Batch:
     sent_at: str
     ids: list[str]
     body: bytes
+    seqs: list[int] = field(default_factory=list)
+    """The outbox's seq of each id (empty until built from the outbox): batches are excluded from
+    the next read and marked delivered by seq, the table's key, not by id (another index)."""
+
+    def seqs_of(self, record_ids: list[str]) -> list[int]:
+        """The seqs of those of `record_ids` this batch holds."""
+        seq_by_id = dict(zip(self.ids, self.seqs, strict=True))
+        return [seq_by_id[record_id] for record_id in record_ids if record_id in seq_by_id]
 
     def inflight_json(self) -> str:
         """What the kv table keeps of it: enough to rebuild the same request after a restart."""
@@ -217,7 +225,7 @@ class Uplink:
         self._episodes: dict[str, bool] = {}
         self._incomplete = 0
         self._marking: asyncio.Task[None] | None = None
-        self._unmarked: frozenset[str] = frozenset()
+        self._unmarked: frozenset[int] = frozenset()
 
     # -- set-up ----------------------------------------------------------------------------------
 
@@ -319,8 +327,9 @@ class Uplink:
 
     # -- building batches ------------------------------------------------------------------------
 
-    async def _fresh_batch(self, exclude: frozenset[str] = frozenset()) -> _Batch | None:
-        """The next batch from the queue, leaving out `exclude` (a batch still waiting for its answer)."""
+    async def _fresh_batch(self, exclude: frozenset[int] = frozenset()) -> _Batch | None:
+        """The next batch from the queue, leaving out the seqs `exclude` (a batch still waiting for its
+        answer, delivery marks still being written)."""
         rows = await self.outbox.next_batch(self.batch_max, exclude=exclude)
         if not rows:
             return None
@@ -375,6 +384,7 @@ class Uplink:
         """
         texts: list[str] = []
         ids: list[str] = []
+        seqs: list[int] = []
         size = 0
         for row in rows:
             text = row.body
@@ -385,6 +395,7 @@ class Uplink:
                 break
             texts.append(text)
             ids.append(row.id)
+            seqs.append(row.seq)
         if not texts:
             return None
         if len(ids) != len(rows):
@@ -393,7 +404,7 @@ class Uplink:
         sent_at = sent_at or wire.format_timestamp(datetime.now(UTC))
         node_id = self.config.node.id
         body = await asyncio.to_thread(wire.stored_batch_body, node_id, batch_id, sent_at, texts)
-        return _Batch(batch_id, sent_at, ids, body)
+        return _Batch(batch_id, sent_at, ids, body, seqs)
 
     def _with_identity(self, row: PendingRecord) -> str:
         """The row's text with its sealed identity opened into `data.national`, for this request only."""
@@ -441,7 +452,7 @@ class Uplink:
             prefetch = None
             if not work:
                 prefetch = asyncio.create_task(
-                    self._fresh_batch(frozenset(queued.ids) | self._unmarked), name="uplink-prefetch"
+                    self._fresh_batch(frozenset(queued.seqs) | self._unmarked), name="uplink-prefetch"
                 )
             try:
                 result, batch, tries = await self._send_until_answered(session, queued)
@@ -458,7 +469,7 @@ class Uplink:
                 if left_out:
                     follow = None  # the left-out records go first, once the backoff has passed
                 elif follow is None and not work:
-                    follow = await self._fresh_batch(frozenset(batch.ids) | self._unmarked)
+                    follow = await self._fresh_batch(frozenset(batch.seqs) | self._unmarked)
                 await self._apply(batch, result.answer, follow)
                 if left_out:
                     await self._back_off_incomplete(batch, left_out)
@@ -591,15 +602,15 @@ class Uplink:
             log.warning("uplink: record %s rejected by the platform: %s", reject.id, reject.error)
         if follow is not None and not rejected and len(set(delivered)) == len(sent):
             await self.outbox.kv_set(INFLIGHT_KEY, follow.inflight_json())
-            self._unmarked = frozenset(delivered)
-            marks = self._record(delivered, [], follow, with_inflight=False)
+            self._unmarked = frozenset(batch.seqs)
+            marks = self._record(batch.seqs, [], follow, with_inflight=False)
             self._marking = asyncio.create_task(marks, name="uplink-marks")
             return
-        await self._record(delivered, rejected, follow, with_inflight=True)
+        await self._record(batch.seqs_of(delivered), rejected, follow, with_inflight=True)
 
     async def _record(
         self,
-        delivered: list[str],
+        delivered: list[int],
         rejected: list[wire.Rejection],
         follow: _Batch | None,
         *,
@@ -614,7 +625,7 @@ class Uplink:
             writes.append(self.outbox.kv_set(INFLIGHT_KEY, follow.inflight_json() if follow else None))
         # Queued in one loop tick, these land in the writer's same transaction.
         marked, _ = await asyncio.gather(
-            self.outbox.mark_delivered(delivered, via="push"), asyncio.gather(*writes)
+            self.outbox.mark_delivered_seqs(delivered, via="push"), asyncio.gather(*writes)
         )
         self.metrics.records_delivered.labels(via="push").inc(marked)
         self.metrics.sync.labels(result="ok").inc()

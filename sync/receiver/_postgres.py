@@ -15,7 +15,6 @@ so anything that appears later sorts after every row already served (docs/sync.m
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
@@ -38,6 +37,7 @@ from sync.receiver._store import (
     StoredRecord,
     StoreUnavailableError,
     check_table,
+    encode_data,
     jsonb_problem,
 )
 
@@ -209,7 +209,7 @@ class PostgresStore:
             "kinds": [r.kind for r in records],
             "seqs": [r.seq for r in records],
             "created": [r.created_at for r in records],
-            "data": [json.dumps(r.data) for r in records],
+            "data": [encode_data(r.data) for r in records],
         }
         cursor = await conn.execute(statement, params)
         return {row[0] for row in await cursor.fetchall()}

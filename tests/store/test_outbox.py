@@ -105,6 +105,20 @@ async def test_alerts_come_first_in_batches(outbox: Outbox) -> None:
     assert [row.seq for row in batch] == [3, 1, 2]
 
 
+async def test_the_uplinks_next_batch_leaves_out_seqs_and_marks_by_seq(outbox: Outbox) -> None:
+    """The uplink reads the batch after the one in flight by leaving that one's seqs out, and marks
+    an answered batch delivered by seq; only pending records count."""
+    await outbox.store([evaluation(n % 5 + 1) for n in range(6)])
+    first = await outbox.next_batch(2)
+    second = await outbox.next_batch(2, exclude=[row.seq for row in first])
+    assert [row.seq for row in first] == [1, 2]
+    assert [row.seq for row in second] == [3, 4]
+    assert await outbox.mark_delivered_seqs([1, 2, 99], via="push") == 2
+    assert await outbox.mark_delivered_seqs([1, 2], via="push") == 0, "already delivered"
+    assert [row.seq for row in await outbox.next_batch(10, exclude=[3, 4])] == [5, 6]
+    assert (await outbox.stats()).pending == 4
+
+
 async def test_dead_letter_and_retry(outbox: Outbox) -> None:
     stored = await outbox.store([evaluation()])
     assert isinstance(stored, Stored)

@@ -28,6 +28,7 @@ from sync.receiver import (
     run_receiver,
     start_receiver,
 )
+from sync.receiver._store import encode_data
 from tests.sync.conftest import NODE, TOKEN, Backend, batch_body, record
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -494,3 +495,13 @@ async def test_postgres_connection_loss_is_503_then_recovers(
     finally:
         async with await psycopg.AsyncConnection.connect(postgres_url, autocommit=True) as admin:
             await admin.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(table)))
+
+
+def test_data_is_kept_as_utf8_json_and_a_lone_surrogate_still_escaped() -> None:
+    """`encode_data` writes the table's JSON with msgspec (UTF-8); the same value as before."""
+    data = {"comment": "等候时间太长", "level": 1, "reasons": ["R1"], "national": {"pj": 1}, "n": None}
+    text = encode_data(data)
+    assert "等候时间太长" in text
+    assert json.loads(text) == data
+    odd = {"comment": "\ud800"}
+    assert json.loads(encode_data(odd)) == odd
