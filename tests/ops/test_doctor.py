@@ -610,7 +610,17 @@ async def test_missing_camera_file_and_offline_mqtt_device(
     ]
 
 
+@pytest.fixture
+def pcscd_to_ourselves() -> Iterator[None]:
+    """The machine's pcscd, once the other test worker's PC/SC tests are done with it."""
+    from tests.drivers.pcsc.conftest import pcscd_turn
+
+    with pcscd_turn():
+        yield
+
+
 @pytest.mark.pcsc
+@pytest.mark.usefixtures("pcscd_to_ourselves")
 async def test_pcsc_readers(tmp_path: Path, auth_broker: MosquittoBroker) -> None:
     from smartcard import scard
 

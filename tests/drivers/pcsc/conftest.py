@@ -2,8 +2,9 @@
 
 If a pcscd already answers (a system one), the tests use it, and cannot restart it. Otherwise the
 fixture starts its own (`pcscd --foreground --debug`, logging to a file in the session's temporary
-directory) and stops it at the end. pcscd's socket is host-wide, so the tests that use it run
-one at a time (`-m pcsc` marks them) and live in one module. Without pcscd or vpcd the tests are
+directory) and stops it at the end of the module. pcscd's socket is host-wide, so the tests that use
+it (`-m pcsc` marks them) take turns through a lock file: with two test workers (scripts/test), the
+module `test_live.py` holds it for all its tests and `doctor`'s PC/SC test for its own. Without pcscd or vpcd the tests are
 skipped with the reason; on the project's machines (scripts/bootstrap installs `pcscd` and
 `vsmartcard-vpcd`) they run.
 """
@@ -11,10 +12,12 @@ skipped with the reason; on the project's machines (scripts/bootstrap installs `
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import re
 import shutil
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -126,9 +129,31 @@ class Pcscd:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
 
 
-@pytest.fixture(scope="session")
-def pcscd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pcscd]:
-    """A pcscd with vpcd's readers for the whole session, or a skip that says what is missing."""
+PCSCD_LOCK = Path(tempfile.gettempdir()) / "hallhub-tests-pcscd.lock"
+"""Held by whoever uses the machine's pcscd in a test run; every test worker sees the same file."""
+
+
+@contextlib.contextmanager
+def pcscd_turn() -> Iterator[None]:
+    """Wait for the machine's pcscd to be free of other test workers, and keep it until the end."""
+    with PCSCD_LOCK.open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+@pytest.fixture(scope="module")
+def pcscd_owned_here() -> Iterator[None]:
+    """This module's turn with the machine's pcscd (`pcscd_turn`)."""
+    with pcscd_turn():
+        yield
+
+
+@pytest.fixture(scope="module")
+def pcscd(pcscd_owned_here: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pcscd]:
+    """A pcscd with vpcd's readers for the module's tests, or a skip that says what is missing."""
     if shutil.which("pcscd") is None:
         pytest.skip("pcscd is not installed (Debian package pcscd; scripts/bootstrap installs it)")
     if not VPCD_CONF.exists():
