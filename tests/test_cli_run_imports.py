@@ -65,19 +65,26 @@ OTHER_COMMANDS = (
 DRIVERS = ("drivers.keypad.driver", "drivers.idcard.driver", "drivers.qr.serial", "drivers.pcsc.driver")
 
 
-def modules_loaded_by_run(tmp_path: Path, devices: list[dict[str, Any]], **sections: Any) -> set[str]:
-    """`sys.modules` of a fresh `hallhub run --config ...` once its Hub is built."""
-    config = write_toml(tmp_path / "node.toml", node_raw(tmp_path / "data", 1883, devices, **sections))
+def run_probe(probe: str, config: Path, env: dict[str, str] | None = None) -> Any:
+    """Run `probe` (a script that runs `hallhub run --config CONFIG` up to building the hub) in a
+    fresh interpreter; the JSON of its last line."""
     result = subprocess.run(
-        [sys.executable, "-c", PROBE, str(config)],
+        [sys.executable, "-c", probe, str(config)],
         cwd=REPO,
+        env=env,
         capture_output=True,
         text=True,
         timeout=120,
         check=False,
     )
     assert result.returncode == 0, result.stderr
-    loaded = set(json.loads(result.stdout.strip().splitlines()[-1]))
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def modules_loaded_by_run(tmp_path: Path, devices: list[dict[str, Any]], **sections: Any) -> set[str]:
+    """`sys.modules` of a fresh `hallhub run --config ...` once its Hub is built."""
+    config = write_toml(tmp_path / "node.toml", node_raw(tmp_path / "data", 1883, devices, **sections))
+    loaded = set(run_probe(PROBE, config))
     assert {"hub.app", "hub.ingest.gateway", "hub.ingest.driver_host", "aiohttp.web", "msgspec"} <= loaded
     return loaded
 
@@ -157,18 +164,7 @@ def lean_facts(tmp_path: Path, env: dict[str, str]) -> dict[str, Any]:
     raw = node_raw(
         tmp_path / "data", 1883, terminals(2, "pad"), central={"url": "https://central.invalid/hallhub"}
     )
-    config = write_toml(tmp_path / "node.toml", raw)
-    result = subprocess.run(
-        [sys.executable, "-c", LEAN_PROBE, str(config)],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr
-    facts: dict[str, Any] = json.loads(result.stdout.strip().splitlines()[-1])
+    facts: dict[str, Any] = run_probe(LEAN_PROBE, write_toml(tmp_path / "node.toml", raw), env)
     return facts
 
 
