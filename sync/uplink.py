@@ -295,7 +295,10 @@ class Uplink:
             finally:
                 if self._marking is not None:
                     # the last answer's marks are already with the outbox's writer: let them land
-                    await asyncio.wait([self._marking], timeout=10)
+                    marking = self._marking
+                    await asyncio.wait([marking], timeout=10)
+                    if marking.done() and not marking.cancelled() and marking.exception() is not None:
+                        log.warning("uplink: delivery marks failed as it stopped: %s", marking.exception())
 
     async def _set_up(self) -> ssl.SSLContext | None:
         """The TLS context and seal key; a bad file is logged and tried again every `auth_retry_s`."""
@@ -641,12 +644,19 @@ class Uplink:
                 log.warning("uplink: %s; pushing resumed", what)
 
     async def _settle(self) -> None:
-        """Wait for the background delivery marks of the previous answer, if any (their error too)."""
-        marking, self._marking = self._marking, None
-        if marking is not None:
-            try:
-                await marking
-            finally:
+        """Wait for the background delivery marks of the previous answer, if any (their error too).
+
+        Shielded: the uplink cancelled meanwhile (the hub stopping) must not cancel the marks half
+        way, after their commit and before their count (`run` waits for them as it ends).
+        """
+        marking = self._marking
+        if marking is None:
+            return
+        try:
+            await asyncio.shield(marking)
+        finally:
+            if marking.done():
+                self._marking = None
                 self._unmarked = frozenset()
 
     async def _back_off_incomplete(self, batch: _Batch, left_out: list[str]) -> None:

@@ -440,7 +440,7 @@ class SessionManager:
             if ended is not None:
                 ended.ratings += 1
             return
-        if session is None or session.device_id != device_id:
+        if session.device_id != device_id:
             return
         session.ratings += 1
         await self._end(session, "rated", notify_device=False, level=level, record_id=record_id)

@@ -25,7 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from contract.records import Kind, Record, utc_now
 from hub.store.ledger import CaseKey, CaseLedger, prune_case_ledger
@@ -874,29 +874,21 @@ class Outbox:
 
     async def mark_delivered(self, record_ids: Sequence[str], via: str) -> int:
         """Mark these records delivered (by `push` or `pull`); returns how many were pending."""
-        ids = list(record_ids)
-        now = utc_now()
-
-        def action(conn: sqlite3.Connection) -> int:
-            return conn.execute(
-                f"UPDATE records SET state = {DELIVERED}, delivered_at = ?, delivered_via = ?,"
-                f" sealed = NULL WHERE state = {PENDING} AND id IN {_IN_JSON}",
-                (now, via, _json_list(ids)),
-            ).rowcount
-
-        result: int = await self._submit(_SqlOp(action=action))
-        return result
+        return await self._mark_delivered("id", list(record_ids), via)
 
     async def mark_delivered_seqs(self, seqs: Sequence[int], via: str) -> int:
         """`mark_delivered` by seq, the table's key: the uplink's path, which knows each record's seq
         (no lookup in the id index: ~15 % less per record in a drain)."""
+        return await self._mark_delivered("seq", list(seqs), via)
+
+    async def _mark_delivered(self, key: Literal["id", "seq"], values: list[Any], via: str) -> int:
         now = utc_now()
 
         def action(conn: sqlite3.Connection) -> int:
             return conn.execute(
                 f"UPDATE records SET state = {DELIVERED}, delivered_at = ?, delivered_via = ?,"
-                f" sealed = NULL WHERE state = {PENDING} AND seq IN {_IN_JSON}",
-                (now, via, _json_list(list(seqs))),
+                f" sealed = NULL WHERE state = {PENDING} AND {key} IN {_IN_JSON}",
+                (now, via, _json_list(values)),
             ).rowcount
 
         result: int = await self._submit(_SqlOp(action=action))
