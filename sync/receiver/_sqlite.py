@@ -143,7 +143,7 @@ class SqliteStore:
         """Insert inside the caller's write transaction, serials following the last one.
 
         The ids already stored are looked up in one query and the rest inserted with one
-        `executemany`: a statement and a rowcount per record cost ~5 µs of a drain's ~20 µs a record.
+        `executemany`: a statement and a rowcount per record cost ~4 µs a record (18.0 → 14.4 µs).
         Inside `BEGIN IMMEDIATE` no other writer can store one of them meanwhile.
         """
         t = self._table
