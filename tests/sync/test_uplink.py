@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import itertools
 import json
@@ -10,6 +11,7 @@ import sqlite3
 import ssl
 import time
 from collections import Counter
+from collections.abc import Sequence
 from email.utils import format_datetime
 from pathlib import Path
 from typing import Any
@@ -22,7 +24,8 @@ from contract.records import Kind, Record
 from drivers.backoff import full_jitter
 from hub.ops.broker import free_port
 from hub.privacy.sealing import SealedIdentity, derive_seal_key, load_or_create_secret
-from hub.store.outbox import DEAD, DELIVERED, PENDING
+from hub.store.outbox import DEAD, DELIVERED, PENDING, Outbox
+from sync.annotate import make_evaluation_hook
 from sync.uplink import INFLIGHT_KEY, UNAUTHORIZED_KEY, parse_retry_after
 from tests.support.tls import key_and_cert, write_pem
 from tests.sync.conftest import Backend
@@ -360,6 +363,48 @@ async def test_inflight_batch_is_resent_with_its_id_after_a_restart(tmp_path: Pa
                 await wait_until(lambda: _none_pending(outbox), 10, "delivery after the restart")
     assert central.keys()[0] == saved["batch_id"], "the same request again, not a new batch"
     assert len(central.keys()) == 2
+
+
+class _MarksHeldAfterCommit(Outbox):
+    """An outbox whose first delivery marks commit, then hold their answer until `release` is set:
+    the moment the hub may stop in (the marks on disk, not yet counted)."""
+
+    def __init__(self, path: Path, **options: Any) -> None:
+        super().__init__(path, **options)
+        self.committed = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def mark_delivered_seqs(self, seqs: Sequence[int], via: str) -> int:
+        marked = await super().mark_delivered_seqs(seqs, via)
+        if not self.committed.is_set():
+            self.committed.set()
+            await self.release.wait()
+        return marked
+
+
+async def test_a_stop_while_marks_are_landing_still_counts_them(tmp_path: Path) -> None:
+    """Stopped while it waits for the first answer's marks (committed, not yet counted), the uplink
+    lets them finish: the delivered count is what the outbox holds as delivered. Before, the stop
+    cancelled the marks half way and the count came out a batch short."""
+    async with recording_receiver(f"sqlite:///{tmp_path / 'central.db'}") as central:
+        config = sync_config(tmp_path / "data", central.url, batch_max=100)
+        outbox = _MarksHeldAfterCommit(
+            Path(config.node.data_dir) / "outbox.db", evaluation_hook=make_evaluation_hook(config)
+        )
+        await outbox.open()
+        try:
+            await fill(outbox, ratings(config, 300))
+            host = StubHost(config, outbox)
+            async with running_uplink(host):
+                await asyncio.wait_for(outbox.committed.wait(), 10)
+                await wait_until(lambda: _requests_at_least(central, 2), 10, "the second batch's answer")
+                await asyncio.sleep(0.1)  # the uplink now waits for the first marks, then is stopped
+                asyncio.get_running_loop().call_later(0.2, outbox.release.set)
+            delivered = host.counter("hallhub_records_delivered_total", via="push")
+            stored = outbox_states(Path(config.node.data_dir) / "outbox.db")
+        finally:
+            await outbox.close()
+    assert delivered == sum(1 for state, _via in stored.values() if state == DELIVERED) == 100
 
 
 # --- TLS with a private CA and a client certificate; the sealed identity inside it only -----------
