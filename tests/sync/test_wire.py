@@ -15,7 +15,7 @@ from tests.sync.conftest import NODE, batch_body, record
 
 
 def _gz(document: Any) -> bytes:
-    return gzip.compress(json.dumps(document).encode("utf-8"))
+    return gzip.compress(json.dumps(document).encode("utf-8"), mtime=0)
 
 
 def test_timestamps_are_utc_with_milliseconds() -> None:
