@@ -8,7 +8,13 @@ the hub. Everything a hall does is played at `speed` times its real rate (20 by 
   RS-485 line, a pty) or the rating pad (MQTT) of that window is prompted and the citizen rates it,
   walks away (the session expires) or the clerk asks again (the first session is cancelled);
 - ~5 % of ratings are bad reviews; staff acknowledge most of the bad-review alerts some minutes
-  later (`POST /v1/alerts/{id}/ack` with the control token); the rest stay open;
+  later (`POST /v1/alerts/{id}/ack` with the control token), call the citizen back
+  (`/callback`, §11) and settle the complaint an hour later (`/rectify`); the rest stay open and
+  fall overdue;
+- staff sign in at every window as the hall opens (`window/{w}/staff`, §12), pause for breaks and
+  resume, hand over to a colleague (sign out, sign in), and now and then send an event the window's
+  state refuses (resume a window that is not paused); half the window PCs' requests name no staff
+  and take whoever is signed in;
 - ID cards are read at windows 01 and 02 (SAM readers on ptys), QR codes scanned at window 01 (a
   serial scanner on a pty) and at windows 05-08 (MQTT scanners);
 - two self-service terminals rate, print, scan pickup codes and report their paper running low and
@@ -18,8 +24,7 @@ the hub. Everything a hall does is played at `speed` times its real rate (20 by 
   pushes everything to a reference central receiver served by this process.
 
 Device timers (ack retries, card dwell, keypad heartbeats) run at real speed: only the hall's
-pace is compressed. Staff sign-in events (`window/{w}/staff`, §12) are not built yet and are
-skipped. Every loop is bounded in time (`duration_s`) and count.
+pace is compressed. Every loop is bounded in time (`duration_s`) and count.
 
 Protocol: the spec is a JSON argument; the process prints `{"event": "ready", "central_url": ...}`
 once its ptys and receiver exist, starts on a line `go` on stdin, and prints its tally as one JSON
@@ -70,6 +75,13 @@ PAD_SWITCHED_OFF_EVERY_S: Final = 3 * 3600.0  # somewhere in the hall
 PAD_OFF_FOR_S: Final = 300.0
 ALERT_ACK_AFTER_S: Final = 600.0
 ALERT_ACK_SHARE: Final = 0.8
+RECTIFY_AFTER_S: Final = 3600.0  # after the callback
+SUBSTANTIATED_SHARE: Final = 0.4
+STAFF_EVENT_INTERVAL_S: Final = 5400.0  # per window, exponential: a break or a hand-over
+BREAK_S: Final = (600.0, 1200.0)
+HANDOVER_SHARE: Final = 0.3
+REFUSED_EVENT_SHARE: Final = 0.05
+REQUESTS_NAMING_STAFF: Final = 0.5
 LEVEL_WEIGHTS: Final = {5: 62, 4: 22, 3: 11, 2: 3, 1: 2}
 
 # Device and network timers (not compressed).
@@ -274,6 +286,8 @@ class HallDay:
         self.devices: dict[str, MqttDevice] = {}
         self.window_pc: aiomqtt.Client | None = None
         self.alert_ids: asyncio.Queue[tuple[float, str]] = asyncio.Queue(maxsize=10_000)
+        self.to_rectify: asyncio.Queue[tuple[float, str]] = asyncio.Queue(maxsize=10_000)
+        self.signed_in: dict[str, str] = {}
         self.tasks: set[asyncio.Task[Any]] = set()
         self.cards = demo_cards()
 
@@ -314,6 +328,8 @@ class HallDay:
         await self.window_pc.__aenter__()
         await self.window_pc.subscribe(f"{self.topics.root}/window/+/session", qos=1)
         await self.window_pc.subscribe(self.topics.alerts, qos=1)
+        await self.window_pc.subscribe(f"{self.topics.root}/window/+/state", qos=1)
+        await self.window_pc.subscribe(f"{self.topics.root}/window/+/error", qos=1)
 
     async def disconnect(self) -> None:
         """Close every MQTT connection."""
@@ -338,9 +354,14 @@ class HallDay:
     async def run(self) -> None:
         """The day: every loop until `duration_s` has passed, then let the last acks come."""
         self.end = time.monotonic() + self.duration_s
-        loops = [self._window(w) for w in (*KEYPAD_WINDOWS, *PAD_WINDOWS)]
+        windows = (*KEYPAD_WINDOWS, *PAD_WINDOWS)
+        for window in windows:
+            await self._staff_event(window, "sign_in", self._next_staff())
+        loops = [self._window(w) for w in windows]
+        loops += [self._staff(w) for w in windows]
         loops += [self._terminal(t) for t in TERMINALS]
-        loops += [self._switch_pads_off(), self._acknowledge_alerts(), self._listen(), self._poll_api()]
+        loops += [self._switch_pads_off(), self._acknowledge_alerts(), self._rectify(), self._listen()]
+        loops += [self._poll_api()]
         runners = [asyncio.create_task(loop) for loop in loops]
         try:
             await asyncio.sleep(self.duration_s)
@@ -413,19 +434,58 @@ class HallDay:
         if self.window_pc is None:
             return
         item_code, item_name = self.rng.choice(ITEMS)
-        request = {
+        request: dict[str, Any] = {
             "request_id": uuid.uuid4().hex[:16],
             "case_no": f"SD{self.rng.randrange(10**9):09d}",
             "item_code": item_code,
             "item_name": item_name,
-            "staff_id": f"S{self.rng.randrange(1, 40):03d}",
-            "staff_name": self.rng.choice(STAFF),
             "timeout_s": max(1, round(self.hall_s(SESSION_TIMEOUT_S))),
         }
+        if self.rng.random() < REQUESTS_NAMING_STAFF:
+            request["staff_id"] = f"S{self.rng.randrange(1, 40):03d}"
+            request["staff_name"] = self.rng.choice(STAFF)
         with contextlib.suppress(aiomqtt.MqttError):
             payload = json.dumps(request, ensure_ascii=False)
             await self.window_pc.publish(self.topics.window_evaluate(window), payload, qos=1)
             self.tally.counts["evaluate_requests"] += 1
+
+    def _next_staff(self) -> str:
+        return f"S{self.rng.randrange(1, 40):03d}"
+
+    async def _staff_event(self, window: str, event: str, staff_id: str | None = None) -> None:
+        """The window PC reports a staff event (`window/{w}/staff`, §12)."""
+        if self.window_pc is None:
+            return
+        body: dict[str, Any] = {"request_id": uuid.uuid4().hex[:16], "event": event}
+        if staff_id is not None:
+            body["staff_id"] = staff_id
+            body["staff_name"] = self.rng.choice(STAFF)
+        if event == "pause":
+            body["reason"] = "休息"
+        with contextlib.suppress(aiomqtt.MqttError):
+            payload = json.dumps(body, ensure_ascii=False)
+            await self.window_pc.publish(self.topics.window_staff(window), payload, qos=1)
+            self.tally.counts[f"staff_{event}"] += 1
+            if event == "sign_in" and staff_id is not None:
+                self.signed_in[window] = staff_id
+
+    async def _staff(self, window: str) -> None:
+        """Who serves at one window: breaks, hand-overs, and now and then a refused event."""
+        for _ in range(MAX_EVENTS_PER_LOOP):
+            await asyncio.sleep(self.rng.expovariate(1.0 / self.hall_s(STAFF_EVENT_INTERVAL_S)))
+            if not self._running():
+                return
+            draw = self.rng.random()
+            if draw < REFUSED_EVENT_SHARE:
+                await self._staff_event(window, "resume")  # not paused: refused on window/{w}/error
+            elif draw < REFUSED_EVENT_SHARE + HANDOVER_SHARE:
+                await self._staff_event(window, "sign_out", self.signed_in.get(window))
+                await asyncio.sleep(self.hall_s(60.0))
+                await self._staff_event(window, "sign_in", self._next_staff())
+            else:
+                await self._staff_event(window, "pause")
+                await asyncio.sleep(self.hall_s(self.rng.uniform(*BREAK_S)))
+                await self._staff_event(window, "resume")
 
     def _answer_delay(self) -> float:
         return self.hall_s(self.rng.uniform(*RATE_DELAY_S))
@@ -531,8 +591,13 @@ class HallDay:
         async for message in self.window_pc.messages:
             payload = message.payload if isinstance(message.payload, bytes) else b"{}"
             body = json.loads(payload)
-            if str(message.topic).endswith("/session"):
+            topic = str(message.topic)
+            if topic.endswith("/session"):
                 self.tally.sessions[str(body.get("state"))] += 1
+            elif topic.endswith("/state"):
+                self.tally.counts["window_states_heard"] += 1
+            elif topic.endswith("/error"):
+                self.tally.counts["window_errors_heard"] += 1
             elif body.get("kind") == "alert" and body.get("data", {}).get("type") == "bad_review":
                 self.tally.counts["bad_review_alerts_heard"] += 1
                 if self.rng.random() < ALERT_ACK_SHARE and not self.alert_ids.full():
@@ -541,8 +606,7 @@ class HallDay:
                     )
 
     async def _acknowledge_alerts(self) -> None:
-        """Staff call the citizen back and close the alert on the status page, minutes later."""
-        headers = {"Authorization": f"Bearer {self.control_token}"} if self.control_token else {}
+        """Staff acknowledge the alert on the status page minutes later and call the citizen back."""
         timeout = aiohttp.ClientTimeout(total=10)
         async with aiohttp.ClientSession(timeout=timeout) as http:
             for _ in range(MAX_EVENTS_PER_LOOP):
@@ -550,12 +614,36 @@ class HallDay:
                 await asyncio.sleep(max(0.0, due - time.monotonic()))
                 if not self._running():
                     return
-                url = f"{self.api_url}/v1/alerts/{alert_id}/ack"
-                try:
-                    async with http.post(url, json={"by": "值班长"}, headers=headers) as answer:
-                        self.tally.http[f"alert_ack_{answer.status}"] += 1
-                except (aiohttp.ClientError, TimeoutError):
-                    self.tally.http["alert_ack_failed"] += 1
+                await self._post(http, f"/v1/alerts/{alert_id}/ack", {"by": "值班长"}, "alert_ack")
+                callback = {"by": "值班长", "outcome": "reached", "note": "已回访"}
+                if await self._post(http, f"/v1/alerts/{alert_id}/callback", callback, "callback"):
+                    due = time.monotonic() + self.hall_s(RECTIFY_AFTER_S)
+                    if not self.to_rectify.full():
+                        self.to_rectify.put_nowait((due, alert_id))
+
+    async def _rectify(self) -> None:
+        """The complaint is looked into and settled (§11 `rectify`), an hour after the callback."""
+        timeout = aiohttp.ClientTimeout(total=10)
+        async with aiohttp.ClientSession(timeout=timeout) as http:
+            for _ in range(MAX_EVENTS_PER_LOOP):
+                due, alert_id = await self.to_rectify.get()
+                await asyncio.sleep(max(0.0, due - time.monotonic()))
+                if not self._running():
+                    return
+                body = {"by": "科长", "substantiated": self.rng.random() < SUBSTANTIATED_SHARE}
+                await self._post(http, f"/v1/alerts/{alert_id}/rectify", body, "rectify")
+
+    async def _post(self, http: aiohttp.ClientSession, path: str, body: dict[str, Any], name: str) -> bool:
+        """A control route on the hub's API with the control token; counted by its status."""
+        headers = {"Authorization": f"Bearer {self.control_token}"} if self.control_token else {}
+        try:
+            async with http.post(f"{self.api_url}{path}", json=body, headers=headers) as answer:
+                await answer.read()
+                self.tally.http[f"{name}_{answer.status}"] += 1
+                return answer.status == 200
+        except (aiohttp.ClientError, TimeoutError):
+            self.tally.http[f"{name}_failed"] += 1
+            return False
 
     async def _poll_api(self) -> None:
         """The status page open on the hall's PC, and a monitor polling /healthz."""
@@ -618,7 +706,6 @@ async def _result(day: HallDay, receiver: RunningReceiver, wall_s: float, cpu_s:
             "batches": stats.batches,
             "duplicates": stats.duplicates,
         },
-        "staff_events": "skipped: window/{w}/staff (§12) is not built yet",
     }
 
 

@@ -6,8 +6,8 @@ card readers and QR scanners (serial over ptys, and MQTT), self-service terminal
 reference central receiver. A separate process (bench/hallday.py) plays the hall's day at
 `--speed` times its real pace: evaluation sessions asked by the window PCs, ratings, walk-aways and
 re-asks, bad reviews and their alerts (most acknowledged by staff), card reads, scans, prints,
-paper running out, pads switched off and on, the status page polled. Staff sign-in events
-(`window/{w}/staff`, §12) are not built yet and are skipped.
+paper running out, pads switched off and on, the status page polled, staff signing in, pausing
+and handing over (`window/{w}/staff`, §12), bad reviews called back and settled (§11).
 
 The hub's RSS (and USS) is sampled every `--sample` seconds, with the evaluations stored so far
 (`/metrics`, which is also the scrape a Prometheus would make). After `--warmup` seconds the RSS
@@ -388,10 +388,7 @@ def main() -> None:
     )
     print(command)
     hall_hours = args.duration * args.speed / 3600
-    print(
-        f"a hall's day at {args.speed:g}x for {args.duration / 60:g} min ({hall_hours:.1f} h of hall time);"
-        " staff events (window/{w}/staff, §12) are skipped: not built yet"
-    )
+    print(f"a hall's day at {args.speed:g}x for {args.duration / 60:g} min ({hall_hours:.1f} h of hall time)")
     details: dict[str, Any] = {
         "other_load_before_cores": wait_for_quiet(max_wait_s=max(0.0, args.quiet_wait))
     }
@@ -438,6 +435,11 @@ def print_summary(details: dict[str, Any], summary: dict[str, Any]) -> None:
         f"cards {n.get('cards_placed', 0)}; scans {n.get('scans_serial', 0)} serial + "
         f"{n.get('scans_mqtt', 0)} MQTT + {n.get('pickup_scans', 0)} pickup; prints {n.get('prints', 0)}; "
         f"health reports {n.get('health_reports', 0)}; pads switched off {n.get('pads_switched_off', 0)}"
+    )
+    print(
+        f"  staff: {n.get('staff_sign_in', 0)} sign-ins, {n.get('staff_sign_out', 0)} sign-outs, "
+        f"{n.get('staff_pause', 0)} pauses, {n.get('staff_resume', 0)} resumes; "
+        f"{n.get('window_states_heard', 0)} window states, {n.get('window_errors_heard', 0)} refusals heard"
     )
     print(
         f"  acks {json.dumps(hall.get('acks', {}))}; not acked {n.get('not_acked', 0)}; "
