@@ -22,9 +22,9 @@ from dataclasses import dataclass, field
 from typing import Final
 
 import aiohttp
-import msgspec
 
 from contract.http import PULL_LIMIT_MAX
+from contract.wire import ReceivedRecord
 from sync.collector._fetch import Page, PullError, ack, fetch_page
 from sync.collector._nodes import NodeSpec, is_loopback_url
 from sync.receiver import LeaseLostError, NodeLease, PulledRecord, Store, StoreUnavailableError
@@ -291,10 +291,11 @@ class Collector:
         """The entry, or a rejected one when this database cannot keep the record (JSONB and NUL)."""
         if entry.record is None:
             return entry
-        problem = self.store.unstorable(entry.record)
+        record = ReceivedRecord.of(entry.record)
+        problem = self.store.unstorable(record)
         if problem is None:
             return entry
-        return PulledRecord(entry.seq, None, raw=msgspec.json.encode(entry.record).decode(), error=problem)
+        return PulledRecord(entry.seq, None, raw=record.to_json(), error=problem)
 
     def _token(self, node: NodeSpec) -> str:
         try:

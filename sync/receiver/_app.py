@@ -17,13 +17,13 @@ from contract.wire import (
     BATCH_PATH_TEMPLATE,
     MAX_BATCH_BYTES,
     BatchAnswer,
-    DecodedBatch,
-    Record,
+    ReceivedBatch,
+    ReceivedRecord,
     Rejection,
     WireError,
-    decode_batch,
     encode_answer,
     is_node_id,
+    receive_batch,
 )
 from sync.receiver._metrics import ReceiverMetrics
 from sync.receiver._store import PullStatus, Store, StoreUnavailableError
@@ -158,7 +158,7 @@ class CentralReceiver:
     def make_app(self) -> web.Application:
         """The aiohttp application; it opens the store on startup and closes it on cleanup.
 
-        Request bodies are not decompressed by aiohttp (`auto_decompress` off): `decode_batch`
+        Request bodies are not decompressed by aiohttp (`auto_decompress` off): `receive_batch`
         does it, so that bad gzip and oversize bodies get the receiver's own JSON errors.
         """
         app = web.Application(middlewares=[_json_errors], handler_args={"auto_decompress": False})
@@ -261,7 +261,7 @@ class CentralReceiver:
         if not key:
             raise WireError(400, "the Idempotency-Key header (the batch id) is required")
         body = await self._read_body(request)
-        batch = decode_batch(
+        batch = receive_batch(
             body,
             content_encoding=request.headers.get("Content-Encoding"),
             max_bytes=self._max_body_bytes,
@@ -277,7 +277,7 @@ class CentralReceiver:
         self._refuse_marked(batch)
 
         rejected = list(batch.rejected)
-        fresh: list[Record] = []
+        fresh: list[ReceivedRecord] = []
         repeated: list[str] = []
         seen: set[str] = set()
         for record in batch.records:
@@ -295,7 +295,7 @@ class CentralReceiver:
         return await asyncio.shield(self._commit(node_id, fresh, repeated, rejected))
 
     async def _commit(
-        self, node_id: str, fresh: list[Record], repeated: list[str], rejected: list[Rejection]
+        self, node_id: str, fresh: list[ReceivedRecord], repeated: list[str], rejected: list[Rejection]
     ) -> BatchAnswer:
         """Store the fresh records and count the batch's outcome."""
         inserted = await self._store.insert(node_id, fresh) if fresh else set()
@@ -314,7 +314,7 @@ class CentralReceiver:
         m.records.labels(result="rejected").inc(len(rejected))
         return BatchAnswer(accepted=accepted, duplicate=duplicate, rejected=rejected)
 
-    def _refuse_marked(self, batch: DecodedBatch) -> None:
+    def _refuse_marked(self, batch: ReceivedBatch) -> None:
         """The `refuse_ids` switch: a 422 for the whole batch naming the first marked record."""
         refused = self._misbehaviour.refuse_ids
         if not refused:
@@ -323,7 +323,7 @@ class CentralReceiver:
             if record_id in refused:
                 raise WireError(422, f"record {record_id} cannot be processed (refuse_ids switch)", "records")
 
-    def _refusal(self, record: Record) -> str | None:
+    def _refusal(self, record: ReceivedRecord) -> str | None:
         if record.kind in self._misbehaviour.reject_kind:
             return f"kind {record.kind!r} is not accepted by this receiver"
         return self._store.unstorable(record)

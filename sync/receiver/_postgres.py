@@ -24,7 +24,7 @@ import psycopg
 from psycopg import sql
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from contract.wire import Record, format_timestamp
+from contract.wire import ReceivedRecord, format_timestamp
 from sync.receiver._store import (
     DEFAULT_POOL_SIZE,
     DEFAULT_TABLE,
@@ -37,7 +37,6 @@ from sync.receiver._store import (
     StoredRecord,
     StoreUnavailableError,
     check_table,
-    encode_data,
     jsonb_problem,
 )
 
@@ -179,11 +178,11 @@ class PostgresStore:
         if pool is not None:
             await pool.close()
 
-    def unstorable(self, record: Record) -> str | None:
+    def unstorable(self, record: ReceivedRecord) -> str | None:
         """JSONB refuses NUL characters and lone surrogates; such a record is rejected alone."""
-        return jsonb_problem(record.data)
+        return jsonb_problem(record.data_json)
 
-    async def _insert_rows(self, conn: _Conn, node_id: str, records: Sequence[Record]) -> set[str]:
+    async def _insert_rows(self, conn: _Conn, node_id: str, records: Sequence[ReceivedRecord]) -> set[str]:
         """One multi-row upsert inside the caller's transaction, in id order.
 
         The records' JSON goes as a binary text array (`%b`): in the text format psycopg escapes
@@ -209,12 +208,12 @@ class PostgresStore:
             "kinds": [r.kind for r in records],
             "seqs": [r.seq for r in records],
             "created": [r.created_at for r in records],
-            "data": [encode_data(r.data) for r in records],
+            "data": [r.data_json for r in records],
         }
         cursor = await conn.execute(statement, params)
         return {row[0] for row in await cursor.fetchall()}
 
-    async def insert(self, node_id: str, records: Sequence[Record]) -> set[str]:
+    async def insert(self, node_id: str, records: Sequence[ReceivedRecord]) -> set[str]:
         """Upsert a batch in one transaction; no lock beyond the rows' own."""
 
         async def work(conn: _Conn) -> set[str]:
@@ -361,7 +360,7 @@ class PostgresStore:
         self, owner: str, node_id: str, records: Sequence[PulledRecord], next_after: int, caught_up: bool
     ) -> PageResult:
         """Records, rejects and cursor in one transaction, under the node row's lock and owner check."""
-        valid = [r.record for r in records if r.record is not None]
+        valid = [ReceivedRecord.of(r.record) for r in records if r.record is not None]
         bad = [r for r in records if r.record is None]
         p = self._pull
 

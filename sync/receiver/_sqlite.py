@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Final, TypeVar
 
-from contract.wire import Record
+from contract.wire import ReceivedRecord
 from sync.receiver._store import (
     DEFAULT_TABLE,
     FeedPage,
@@ -31,7 +31,6 @@ from sync.receiver._store import (
     StoredRecord,
     StoreUnavailableError,
     check_table,
-    encode_data,
     utc_now_text,
 )
 
@@ -125,7 +124,7 @@ class SqliteStore:
             await asyncio.get_running_loop().run_in_executor(executor, conn.close)
         executor.shutdown(wait=True)
 
-    def unstorable(self, record: Record) -> str | None:
+    def unstorable(self, record: ReceivedRecord) -> str | None:
         """SQLite keeps every valid record."""
         return None
 
@@ -139,7 +138,9 @@ class SqliteStore:
             raise
         return result
 
-    def _insert_rows(self, conn: sqlite3.Connection, node_id: str, records: Sequence[Record]) -> set[str]:
+    def _insert_rows(
+        self, conn: sqlite3.Connection, node_id: str, records: Sequence[ReceivedRecord]
+    ) -> set[str]:
         """Insert inside the caller's write transaction, serials following the last one.
 
         The ids already stored are looked up in one query and the rest inserted with one
@@ -156,7 +157,7 @@ class SqliteStore:
             )
         }
         (last,) = conn.execute(f"SELECT COALESCE(MAX(serial), 0) FROM {t}").fetchone()
-        fresh: dict[str, Record] = {}
+        fresh: dict[str, ReceivedRecord] = {}
         for r in records:
             if r.id not in stored and r.id not in fresh:
                 fresh[r.id] = r
@@ -164,13 +165,13 @@ class SqliteStore:
             f"INSERT INTO {t} (id, node_id, kind, seq, created_at, data, received_at, serial) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             [
-                (r.id, node_id, r.kind, r.seq, r.created_at, encode_data(r.data), received_at, last + n)
+                (r.id, node_id, r.kind, r.seq, r.created_at, r.data_json, received_at, last + n)
                 for n, r in enumerate(fresh.values(), 1)
             ],
         )
         return set(fresh)
 
-    async def insert(self, node_id: str, records: Sequence[Record]) -> set[str]:
+    async def insert(self, node_id: str, records: Sequence[ReceivedRecord]) -> set[str]:
         """The records not stored yet, in one transaction; answers their ids."""
 
         def work(conn: sqlite3.Connection) -> set[str]:
@@ -262,7 +263,7 @@ class SqliteStore:
     ) -> PageResult:
         """Records, rejects and the node's cursor in one transaction, fenced by the lease owner."""
         t = self._table
-        valid = [p.record for p in records if p.record is not None]
+        valid = [ReceivedRecord.of(p.record) for p in records if p.record is not None]
         bad = [p for p in records if p.record is None]
 
         def store(conn: sqlite3.Connection) -> PageResult:

@@ -19,9 +19,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final, Protocol
 
-import msgspec
-
-from contract.wire import Record, format_timestamp
+from contract.wire import ReceivedRecord, Record, format_timestamp
 
 __all__ = [
     "DEFAULT_POOL_SIZE",
@@ -36,7 +34,6 @@ __all__ = [
     "StoreUnavailableError",
     "StoredRecord",
     "check_table",
-    "encode_data",
     "jsonb_problem",
     "utc_now_text",
 ]
@@ -47,6 +44,7 @@ DEFAULT_POOL_SIZE: Final = 8
 SQLite receiver never loads psycopg)."""
 # 48 leaves room for the longest derived name (`{table}_collectors`) under PostgreSQL's 63.
 _TABLE_NAME: Final = re.compile(r"[a-z_][a-z0-9_]{0,47}")
+_SURROGATE_ESCAPE: Final = re.compile(r"\\u[dD][89a-fA-F]")
 
 
 class StoreUnavailableError(Exception):
@@ -145,11 +143,11 @@ class Store(Protocol):
         """Release the connections (and thread); safe to call twice."""
         ...
 
-    def unstorable(self, record: Record) -> str | None:
+    def unstorable(self, record: ReceivedRecord) -> str | None:
         """Why this store cannot keep the record at all, or None."""
         ...
 
-    async def insert(self, node_id: str, records: Sequence[Record]) -> set[str]:
+    async def insert(self, node_id: str, records: Sequence[ReceivedRecord]) -> set[str]:
         """Upsert by id in one transaction; return the ids that were new."""
         ...
 
@@ -202,21 +200,18 @@ def utc_now_text() -> str:
     return format_timestamp(datetime.now(UTC))
 
 
-def encode_data(data: dict[str, Any]) -> str:
-    """A record's `data` as the JSON text the table keeps.
+def jsonb_problem(data_json: str) -> str | None:
+    """Why JSONB would refuse this `data` text (NUL or a lone surrogate in a string), or None.
 
-    msgspec's encoder, not `json.dumps`, which was a fifth of the reference receiver's CPU in a drain
-    (py-spy, `bench/drain.py`); the text is UTF-8 rather than `\\u` escapes, the same JSON value.
-    A string msgspec cannot write as UTF-8 (a lone surrogate) goes through `json.dumps`, escaped.
+    Only a text that holds a NUL, a `\\u0000` or a `\\ud…` escape can be refused; the rest is
+    answered without decoding it.
     """
+    if "\x00" not in data_json and "\\u0000" not in data_json and not _SURROGATE_ESCAPE.search(data_json):
+        return None
     try:
-        return msgspec.json.encode(data).decode("utf-8")
-    except UnicodeEncodeError:
-        return json.dumps(data)
-
-
-def jsonb_problem(data: dict[str, Any]) -> str | None:
-    """Why JSONB would refuse this value (NUL or a lone surrogate in a string), or None."""
+        data = json.loads(data_json)
+    except ValueError:
+        return "data is not valid JSON"
     pending: list[Any] = [data]
     while pending:
         value = pending.pop()

@@ -17,6 +17,7 @@ from multidict import CIMultiDictProxy
 from psycopg import sql
 
 from contract import wire
+from contract.wire import encode_record_data
 from sync.receiver import (
     CentralReceiver,
     Misbehaviour,
@@ -28,7 +29,7 @@ from sync.receiver import (
     run_receiver,
     start_receiver,
 )
-from sync.receiver._store import encode_data
+from sync.receiver._store import jsonb_problem
 from tests.sync.conftest import NODE, TOKEN, Backend, batch_body, record
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -139,6 +140,42 @@ async def test_nul_character_per_backend(backend: Backend, http: aiohttp.ClientS
                     "error": "data contains a NUL character, which PostgreSQL JSONB cannot store",
                 }
             ]
+
+
+async def test_lone_surrogate_per_backend(backend: Backend, http: aiohttp.ClientSession) -> None:
+    odd = record("alert")
+    odd["data"] = {"type": "bad_review", "note": "a\ud800b"}
+    async with start_receiver("127.0.0.1:0", backend.url, TOKEN, table=backend.table) as running:
+        status, answer, _ = await post(http, running, batch_body([odd, record()]))
+        assert status == 200
+        if backend.name == "sqlite":
+            assert len(answer["accepted"]) == 2
+        else:
+            assert answer["rejected"] == [
+                {
+                    "id": odd["id"],
+                    "error": "data contains a lone UTF-16 surrogate, which is not valid Unicode",
+                }
+            ]
+            assert len(answer["accepted"]) == 1
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        (r'{"a": "plain"}', None),
+        (r'{"a": "\\u0000 is only written"}', None),
+        (r'{"a": "\\ud800"}', None),
+        (r'{"a": "\ud83d\ude00"}', None),
+        (r'{"a": "x\u0000"}', "NUL character"),
+        (r'{"a": ["\ud800"]}', "lone UTF-16 surrogate"),
+        (r'{"\udc00": 1}', "lone UTF-16 surrogate"),
+        ('{"a": "raw \x00"}', "not valid JSON"),
+    ],
+)
+def test_jsonb_problem_reads_the_text_and_decodes_only_a_suspect_one(text: str, problem: str | None) -> None:
+    found = jsonb_problem(text)
+    assert found is None if problem is None else problem in (found or "")
 
 
 async def test_plain_and_gzip_bodies(receiver: RunningReceiver, http: aiohttp.ClientSession) -> None:
@@ -498,10 +535,10 @@ async def test_postgres_connection_loss_is_503_then_recovers(
 
 
 def test_data_is_kept_as_utf8_json_and_a_lone_surrogate_still_escaped() -> None:
-    """`encode_data` writes the table's JSON with msgspec (UTF-8); the same value as before."""
+    """`encode_record_data` writes the table's JSON with msgspec (UTF-8); the same value as before."""
     data = {"comment": "等候时间太长", "level": 1, "reasons": ["R1"], "national": {"pj": 1}, "n": None}
-    text = encode_data(data)
+    text = encode_record_data(data)
     assert "等候时间太长" in text
     assert json.loads(text) == data
     odd = {"comment": "\ud800"}
-    assert json.loads(encode_data(odd)) == odd
+    assert json.loads(encode_record_data(odd)) == odd

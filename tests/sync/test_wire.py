@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
@@ -12,6 +13,12 @@ import pytest
 
 from contract import wire
 from tests.sync.conftest import NODE, batch_body, record
+
+Decode = Callable[..., wire.DecodedBatch | wire.ReceivedBatch]
+DECODERS = pytest.mark.parametrize(
+    "decode", [wire.decode_batch, wire.receive_batch], ids=["decode", "receive"]
+)
+"""The receiver's path (`receive_batch`, `data` kept as text) judges every body as `decode_batch` does."""
 
 
 def _gz(document: Any) -> bytes:
@@ -56,6 +63,78 @@ def test_batch_round_trip_gzip_and_plain() -> None:
         assert decoded.rejected == ()
 
 
+def _received_as_dicts(batch: wire.ReceivedBatch) -> list[dict[str, Any]]:
+    return [
+        {
+            "id": r.id,
+            "seq": r.seq,
+            "kind": r.kind,
+            "created_at": r.created_at,
+            "data": json.loads(r.data_json),
+        }
+        for r in batch.records
+    ]
+
+
+def test_the_receivers_path_keeps_each_datas_text_as_sent_and_agrees_with_decode_batch() -> None:
+    odd = record()
+    odd["data"] |= {"comment": '等候 "太长" \\ \n', "extra": {"deep": [1, 2.5, None, True]}, "emoji": "😀"}
+    records = [
+        record("alert"),
+        record(),
+        odd,
+        record("scan"),
+        record("followup") | {"data": _data_of("followup")},
+        record("window") | {"data": _data_of("window")},
+        record("card"),
+    ]
+    for ensure_ascii in (True, False):
+        texts = [json.dumps(r, ensure_ascii=ensure_ascii) for r in records]
+        document = (
+            '{"node_id": "%s", "batch_id": "b-1", "sent_at": "2024-05-01T09:00:00.000Z", "records": [%s]}'
+        )
+        body = gzip.compress((document % (NODE, ", ".join(texts))).encode("utf-8"), mtime=0)
+        received = wire.receive_batch(body)
+        decoded = wire.decode_batch(body)
+        assert received.rejected == decoded.rejected == ()
+        assert _received_as_dicts(received) == [msgspec.structs.asdict(r) for r in decoded.records] == records
+        sent_data = [json.dumps(r["data"], ensure_ascii=ensure_ascii) for r in records]
+        assert [r.data_json for r in received.records] == sent_data, "the text as the node sent it"
+        assert (received.node_id, received.batch_id, received.sent_at) == (
+            decoded.node_id,
+            decoded.batch_id,
+            decoded.sent_at,
+        )
+
+
+@pytest.mark.parametrize("kind", ["alert", "scan", "card", "evaluation"])
+@pytest.mark.parametrize("data", [[], "text", 5, None])
+def test_data_that_is_not_an_object_is_rejected_for_every_kind(kind: str, data: Any) -> None:
+    good, bad = record(kind), record(kind) | {"data": data}
+    received = wire.receive_batch(_gz(batch_body([good, bad])))
+    assert [r.id for r in received.records] == [good["id"]]
+    assert [r.id for r in received.rejected] == [bad["id"]]
+    assert received.rejected[0].error.startswith("data: expected an object")
+    assert received.rejected == wire.decode_batch(_gz(batch_body([good, bad]))).rejected
+
+
+def test_a_lone_surrogate_takes_the_worded_path_and_is_kept_escaped() -> None:
+    """msgspec refuses `\\ud800` even inside text it keeps raw: the batch goes through `decode_batch`'s
+    path, which takes it, and the text stored escapes it as before."""
+    lone = record("alert")
+    lone["data"] = {"type": "bad_review", "note": "\ud800"}
+    received = wire.receive_batch(_gz(batch_body([record(), lone])))
+    assert received.rejected == ()
+    assert json.loads(received.records[1].data_json) == {"type": "bad_review", "note": "\ud800"}
+    assert "\\ud800" in received.records[1].data_json
+
+
+def test_a_received_record_writes_itself_back_as_the_same_record() -> None:
+    original = record()
+    received = wire.ReceivedRecord.of(wire.validate_record(original))
+    assert json.loads(received.to_json()) == original
+
+
 def test_new_batch_keeps_a_given_id_and_makes_uuid7_otherwise() -> None:
     given = wire.new_batch(NODE, [record()], batch_id="retry-1")
     assert given.batch_id == "retry-1"
@@ -92,11 +171,12 @@ def test_path_and_headers() -> None:
         (b"{}", "br", 400, "Content-Encoding 'br' is not supported", None),
     ],
 )
+@DECODERS
 def test_malformed_bodies(
-    body: bytes, encoding: str | None, status: int, message: str, field: str | None
+    decode: Decode, body: bytes, encoding: str | None, status: int, message: str, field: str | None
 ) -> None:
     with pytest.raises(wire.WireError) as caught:
-        wire.decode_batch(body, content_encoding=encoding)
+        decode(body, content_encoding=encoding)
     assert caught.value.status == status
     assert message in caught.value.message
     assert caught.value.field == field
@@ -114,20 +194,24 @@ def test_malformed_bodies(
         ({"extra": 1}, "extra", "extra: is not a field of this object"),
     ],
 )
-def test_envelope_errors_name_the_field(change: dict[str, Any], field: str, message: str) -> None:
+@DECODERS
+def test_envelope_errors_name_the_field(
+    decode: Decode, change: dict[str, Any], field: str, message: str
+) -> None:
     document = batch_body([record()]) | change
     with pytest.raises(wire.WireError) as caught:
-        wire.decode_batch(json.dumps(document).encode(), content_encoding=None)
+        decode(json.dumps(document).encode(), content_encoding=None)
     assert caught.value.status == 400
     assert caught.value.field == field
     assert caught.value.message.startswith(message)
 
 
-def test_missing_envelope_field() -> None:
+@DECODERS
+def test_missing_envelope_field(decode: Decode) -> None:
     document = batch_body([record()])
     del document["sent_at"]
     with pytest.raises(wire.WireError) as caught:
-        wire.decode_batch(_gz(document))
+        decode(_gz(document))
     assert (caught.value.status, caught.value.field) == (400, "sent_at")
     assert caught.value.message == "sent_at: is required"
 
@@ -146,9 +230,10 @@ def test_missing_envelope_field() -> None:
         ),
     ],
 )
-def test_record_without_usable_id_refuses_the_batch(bad: Any, message: str) -> None:
+@DECODERS
+def test_record_without_usable_id_refuses_the_batch(decode: Decode, bad: Any, message: str) -> None:
     with pytest.raises(wire.WireError) as caught:
-        wire.decode_batch(_gz(batch_body([record(), bad])))
+        decode(_gz(batch_body([record(), bad])))
     assert caught.value.status == 422
     assert caught.value.message.startswith(message)
     assert caught.value.field is not None
@@ -174,13 +259,14 @@ def test_record_without_usable_id_refuses_the_batch(bad: Any, message: str) -> N
         ({}, {"comment": "x" * 501}, "data.comment: expected at most 500 characters"),
     ],
 )
+@DECODERS
 def test_record_level_errors_reject_only_that_record(
-    change: dict[str, Any], data_change: dict[str, Any], message: str
+    decode: Decode, change: dict[str, Any], data_change: dict[str, Any], message: str
 ) -> None:
     good = record()
     bad = record() | change
     bad["data"] = bad["data"] | data_change if isinstance(bad["data"], dict) else bad["data"]
-    decoded = wire.decode_batch(_gz(batch_body([good, bad])))
+    decoded = decode(_gz(batch_body([good, bad])))
     assert [r.id for r in decoded.records] == [good["id"]]
     assert len(decoded.rejected) == 1
     assert decoded.rejected[0].id == bad["id"]
@@ -222,19 +308,20 @@ def test_optional_evaluation_fields_and_extras() -> None:
     assert wire.validate_record(minimal).data["staff_name"] == "张三", "the record keeps extra keys"
 
 
-def test_size_limits() -> None:
+@DECODERS
+def test_size_limits(decode: Decode) -> None:
     document = batch_body([record() for _ in range(3)])
     plain = json.dumps(document).encode()
     with pytest.raises(wire.WireError, match="body is larger than 100 bytes") as caught:
-        wire.decode_batch(plain, content_encoding=None, max_bytes=100)
+        decode(plain, content_encoding=None, max_bytes=100)
     assert caught.value.status == 413
     bomb = gzip.compress(b" " * 1_000_000 + plain)
     assert len(bomb) < 10_000
     with pytest.raises(wire.WireError, match="larger than 100000 bytes once decompressed") as caught:
-        wire.decode_batch(bomb, max_bytes=100_000)
+        decode(bomb, max_bytes=100_000)
     assert caught.value.status == 413
     with pytest.raises(wire.WireError, match="batch has 3 records; at most 2") as caught:
-        wire.decode_batch(plain, content_encoding=None, max_records=2)
+        decode(plain, content_encoding=None, max_records=2)
     assert (caught.value.status, caught.value.field) == (413, "records")
 
 
@@ -308,13 +395,14 @@ def _data_of(kind: str) -> dict[str, Any]:
         *(("window", name) for name in wire._WINDOW_CHECKS),
     ],
 )
-def test_every_field_rule_rejects_the_record_naming_the_field(kind: str, field: str) -> None:
+@DECODERS
+def test_every_field_rule_rejects_the_record_naming_the_field(decode: Decode, kind: str, field: str) -> None:
     """The rules msgspec does not check run in `__post_init__`: each one refuses, and names its field."""
     good = record(kind)
     good["data"] = _data_of(kind)
     assert wire.validate_record(good).data == good["data"]
     bad = good | {"data": good["data"] | {field: "no such value!"}}
-    decoded = wire.decode_batch(_gz(batch_body([good, bad])))
+    decoded = decode(_gz(batch_body([good, bad])))
     assert [r.id for r in decoded.records] == [good["id"]]
     assert [r.id for r in decoded.rejected] == [bad["id"]]
     assert decoded.rejected[0].error.startswith(f"data.{field}: must ")
