@@ -14,6 +14,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import psutil
 import pytest
 from rich.console import Console
 
@@ -112,6 +113,43 @@ def test_ctrl_c_piped_stops_in_a_second_cleanly_and_says_what_is_pending(tmp_pat
         assert bad not in text, text[-3000:]
     assert [p for p in tmp_path.glob("hallhub-demo-*") if p.is_dir()] == [], "the run's temp dir was left"
     assert f"log: {log}" in lines[0]
+
+
+def test_a_demo_killed_with_kill_9_leaves_no_broker_behind(tmp_path: Path) -> None:
+    """The broker has its own process group (so that Ctrl-C reaches the demo first): killing the
+    demo's group with SIGKILL used to leave Mosquitto running, holding its port."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "hub", "demo", "--rate", "2", "--data-dir", str(tmp_path)],
+        env={**os.environ, "HALLHUB_DEMO_BROKER": "mosquitto", "COLUMNS": "100"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        start_new_session=True,
+    )
+    brokers: list[psutil.Process] = []
+    try:
+        assert process.stdout is not None
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            line = process.stdout.readline()
+            if not line or line.startswith("broker: "):
+                break
+        assert line.startswith("broker: mosquitto"), line
+        brokers = [c for c in psutil.Process(process.pid).children() if c.name() == "mosquitto"]
+        assert len(brokers) == 1
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=10)
+        _, alive = psutil.wait_procs(brokers, timeout=10)
+        assert alive == [], "mosquitto outlived the demo"
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+        for broker in brokers:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                broker.kill()
+        if process.stdout is not None:
+            process.stdout.close()
 
 
 @pytest.mark.parametrize(("width", "height"), [(80, 24), (160, 50)])

@@ -91,8 +91,11 @@ class DemoBroker:
     async def start(self) -> None:
         """Start Mosquitto, or amqtt where Mosquitto is absent (or HALLHUB_DEMO_BROKER=amqtt)."""
         if self.prefer != "amqtt" and mosquitto_binary() is not None:
-            self.mosquitto = MosquittoBroker(workdir=self.workdir)
-            await asyncio.to_thread(self.mosquitto.start)
+            # Started from the event loop's own thread, which lives as long as the demo: the broker
+            # is terminated when that thread ends, so a demo killed with kill -9 leaves none behind.
+            # It waits for the port (~50 ms) before anything else of the demo runs.
+            self.mosquitto = MosquittoBroker(workdir=self.workdir, ends_with_starter=True)
+            self.mosquitto.start()
             return
         self.embedded = EmbeddedBroker()
         await self.embedded.start()

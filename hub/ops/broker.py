@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 
 class BrokerError(Exception):
@@ -38,18 +41,42 @@ def mosquitto_binary() -> str | None:
     )
 
 
+_PR_SET_PDEATHSIG: Final = 1  # <linux/prctl.h>
+
+
+def _terminated_with(parent_pid: int) -> Callable[[], None]:
+    """A `preexec_fn`: the child is sent SIGTERM when the thread that started it ends, `kill -9` of
+    the whole process included (Linux `prctl(PR_SET_PDEATHSIG)`).
+
+    The standard library has no wrapper for the one call, and a package for it is not worth a
+    dependency. The function is looked up before the fork, so the child only calls it.
+    """
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+
+    def arm() -> None:
+        prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        if os.getppid() != parent_pid:  # the parent died before the signal was armed
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return arm
+
+
 @dataclass
 class MosquittoBroker:
     """A Mosquitto process on 127.0.0.1:`port` with persistence in `workdir`.
 
     `extra` holds config lines (auth, ACL); the queue limit is lifted from Mosquitto's default of
     1000 messages, which silently drops QoS-1 messages for a slow or restarting subscriber.
+    `ends_with_starter`: the broker is terminated when the thread that called `start` ends, even by
+    `kill -9` (the demo's broker must not outlive the demo; start it from a thread that lives as
+    long as the program, e.g. the main thread).
     """
 
     workdir: Path
     port: int = 0
     extra: list[str] = field(default_factory=list)
     process: subprocess.Popen[bytes] | None = None
+    ends_with_starter: bool = False
 
     def config_text(self) -> str:
         """The mosquitto.conf this broker runs with."""
@@ -94,7 +121,11 @@ class MosquittoBroker:
         # Its own process group: a Ctrl-C at the terminal reaches the program that started it (which
         # stops it last, after its clients have disconnected), not the broker under their feet.
         self.process = subprocess.Popen(
-            [binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, process_group=0
+            [binary, "-c", str(conf)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            process_group=0,
+            preexec_fn=_terminated_with(os.getpid()) if self.ends_with_starter else None,  # noqa: PLW1509
         )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
