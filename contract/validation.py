@@ -102,10 +102,24 @@ class Invalid(Exception):
         return "; ".join(parts)
 
 
+def strict_convert(obj: object, type_: Any) -> Any:
+    """`msgspec.convert(obj, type_, strict=True)`, with text that holds a lone UTF-16 surrogate
+    refused like any other wrong value: msgspec raises `UnicodeEncodeError` for it where it compares
+    text (a choice of values, a table's keys), which escaped as a crash from a hostile payload."""
+    try:
+        return msgspec.convert(obj, type_, strict=True)
+    except UnicodeEncodeError:
+        raise msgspec.ValidationError(LONE_SURROGATE) from None
+
+
+LONE_SURROGATE: Final = "expected text, got a lone UTF-16 surrogate escape (not Unicode)"
+
+
 def convert(obj: object, type_: type[_T], *, prefix: str = "") -> _T:
     """`obj` as `type_` (strict: "5" is not 5), or `Invalid` listing every bad field under `prefix`."""
     try:
-        return msgspec.convert(obj, type_, strict=True)
+        converted: _T = strict_convert(obj, type_)
+        return converted
     except msgspec.ValidationError as exc:
         raise Invalid(problems(obj, type_, exc, prefix)) from None
 
@@ -165,7 +179,7 @@ def _struct_problems(obj: object, type_: type[msgspec.Struct], prefix: str) -> l
     value: msgspec stops at the first problem."""
     if not isinstance(obj, dict):
         try:
-            msgspec.convert(obj, type_, strict=True)
+            strict_convert(obj, type_)
         except msgspec.ValidationError as exc:
             return [explain(str(exc), obj, prefix, type_)]
         return []
@@ -185,7 +199,7 @@ def _struct_problems(obj: object, type_: type[msgspec.Struct], prefix: str) -> l
             continue
         value = obj[info.encode_name]
         try:
-            values[info.name] = msgspec.convert(value, info.type, strict=True)
+            values[info.name] = strict_convert(value, info.type)
         except msgspec.ValidationError as exc:
             refused, kept = _value_problems(value, info.type, path, exc)
             found += refused
@@ -239,7 +253,7 @@ def _value_problems(
     kept: list[object] = []
     for entry_path, entry in entries:
         try:
-            kept.append(msgspec.convert(entry, entry_type, strict=True))
+            kept.append(strict_convert(entry, entry_type))
         except msgspec.ValidationError as entry_exc:
             refused.append(explain(str(entry_exc), entry, entry_path, entry_type))
             kept.append(REFUSED)

@@ -46,7 +46,7 @@ from contract.records import (
     new_record_id,
     parse_timestamp,
 )
-from contract.validation import Check, Invalid, Problem, Ruled, convert, run_checks, shown
+from contract.validation import Check, Invalid, Problem, Ruled, convert, run_checks, shown, strict_convert
 
 __all__ = [
     "BATCH_PATH_TEMPLATE",
@@ -445,10 +445,10 @@ def validate_record(raw: object) -> Record:
     The good path is msgspec alone; a refused record is converted again to word every problem.
     """
     try:
-        record = msgspec.convert(raw, Record, strict=True)
+        record: Record = strict_convert(raw, Record)
         model = _DATA_CHECKS.get(record.kind)
         if model is not None:
-            msgspec.convert(record.data, model, strict=True)
+            strict_convert(record.data, model)
     except msgspec.ValidationError:
         raise _record_error(raw) from None
     return record
@@ -725,6 +725,11 @@ def receive_batch(
     decoders = _DATA_DECODERS
     for record in batch.records:
         text = bytes(record.data)
+        try:
+            # msgspec checks that skipped text is JSON, not that it is UTF-8: this does.
+            data_json = text.decode("utf-8")
+        except UnicodeDecodeError:
+            return _received(_decode_refused(plain, max_records))
         decoder = decoders.get(record.kind)
         try:
             if not text.startswith(b"{"):
@@ -735,9 +740,7 @@ def receive_batch(
             problem = _record_error({**msgspec.structs.asdict(record), "data": msgspec.json.decode(text)})
             rejected.append(Rejection(id=record.id, error=problem.message))
             continue
-        records.append(
-            ReceivedRecord(record.id, record.seq, record.kind, record.created_at, text.decode("utf-8"))
-        )
+        records.append(ReceivedRecord(record.id, record.seq, record.kind, record.created_at, data_json))
     return ReceivedBatch(batch.node_id, batch.batch_id, batch.sent_at, tuple(records), tuple(rejected))
 
 
@@ -792,7 +795,7 @@ def decode_batch(
         model = checks.get(record.kind)
         if model is not None:
             try:
-                msgspec.convert(record.data, model, strict=True)
+                strict_convert(record.data, model)
             except msgspec.ValidationError:
                 problem = _record_error(msgspec.structs.asdict(record))
                 rejected.append(Rejection(id=record.id, error=problem.message))

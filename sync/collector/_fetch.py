@@ -101,7 +101,7 @@ def _entry(raw: Any, after: int, next_after: int, index: int) -> PulledRecord:
         return PulledRecord(position, validate_record(raw))
     except RecordError as exc:
         text = json.dumps(raw, ensure_ascii=True)
-        return PulledRecord(position, None, raw=text, error=f"records[{index}].{exc.field}: {exc}")
+        return PulledRecord(position, None, raw=text, error=f"records[{index}].{exc.message}")
 
 
 def parse_page(document: Any, after: int, what: str) -> Page:

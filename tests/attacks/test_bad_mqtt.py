@@ -137,6 +137,23 @@ async def test_a_number_of_5000_digits_is_rejected_naming_the_field(
     assert hub_errors(caplog) == [], "no traceback, no error: each was an ordinary refusal"
 
 
+async def test_a_lone_surrogate_where_a_choice_is_expected_is_refused_naming_the_field(
+    tmp_path: Path, broker: MosquittoBroker, caplog: pytest.LogCaptureFixture
+) -> None:
+    """`"\\ud800"` is valid JSON but not Unicode. Where a field allows a choice of values (a print's
+    `state`) msgspec raised `UnicodeEncodeError` comparing it: a traceback and no answer. Now it is
+    refused by field like any wrong value."""
+    caplog.set_level(logging.WARNING)
+    config = node_config(tmp_path / "data", broker.port)
+    async with running_hub(config), device(broker, "terminal-00") as terminal:
+        await terminal.publish_raw("print", '{"msg_id": "odd-state", "job_id": "J1", "state": "\\ud800"}')
+        ack = await terminal.ack_for("odd-state", timeout=5)
+        assert (ack.status, ack.id) == ("rejected", None), ack
+        assert ack.error == "state: expected text, got a lone UTF-16 surrogate escape (not Unicode)"
+        assert (await terminal.rate(5, msg_id="after")).status == "stored", "the hub carries on"
+    assert hub_errors(caplog) == [], "no traceback, no error: an ordinary refusal"
+
+
 def test_every_number_a_device_may_send_has_a_bound() -> None:
     """A guard for new fields: an unbounded int would reach SQLite, which overflows beyond 64 bits."""
     unbounded: list[str] = []

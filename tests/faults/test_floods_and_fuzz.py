@@ -104,7 +104,20 @@ def mutate(rng: random.Random, valid: bytes) -> bytes:
     if choice == 2:
         return rng.randbytes(rng.randint(0, 64))
     if choice == 3:
-        wrong: list[Any] = [None, True, -1, 1e308, "5", [], {}, "x" * 70, [1, 2], {"a": 1}]
+        wrong: list[Any] = [
+            None,
+            True,
+            -1,
+            1e308,
+            "5",
+            [],
+            {},
+            "x" * 70,
+            [1, 2],
+            {"a": 1},
+            "\ud800",
+            ["\udc00"],
+        ]
         body = json.loads(valid)
         body[rng.choice([*body.keys(), "extra"])] = rng.choice(wrong)
         return json.dumps(body).encode()

@@ -167,6 +167,17 @@ def test_an_invalid_record_in_a_page_is_kept_as_rejected() -> None:
     assert json.loads(page.records[1].raw) == bad
 
 
+def test_a_lone_surrogate_in_a_pulled_record_is_kept_as_rejected_not_a_crash() -> None:
+    """A node's page may hold `"\\ud800"` where a choice is expected (`data.channel`): it crashed the
+    collector's pull of that node with `UnicodeEncodeError`; now the record is rejected, named once."""
+    good, bad = record(seq=5), record(seq=6, channel="\ud800")
+    page = parse_page({"records": [good, bad], "next_after": 6, "more": False}, 4, "GET node")
+    assert page.records[1].record is None
+    assert page.records[1].error == (
+        "records[1].data.channel: expected text, got a lone UTF-16 surrogate escape (not Unicode)"
+    )
+
+
 # --- hostile nodes ---------------------------------------------------------------------------------
 
 

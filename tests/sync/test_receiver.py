@@ -160,6 +160,22 @@ async def test_lone_surrogate_per_backend(backend: Backend, http: aiohttp.Client
             assert len(answer["accepted"]) == 1
 
 
+async def test_a_lone_surrogate_where_a_choice_is_expected_is_rejected_by_field(
+    receiver: RunningReceiver, http: aiohttp.ClientSession
+) -> None:
+    """It was a `UnicodeEncodeError` in the receiver's worded path (the batch never answered)."""
+    good, odd = record(), record(channel="\ud800")
+    status, answer, _ = await post(http, receiver, batch_body([good, odd]))
+    assert status == 200, answer
+    assert answer["accepted"] == [good["id"]]
+    assert answer["rejected"] == [
+        {
+            "id": odd["id"],
+            "error": "data.channel: expected text, got a lone UTF-16 surrogate escape (not Unicode)",
+        }
+    ]
+
+
 @pytest.mark.parametrize(
     ("text", "problem"),
     [

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import random
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
@@ -133,6 +134,58 @@ def test_a_received_record_writes_itself_back_as_the_same_record() -> None:
     original = record()
     received = wire.ReceivedRecord.of(wire.validate_record(original))
     assert json.loads(received.to_json()) == original
+
+
+_ODD_VALUES: list[Any] = [
+    None,
+    True,
+    0,
+    -1,
+    6,
+    2**64,
+    10**30,
+    1.5,
+    "",
+    "x" * 600,
+    "等候",
+    "\u0000",
+    "\ud83d\ude00",
+    "\ud800",
+    [],
+    ["R1", 2],
+    {},
+    {"nested": {"deep": [1, {"a": None}]}},
+]
+
+
+def _outcome(decode: Decode, body: bytes) -> object:
+    try:
+        batch = decode(body, content_encoding=None)
+    except wire.WireError as exc:
+        return ("refused", exc.status, exc.message, exc.field)
+    return ([r.id for r in batch.records], batch.rejected)
+
+
+def test_both_paths_judge_10000_mutated_records_alike() -> None:
+    """Records with one value replaced by an odd one, at the top or in `data`, for every kind with a
+    model: the receiver's text path accepts, rejects and refuses exactly as `decode_batch`."""
+    rng = random.Random(20261207)
+    kinds = ["evaluation", "followup", "window", "alert", "scan"]
+    for _ in range(2000):
+        records = []
+        for _ in range(5):
+            kind = rng.choice(kinds)
+            item = record(kind)
+            if kind in ("followup", "window"):
+                item["data"] = _data_of(kind)
+            target = item["data"] if rng.random() < 0.8 else item
+            key = rng.choice([*target.keys(), "extra"])
+            if key != "id" or rng.random() < 0.1:
+                target[key] = rng.choice(_ODD_VALUES)
+            records.append(item)
+        text = json.dumps(batch_body(records), ensure_ascii=rng.random() < 0.5)
+        body = text.encode("utf-8", "surrogatepass")
+        assert _outcome(wire.receive_batch, body) == _outcome(wire.decode_batch, body), body[:600]
 
 
 def test_new_batch_keeps_a_given_id_and_makes_uuid7_otherwise() -> None:
