@@ -360,7 +360,11 @@ class HallDay:
         loops = [self._window(w) for w in windows]
         loops += [self._staff(w) for w in windows]
         loops += [self._terminal(t) for t in TERMINALS]
-        loops += [self._switch_pads_off(), self._acknowledge_alerts(), self._rectify(), self._listen()]
+        loops += [
+            self._when_due(self.alert_ids, self._acknowledge),
+            self._when_due(self.to_rectify, self._rectify),
+        ]
+        loops += [self._switch_pads_off(), self._listen()]
         loops += [self._poll_api()]
         runners = [asyncio.create_task(loop) for loop in loops]
         try:
@@ -605,33 +609,32 @@ class HallDay:
                         (time.monotonic() + self.hall_s(ALERT_ACK_AFTER_S), str(body["id"]))
                     )
 
-    async def _acknowledge_alerts(self) -> None:
-        """Staff acknowledge the alert on the status page minutes later and call the citizen back."""
-        timeout = aiohttp.ClientTimeout(total=10)
-        async with aiohttp.ClientSession(timeout=timeout) as http:
+    async def _when_due(
+        self,
+        queue: asyncio.Queue[tuple[float, str]],
+        step: Callable[[aiohttp.ClientSession, str], Awaitable[None]],
+    ) -> None:
+        """Hand each alert id in `queue` to `step` when its time comes, until the day ends."""
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http:
             for _ in range(MAX_EVENTS_PER_LOOP):
-                due, alert_id = await self.alert_ids.get()
+                due, alert_id = await queue.get()
                 await asyncio.sleep(max(0.0, due - time.monotonic()))
                 if not self._running():
                     return
-                await self._post(http, f"/v1/alerts/{alert_id}/ack", {"by": "值班长"}, "alert_ack")
-                callback = {"by": "值班长", "outcome": "reached", "note": "已回访"}
-                if await self._post(http, f"/v1/alerts/{alert_id}/callback", callback, "callback"):
-                    due = time.monotonic() + self.hall_s(RECTIFY_AFTER_S)
-                    if not self.to_rectify.full():
-                        self.to_rectify.put_nowait((due, alert_id))
+                await step(http, alert_id)
 
-    async def _rectify(self) -> None:
+    async def _acknowledge(self, http: aiohttp.ClientSession, alert_id: str) -> None:
+        """Staff acknowledge the alert on the status page minutes later and call the citizen back."""
+        await self._post(http, f"/v1/alerts/{alert_id}/ack", {"by": "值班长"}, "alert_ack")
+        callback = {"by": "值班长", "outcome": "reached", "note": "已回访"}
+        called = await self._post(http, f"/v1/alerts/{alert_id}/callback", callback, "callback")
+        if called and not self.to_rectify.full():
+            self.to_rectify.put_nowait((time.monotonic() + self.hall_s(RECTIFY_AFTER_S), alert_id))
+
+    async def _rectify(self, http: aiohttp.ClientSession, alert_id: str) -> None:
         """The complaint is looked into and settled (§11 `rectify`), an hour after the callback."""
-        timeout = aiohttp.ClientTimeout(total=10)
-        async with aiohttp.ClientSession(timeout=timeout) as http:
-            for _ in range(MAX_EVENTS_PER_LOOP):
-                due, alert_id = await self.to_rectify.get()
-                await asyncio.sleep(max(0.0, due - time.monotonic()))
-                if not self._running():
-                    return
-                body = {"by": "科长", "substantiated": self.rng.random() < SUBSTANTIATED_SHARE}
-                await self._post(http, f"/v1/alerts/{alert_id}/rectify", body, "rectify")
+        body = {"by": "科长", "substantiated": self.rng.random() < SUBSTANTIATED_SHARE}
+        await self._post(http, f"/v1/alerts/{alert_id}/rectify", body, "rectify")
 
     async def _post(self, http: aiohttp.ClientSession, path: str, body: dict[str, Any], name: str) -> bool:
         """A control route on the hub's API with the control token; counted by its status."""
