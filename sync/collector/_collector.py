@@ -24,7 +24,6 @@ from typing import Final
 import aiohttp
 
 from contract.http import PULL_LIMIT_MAX
-from contract.wire import ReceivedRecord
 from sync.collector._fetch import Page, PullError, ack, fetch_page
 from sync.collector._nodes import NodeSpec, is_loopback_url
 from sync.receiver import LeaseLostError, NodeLease, PulledRecord, Store, StoreUnavailableError
@@ -291,11 +290,10 @@ class Collector:
         """The entry, or a rejected one when this database cannot keep the record (JSONB and NUL)."""
         if entry.record is None:
             return entry
-        record = ReceivedRecord.of(entry.record)
-        problem = self.store.unstorable(record)
+        problem = self.store.unstorable(entry.record)
         if problem is None:
             return entry
-        return PulledRecord(entry.seq, None, raw=record.to_json(), error=problem)
+        return PulledRecord(entry.seq, None, raw=entry.record.to_json(), error=problem)
 
     def _token(self, node: NodeSpec) -> str:
         try:

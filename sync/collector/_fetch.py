@@ -16,7 +16,7 @@ import aiohttp
 
 from contract import jsonbounds
 from contract.http import PULL_LIMIT_MAX
-from contract.wire import RecordError, validate_record
+from contract.wire import ReceivedRecord, RecordError, validate_record
 from sync.collector._nodes import NodeSpec
 from sync.receiver import PulledRecord
 
@@ -98,7 +98,7 @@ def _entry(raw: Any, after: int, next_after: int, index: int) -> PulledRecord:
         raise PullError("garbage", f"records[{index}].seq {seq} is outside ({after}, {next_after}]")
     position = seq if isinstance(seq, int) and not isinstance(seq, bool) else 0
     try:
-        return PulledRecord(position, validate_record(raw))
+        return PulledRecord(position, ReceivedRecord.of(validate_record(raw)))
     except RecordError as exc:
         text = json.dumps(raw, ensure_ascii=True)
         return PulledRecord(position, None, raw=text, error=f"records[{index}].{exc.message}")

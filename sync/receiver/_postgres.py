@@ -360,7 +360,7 @@ class PostgresStore:
         self, owner: str, node_id: str, records: Sequence[PulledRecord], next_after: int, caught_up: bool
     ) -> PageResult:
         """Records, rejects and cursor in one transaction, under the node row's lock and owner check."""
-        valid = [ReceivedRecord.of(r.record) for r in records if r.record is not None]
+        valid = [r.record for r in records if r.record is not None]
         bad = [r for r in records if r.record is None]
         p = self._pull
 

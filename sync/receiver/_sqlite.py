@@ -263,7 +263,7 @@ class SqliteStore:
     ) -> PageResult:
         """Records, rejects and the node's cursor in one transaction, fenced by the lease owner."""
         t = self._table
-        valid = [ReceivedRecord.of(p.record) for p in records if p.record is not None]
+        valid = [p.record for p in records if p.record is not None]
         bad = [p for p in records if p.record is None]
 
         def store(conn: sqlite3.Connection) -> PageResult:

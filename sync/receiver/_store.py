@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final, Protocol
 
-from contract.wire import ReceivedRecord, Record, format_timestamp
+from contract.wire import ReceivedRecord, format_timestamp
 
 __all__ = [
     "DEFAULT_POOL_SIZE",
@@ -103,7 +103,7 @@ class PulledRecord:
     """One entry of a pulled page: a valid record, or the raw text and why it cannot be stored."""
 
     seq: int
-    record: Record | None
+    record: ReceivedRecord | None
     raw: str = ""
     error: str = ""
 
