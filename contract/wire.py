@@ -225,14 +225,13 @@ _WINDOW_CHECKS: Final[dict[str, Check]] = {
 # --- models -----------------------------------------------------------------------------------
 
 
-class Record(Ruled, frozen=True, forbid_unknown_fields=True):
-    """One record as in CONTRACTS §1. `data` is checked per kind by `validate_record`."""
+class _RecordHead(Ruled, frozen=True, forbid_unknown_fields=True):
+    """What every form of a record shares: the fields beside `data` and their rules."""
 
     id: RecordId
     seq: Annotated[int, Meta(ge=1, le=_MAX_SEQ)]
     kind: RecordKind
     created_at: Timestamp
-    data: dict[str, Any]
 
     _checks: ClassVar[Mapping[str, Check]] = _RECORD_CHECKS
 
@@ -241,6 +240,12 @@ class Record(Ruled, frozen=True, forbid_unknown_fields=True):
         failure goes through `run_checks`, which names the field."""
         if _record_id_rule(self.id) or _wire_time(self.created_at):
             run_checks(self, self._checks)
+
+
+class Record(_RecordHead, frozen=True, forbid_unknown_fields=True):
+    """One record as in CONTRACTS §1. `data` is checked per kind by `validate_record`."""
+
+    data: dict[str, Any]
 
 
 class EvaluationData(Ruled, frozen=True, kw_only=True):
@@ -325,54 +330,38 @@ DATA_MODELS: Final[dict[str, type[Struct]]] = {"followup": FollowupData, "window
 _DATA_CHECKS: Final[dict[str, type[Struct]]] = {"evaluation": EvaluationData, **DATA_MODELS}
 
 
-class Batch(Ruled, frozen=True, forbid_unknown_fields=True):
+class _BatchHead(Ruled, frozen=True, forbid_unknown_fields=True):
+    """What every form of a batch shares: the envelope beside `records` and its rules."""
+
+    node_id: NodeId
+    batch_id: BatchId
+    sent_at: Timestamp
+
+    _checks: ClassVar[Mapping[str, Check]] = _ENVELOPE_CHECKS
+
+
+class Batch(_BatchHead, frozen=True, forbid_unknown_fields=True):
     """The body of one uplink POST (§6). Records go alerts first, then oldest first."""
 
-    node_id: NodeId
-    batch_id: BatchId
-    sent_at: Timestamp
     records: Annotated[list[Record], Meta(min_length=1, max_length=MAX_BATCH_RECORDS)]
 
-    _checks: ClassVar[Mapping[str, Check]] = _ENVELOPE_CHECKS
 
-
-class _TextRecord(Ruled, frozen=True, forbid_unknown_fields=True):
+class _TextRecord(_RecordHead, frozen=True, forbid_unknown_fields=True):
     """A `Record` whose `data` is left as the JSON text it came as (`receive_batch`)."""
 
-    id: RecordId
-    seq: Annotated[int, Meta(ge=1, le=_MAX_SEQ)]
-    kind: RecordKind
-    created_at: Timestamp
     data: msgspec.Raw
 
-    _checks: ClassVar[Mapping[str, Check]] = _RECORD_CHECKS
 
-    def __post_init__(self) -> None:
-        """As `Record`: the id's and the time's form inline, `run_checks` only to name a failure."""
-        if _record_id_rule(self.id) or _wire_time(self.created_at):
-            run_checks(self, self._checks)
-
-
-class _TextBatch(Ruled, frozen=True, forbid_unknown_fields=True):
+class _TextBatch(_BatchHead, frozen=True, forbid_unknown_fields=True):
     """A `Batch` of `_TextRecord`s."""
 
-    node_id: NodeId
-    batch_id: BatchId
-    sent_at: Timestamp
     records: Annotated[list[_TextRecord], Meta(min_length=1, max_length=MAX_BATCH_RECORDS)]
 
-    _checks: ClassVar[Mapping[str, Check]] = _ENVELOPE_CHECKS
 
-
-class _Envelope(Ruled, frozen=True, forbid_unknown_fields=True):
+class _Envelope(_BatchHead, frozen=True, forbid_unknown_fields=True):
     """A batch with its records still raw, so that each record is judged on its own."""
 
-    node_id: NodeId
-    batch_id: BatchId
-    sent_at: Timestamp
     records: Annotated[list[Any], Meta(min_length=1)]
-
-    _checks: ClassVar[Mapping[str, Check]] = _ENVELOPE_CHECKS
 
 
 class Rejection(Struct, frozen=True):
